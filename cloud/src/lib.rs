@@ -1,0 +1,25 @@
+//! The cloud side of the Empathic Credit System.
+//!
+//! One module per stage of the data's way: [`ingest`] takes device uplinks from the broker and
+//! commits them (updating [`features`] in the same transaction), [`model`] turns features into a
+//! probability of default, [`policy`] turns that into an offer, [`offers`] applies accepted offers
+//! in the background, [`notify`] tells the phone, [`api`] is the REST surface and [`auth`] guards
+//! it. [`mqtt`] is the one connection to the broker; [`app`] wires it all from a [`config::Settings`].
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod features;
+pub mod ingest;
+pub mod model;
+pub mod mqtt;
+pub mod notify;
+pub mod offers;
+pub mod policy;
+
+pub use error::Error;
+
+/// The embedded schema migrations (`migrations/` at the workspace root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

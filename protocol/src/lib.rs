@@ -1,0 +1,33 @@
+//! The wire format of the Empathic Credit System.
+//!
+//! Everything that crosses MQTT between a phone (edge agent) and the cloud is defined here, and
+//! nothing else is: no I/O, no clocks, no async. Both sides depend on this crate, so a change here
+//! is a protocol change.
+//!
+//! # Versioning
+//!
+//! postcard is not self-describing: a reader must know the exact shape of what it reads, and adding
+//! a field to a struct breaks every old reader. So every message travels inside an *append-only*
+//! envelope enum ([`Uplink`], [`Downlink`]). postcard encodes an enum variant as a varint index, so a
+//! new message shape is a new variant appended at the end (`ReadingBatchV2`, …); existing variants
+//! are never edited or reordered. An old reader that meets a variant it does not know gets a
+//! [`DecodeError`], which the cloud turns into a dead letter rather than a crash.
+
+mod message;
+mod reading;
+pub mod topic;
+
+pub use message::{
+    Ack, CreditType, DecodeError, Downlink, Notification, NotificationKind, NotificationReceipt,
+    Uplink, decode_downlink, decode_uplink, encode_downlink, encode_uplink,
+};
+pub use reading::{
+    DeviceId, DeviceIdError, EMOTION_NAMES, Emotions, Intent, MAX_READINGS_PER_BATCH,
+    MAX_THOUGHTS_PER_READING, Reading, ReadingBatch, Thought, ValidationError,
+};
+
+/// Largest encoded message either side will send or accept, in bytes.
+///
+/// A full batch of [`MAX_READINGS_PER_BATCH`] readings with the maximum number of thoughts each
+/// stays well below this; brokers and MQTT clients must be configured to allow at least this much.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;

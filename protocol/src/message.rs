@@ -1,0 +1,138 @@
+//! The envelopes: what a device sends up, what the cloud sends down.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{MAX_MESSAGE_BYTES, ReadingBatch};
+
+/// Everything a device publishes, on its uplink topic. Append-only (see the crate docs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Uplink {
+    ReadingBatchV1(ReadingBatch),
+    NotificationReceiptV1(NotificationReceipt),
+}
+
+/// Everything the cloud publishes to one device, on its downlink topic. Append-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Downlink {
+    AckV1(Ack),
+    NotificationV1(Notification),
+}
+
+/// Application-level acknowledgement: readings `first_seq..=up_to_seq` of this device are
+/// committed to the cloud's database. Only now may the device forget them.
+///
+/// MQTT's PUBACK only says the broker took the message into memory; this says it is durable.
+/// The range is explicit (not "everything up to") because batches can arrive out of order after
+/// a resend, and an older gap must not be acknowledged by a newer batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub first_seq: u64,
+    pub up_to_seq: u64,
+}
+
+/// The device has durably stored these notifications; the cloud can stop re-sending them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationReceipt {
+    pub notification_ids: Vec<Uuid>,
+}
+
+/// A message for the person, delivered at least once; `notification_id` lets the phone drop
+/// duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub notification_id: Uuid,
+    /// Unix time in milliseconds.
+    pub created_at_ms: i64,
+    pub kind: NotificationKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CreditType {
+    ShortTerm,
+    LongTerm,
+}
+
+impl CreditType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditType::ShortTerm => "short_term",
+            CreditType::LongTerm => "long_term",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotificationKind {
+    /// A credit offer is waiting for the person.
+    OfferMade {
+        offer_id: Uuid,
+        credit_limit_cents: i64,
+        interest_rate_bps: i32,
+        credit_type: CreditType,
+        /// Unix time in milliseconds.
+        expires_at_ms: i64,
+    },
+    /// An accepted offer took effect: the person's credit limit is now `credit_limit_cents`.
+    OfferApplied {
+        offer_id: Uuid,
+        credit_limit_cents: i64,
+        interest_rate_bps: i32,
+        credit_type: CreditType,
+    },
+}
+
+impl NotificationKind {
+    pub fn offer_id(&self) -> Uuid {
+        match self {
+            NotificationKind::OfferMade { offer_id, .. }
+            | NotificationKind::OfferApplied { offer_id, .. } => *offer_id,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            NotificationKind::OfferMade { .. } => "offer_made",
+            NotificationKind::OfferApplied { .. } => "offer_applied",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is {0} bytes, more than the {MAX_MESSAGE_BYTES} allowed")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+}
+
+pub fn encode_uplink(message: &Uplink) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(message)
+}
+
+pub fn encode_downlink(message: &Downlink) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(message)
+}
+
+pub fn decode_uplink(bytes: &[u8]) -> Result<Uplink, DecodeError> {
+    decode(bytes)
+}
+
+pub fn decode_downlink(bytes: &[u8]) -> Result<Downlink, DecodeError> {
+    decode(bytes)
+}
+
+/// Strict decoding: the whole payload must be exactly one message. Trailing bytes would mean the
+/// sender and receiver disagree about the shape, which must not pass silently.
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    let (message, rest) = postcard::take_from_bytes(bytes)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(message)
+}

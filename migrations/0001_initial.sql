@@ -21,6 +21,10 @@ CREATE TABLE devices (
     user_id       uuid NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
     registered_at timestamptz NOT NULL DEFAULT now(),
     last_seen_at  timestamptz,
+    -- Start of the device's current run of contact: set by ingest when a batch arrives after a
+    -- silence (cloud::ingest::DEVICE_RETURN_GAP). A notification published before it went to a
+    -- phone that was offline, so the notifier re-publishes it at once instead of waiting.
+    online_since  timestamptz,
     revoked_at    timestamptz
 );
 CREATE INDEX devices_user_idx ON devices (user_id);
@@ -77,6 +81,9 @@ CREATE INDEX emotion_readings_recorded_idx ON emotion_readings (recorded_at);
 CREATE TABLE emotion_features (
     user_id             uuid PRIMARY KEY REFERENCES users (user_id) ON DELETE CASCADE,
     readings_count      bigint NOT NULL CHECK (readings_count >= 0),
+    -- Total decayed weight of the readings so far, relative to last_reading_at; the next fold
+    -- weighs new readings against it.
+    ew_weight           double precision NOT NULL CHECK (ew_weight > 0),
     -- Exponentially weighted means (see cloud::features for the half-life).
     mean_valence        double precision NOT NULL,
     valence_variance    double precision NOT NULL CHECK (valence_variance >= 0),

@@ -10,13 +10,21 @@ use crate::model::ModelKind;
 #[derive(Debug, Clone, Args)]
 pub struct MqttSettings {
     /// Broker address: mqtt://host:port (plain) or mqtts://host:port (TLS).
-    #[arg(long = "mqtt-url", env = "ECS_MQTT_URL", default_value = "mqtt://127.0.0.1:1884")]
+    #[arg(
+        long = "mqtt-url",
+        env = "ECS_MQTT_URL",
+        default_value = "mqtt://127.0.0.1:1884"
+    )]
     pub url: MqttUrl,
     /// Username for the broker's service listener.
     #[arg(long = "mqtt-username", env = "ECS_MQTT_USERNAME")]
     pub username: Option<String>,
     /// Password for the broker's service listener (prefer ECS_MQTT_PASSWORD_FILE).
-    #[arg(long = "mqtt-password", env = "ECS_MQTT_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "mqtt-password",
+        env = "ECS_MQTT_PASSWORD",
+        hide_env_values = true
+    )]
     pub password: Option<String>,
     /// File holding the broker password.
     #[arg(long = "mqtt-password-file", env = "ECS_MQTT_PASSWORD_FILE")]
@@ -28,7 +36,11 @@ pub struct MqttSettings {
     #[arg(long = "mqtt-client-id", env = "ECS_MQTT_CLIENT_ID", default_value_t = default_client_id())]
     pub client_id: String,
     /// Shared-subscription group: replicas in one group split the device uplinks between them.
-    #[arg(long = "mqtt-group", env = "ECS_MQTT_GROUP", default_value = "ecs-cloud")]
+    #[arg(
+        long = "mqtt-group",
+        env = "ECS_MQTT_GROUP",
+        default_value = "ecs-cloud"
+    )]
     pub group: String,
 }
 
@@ -62,7 +74,9 @@ impl std::str::FromStr for MqttUrl {
         } else if let Some(rest) = s.strip_prefix("mqtt://") {
             (false, rest)
         } else {
-            return Err(format!("{s:?}: expected mqtt://host:port or mqtts://host:port"));
+            return Err(format!(
+                "{s:?}: expected mqtt://host:port or mqtts://host:port"
+            ));
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
@@ -94,7 +108,11 @@ impl std::fmt::Display for MqttUrl {
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Postgres connection string.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/ecs")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/ecs"
+    )]
     pub database_url: String,
     /// Largest number of Postgres connections this replica opens.
     #[arg(long, env = "ECS_DB_MAX_CONNECTIONS", default_value_t = 16)]

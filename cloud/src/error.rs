@@ -9,7 +9,10 @@ use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The client sent something we cannot accept; the message says what.
+    /// The request is malformed (unparsable JSON, a path parameter of the wrong shape).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is well-formed but its content is not acceptable; the message says what.
     #[error("{0}")]
     InvalidInput(String),
     #[error("missing or invalid bearer token")]
@@ -46,6 +49,7 @@ pub struct ErrorBody {
 impl Error {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
+            Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             Error::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),

@@ -1,1 +1,897 @@
-//! TODO(in progress)
+//! Ingest: device uplinks in; committed readings, updated features and application acks out.
+//!
+//! [`Ingest::handle`] is the whole decision for one message and needs only Postgres, so it is
+//! tested without a broker; [`Ingest::run`] feeds it from the [`BrokerLink`](crate::mqtt) and
+//! publishes the acks.
+//!
+//! # Guarantees
+//!
+//! * **Exactly once in the database.** A batch is stored in one transaction: one `INSERT …
+//!   SELECT FROM UNNEST(…) ON CONFLICT (device_id, seq) DO NOTHING RETURNING seq` for all its
+//!   readings, the person's features folded forward with *only the readings that insert
+//!   returned*, and the device's `last_seen_at`. A resent batch therefore changes nothing twice.
+//! * **Ack after commit.** The ack names the batch's exact range `first_seq..=last_seq`, and is
+//!   produced only after the commit, so a device deletes nothing the cloud does not hold.
+//! * **Ingest never stops for a bad payload.** Anything that can never be stored (undecodable,
+//!   invalid, on the wrong topic, implausibly timed, from an unknown or revoked device, refused by
+//!   a database constraint) goes to `dead_letters` with a readable reason and the raw payload.
+//!   When the payload reveals its range, the range is **acked once the dead letter is committed**:
+//!   the payload is kept there for an operator, and without the ack the device would resend the
+//!   same poison batch forever and keep it in its bounded buffer.
+//! * **Transient failures are not acked.** When Postgres is unavailable, [`Ingest::handle`]
+//!   returns `Err`, nothing is acked and the device resends later.
+
+mod runner;
+mod store;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ecs_protocol::{
+    Ack, DecodeError, DeviceId, NotificationReceipt, ReadingBatch, Uplink, ValidationError,
+    decode_uplink, topic,
+};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tracing::{Span, debug, field, warn};
+use uuid::Uuid;
+
+use crate::{Error, error::Result};
+
+/// Readings taken longer ago than this are refused: no phone buffers a month of data, so such a
+/// timestamp means a broken clock, and stale data must not move today's features.
+pub const MAX_READING_AGE: TimeDelta = TimeDelta::days(30);
+/// Readings may be stamped at most this far ahead of the cloud's clock (phone clocks drift).
+pub const MAX_CLOCK_AHEAD: TimeDelta = TimeDelta::minutes(5);
+/// A device silent for longer than this was offline: notifications published meanwhile did not
+/// reach it, so its next batch opens a new `online_since` and wakes the notifier.
+pub const DEVICE_RETURN_GAP: TimeDelta = TimeDelta::seconds(30);
+
+/// Why an uplink can never be stored. The `Display` text is the dead letter's `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("the topic is not a device uplink topic")]
+    NotUplinkTopic,
+    #[error("undecodable: {0}")]
+    Undecodable(#[from] DecodeError),
+    #[error("invalid batch: {0}")]
+    Invalid(#[from] ValidationError),
+    #[error("the batch names device {payload} but arrived on the topic of device {topic}")]
+    DeviceMismatch { topic: DeviceId, payload: DeviceId },
+    #[error("implausible reading time: {0}")]
+    ImplausibleTime(String),
+    #[error("the device is not registered")]
+    UnknownDevice,
+    #[error("the device has been revoked")]
+    RevokedDevice,
+    #[error("the database refused the batch: {0}")]
+    RefusedByDatabase(String),
+}
+
+impl Rejection {
+    /// Short stable name, for metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::NotUplinkTopic => "not_uplink_topic",
+            Rejection::Undecodable(_) => "undecodable",
+            Rejection::Invalid(_) => "invalid",
+            Rejection::DeviceMismatch { .. } => "device_mismatch",
+            Rejection::ImplausibleTime(_) => "implausible_time",
+            Rejection::UnknownDevice => "unknown_device",
+            Rejection::RevokedDevice => "revoked_device",
+            Rejection::RefusedByDatabase(_) => "refused_by_database",
+        }
+    }
+}
+
+/// What [`Ingest::handle`] did with one message. Everything here is committed.
+#[derive(Debug)]
+pub enum Outcome {
+    /// `inserted` readings of the batch were new (the other `duplicates` were stored before).
+    Stored {
+        device_id: DeviceId,
+        user_id: Uuid,
+        inserted: usize,
+        duplicates: usize,
+        ack: Ack,
+    },
+    /// Every reading of the batch was already stored: a resend after a lost ack. Acked again.
+    AllDuplicates {
+        device_id: DeviceId,
+        user_id: Uuid,
+        readings: usize,
+        ack: Ack,
+    },
+    /// The person has withdrawn consent to emotional data: the readings are not stored (not even
+    /// as a dead letter) and are acked so the phone forgets them.
+    DiscardedWithoutConsent {
+        device_id: DeviceId,
+        user_id: Uuid,
+        readings: usize,
+        ack: Ack,
+    },
+    /// Stored in `dead_letters` with `reason`; `ack` is the batch's range when it is known.
+    DeadLettered {
+        device_id: Option<DeviceId>,
+        reason: Rejection,
+        ack: Option<Ack>,
+    },
+    /// A receipt marked `delivered` notifications as delivered (others were already, or were
+    /// not this device's).
+    ReceiptApplied { device_id: DeviceId, delivered: u64 },
+}
+
+impl Outcome {
+    /// The ack to publish, and to which device, if any.
+    pub fn ack(&self) -> Option<(&DeviceId, Ack)> {
+        match self {
+            Outcome::Stored { device_id, ack, .. }
+            | Outcome::AllDuplicates { device_id, ack, .. }
+            | Outcome::DiscardedWithoutConsent { device_id, ack, .. } => Some((device_id, *ack)),
+            Outcome::DeadLettered {
+                device_id: Some(device_id),
+                ack: Some(ack),
+                ..
+            } => Some((device_id, *ack)),
+            Outcome::DeadLettered { .. } | Outcome::ReceiptApplied { .. } => None,
+        }
+    }
+}
+
+/// The ingest stage. Cheap to clone (a pool handle and an optional wake-up).
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pool: PgPool,
+    device_seen: Option<Arc<Notify>>,
+}
+
+impl Ingest {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            device_seen: None,
+        }
+    }
+
+    /// Wakes `notifier` (the [`Notifier`](crate::notify::Notifier)'s handle) after committing a
+    /// batch from a device that has come back online — silent for more than
+    /// [`DEVICE_RETURN_GAP`] — while notifications for it are undelivered, so they reach the
+    /// phone now rather than at the next resend interval.
+    pub fn with_device_seen(mut self, notifier: Arc<Notify>) -> Self {
+        self.device_seen = Some(notifier);
+        self
+    }
+
+    /// Handles one message received on `topic`. `Ok` means the outcome is committed (including a
+    /// dead letter); `Err` means nothing was decided and the message should come again.
+    #[tracing::instrument(name = "uplink", skip_all, fields(device_id = field::Empty, user_id = field::Empty))]
+    pub async fn handle(&self, topic: &str, payload: &[u8]) -> Result<Outcome> {
+        let Some(device) = topic::device_of_uplink(topic) else {
+            return self
+                .dead_letter(topic, None, payload, Rejection::NotUplinkTopic, None)
+                .await;
+        };
+        Span::current().record("device_id", field::display(&device));
+        match decode_uplink(payload) {
+            Err(e) => {
+                self.dead_letter(topic, Some(device), payload, e.into(), None)
+                    .await
+            }
+            Ok(Uplink::ReadingBatchV1(batch)) => {
+                self.ingest_batch(topic, device, payload, batch).await
+            }
+            Ok(Uplink::NotificationReceiptV1(receipt)) => self.apply_receipt(device, receipt).await,
+        }
+    }
+
+    async fn ingest_batch(
+        &self,
+        topic: &str,
+        device: DeviceId,
+        payload: &[u8],
+        batch: ReadingBatch,
+    ) -> Result<Outcome> {
+        let checked = match check_batch(&device, &batch, Utc::now()) {
+            Ok(checked) => checked,
+            Err(rejection) => {
+                let ack = known_range(&batch);
+                return self
+                    .dead_letter(topic, Some(device), payload, rejection, ack)
+                    .await;
+            }
+        };
+        let ack = checked.ack;
+        let registration: Option<Registration> = sqlx::query_as(
+            "SELECT d.user_id, d.revoked_at IS NOT NULL AS revoked, u.emotional_data_consent
+             FROM devices d JOIN users u ON u.user_id = d.user_id
+             WHERE d.device_id = $1",
+        )
+        .bind(device.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let registration = match registration {
+            None => Err(Rejection::UnknownDevice),
+            Some(r) if r.revoked => Err(Rejection::RevokedDevice),
+            Some(r) => Ok(r),
+        };
+        let Registration {
+            user_id,
+            emotional_data_consent,
+            ..
+        } = match registration {
+            Ok(r) => r,
+            Err(rejection) => {
+                return self
+                    .dead_letter(topic, Some(device), payload, rejection, Some(ack))
+                    .await;
+            }
+        };
+        Span::current().record("user_id", field::display(user_id));
+        let readings = batch.readings.len();
+        if !emotional_data_consent {
+            // LGPD Art. 11: without consent, emotional data is not collected at all.
+            debug!(readings, "no consent to emotional data; batch discarded");
+            return Ok(Outcome::DiscardedWithoutConsent {
+                device_id: device,
+                user_id,
+                readings,
+                ack,
+            });
+        }
+        let stored =
+            match store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await
+            {
+                Ok(stored) => stored,
+                Err(Error::Database(e)) if store::refused_by_database(&e) => {
+                    let rejection = Rejection::RefusedByDatabase(e.to_string());
+                    return self
+                        .dead_letter(topic, Some(device), payload, rejection, Some(ack))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            };
+        if stored.came_back_with_mail
+            && let Some(notifier) = &self.device_seen
+        {
+            notifier.notify_one();
+        }
+        debug!(inserted = stored.inserted, readings, "batch committed");
+        Ok(if stored.inserted == 0 {
+            Outcome::AllDuplicates {
+                device_id: device,
+                user_id,
+                readings,
+                ack,
+            }
+        } else {
+            Outcome::Stored {
+                device_id: device,
+                user_id,
+                inserted: stored.inserted,
+                duplicates: readings - stored.inserted,
+                ack,
+            }
+        })
+    }
+
+    async fn apply_receipt(
+        &self,
+        device: DeviceId,
+        receipt: NotificationReceipt,
+    ) -> Result<Outcome> {
+        // `device_id = $2`: a device can only confirm its own notifications.
+        let done = sqlx::query(
+            "UPDATE notifications SET delivered_at = now()
+             WHERE notification_id = ANY($1) AND device_id = $2 AND delivered_at IS NULL",
+        )
+        .bind(&receipt.notification_ids)
+        .bind(device.as_str())
+        .execute(&self.pool)
+        .await?;
+        debug!(
+            delivered = done.rows_affected(),
+            "notification receipt applied"
+        );
+        Ok(Outcome::ReceiptApplied {
+            device_id: device,
+            delivered: done.rows_affected(),
+        })
+    }
+
+    async fn dead_letter(
+        &self,
+        topic: &str,
+        device: Option<DeviceId>,
+        payload: &[u8],
+        reason: Rejection,
+        ack: Option<Ack>,
+    ) -> Result<Outcome> {
+        // Postgres text cannot hold NUL, and a topic that is not ours was never validated.
+        let topic = topic.replace('\0', "\u{fffd}");
+        sqlx::query(
+            "INSERT INTO dead_letters (topic, device_id, reason, payload) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&topic)
+        .bind(device.as_ref().map(DeviceId::as_str))
+        .bind(reason.to_string())
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        warn!(%reason, %topic, bytes = payload.len(), "uplink dead-lettered");
+        // An ack goes to the topic's device: that is who publishes (the broker confines a device
+        // to its own topic) and who would otherwise resend.
+        let ack = device.as_ref().and(ack);
+        Ok(Outcome::DeadLettered {
+            device_id: device,
+            reason,
+            ack,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct Registration {
+    user_id: Uuid,
+    revoked: bool,
+    emotional_data_consent: bool,
+}
+
+/// A batch that passed every check that needs no database.
+struct CheckedBatch {
+    ack: Ack,
+    /// When each reading was taken, index-aligned with the readings.
+    taken_at: Vec<DateTime<Utc>>,
+}
+
+/// Structure (`validate`), identity (payload device = topic device) and time plausibility.
+fn check_batch(
+    device: &DeviceId,
+    batch: &ReadingBatch,
+    now: DateTime<Utc>,
+) -> Result<CheckedBatch, Rejection> {
+    batch.validate()?;
+    if batch.device_id != *device {
+        return Err(Rejection::DeviceMismatch {
+            topic: device.clone(),
+            payload: batch.device_id.clone(),
+        });
+    }
+    let implausible = |what: String| Rejection::ImplausibleTime(what);
+    let taken_at = batch
+        .readings
+        .iter()
+        .map(|r| {
+            batch
+                .base_time_ms
+                .checked_add(i64::from(r.offset_ms))
+                .and_then(DateTime::from_timestamp_millis)
+                .ok_or_else(|| {
+                    implausible(format!(
+                        "base_time_ms {} + offset_ms {} is not a representable time",
+                        batch.base_time_ms, r.offset_ms
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Offsets never go backwards (validated), so the first and last readings bound the batch.
+    if let (Some(first), Some(last)) = (taken_at.first(), taken_at.last()) {
+        if *first < now - MAX_READING_AGE {
+            return Err(implausible(format!(
+                "readings start at {first}, more than {} days before the cloud's clock ({now})",
+                MAX_READING_AGE.num_days()
+            )));
+        }
+        if *last > now + MAX_CLOCK_AHEAD {
+            return Err(implausible(format!(
+                "readings end at {last}, more than {} minutes after the cloud's clock ({now})",
+                MAX_CLOCK_AHEAD.num_minutes()
+            )));
+        }
+    }
+    Ok(CheckedBatch {
+        ack: Ack {
+            first_seq: batch.first_seq,
+            up_to_seq: batch.last_seq(),
+        },
+        taken_at,
+    })
+}
+
+/// The batch's sequence range, when it is meaningful and storable, even if the batch is not.
+fn known_range(batch: &ReadingBatch) -> Option<Ack> {
+    let len = u64::try_from(batch.readings.len()).ok()?;
+    let up_to_seq = batch.first_seq.checked_add(len.checked_sub(1)?)?;
+    (up_to_seq <= i64::MAX as u64).then_some(Ack {
+        first_seq: batch.first_seq,
+        up_to_seq,
+    })
+}
+
+/// Rows the DB tests need: a person and a phone.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use ecs_protocol::Reading;
+
+    use super::*;
+
+    /// A consenting user with one registered device.
+    pub(crate) async fn user_with_device(pool: &PgPool) -> (Uuid, DeviceId) {
+        let user_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO users (user_id, display_name, emotional_data_consent, consent_recorded_at)
+             VALUES ($1, 'Ana', true, now())",
+        )
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+        let device = add_device(pool, user_id).await;
+        (user_id, device)
+    }
+
+    pub(crate) async fn add_device(pool: &PgPool, user_id: Uuid) -> DeviceId {
+        let device = DeviceId::random();
+        sqlx::query("INSERT INTO devices (device_id, user_id) VALUES ($1, $2)")
+            .bind(device.as_str())
+            .bind(user_id)
+            .execute(pool)
+            .await
+            .unwrap();
+        device
+    }
+
+    pub(crate) fn reading(offset_ms: u32, valence: i8, stress: u8) -> Reading {
+        Reading {
+            offset_ms,
+            emotions: ecs_protocol::Emotions {
+                joy: 40,
+                fear: 10,
+                ..Default::default()
+            },
+            valence,
+            arousal: 60,
+            dominance: 50,
+            stress,
+            focus: 70,
+            thoughts: vec![ecs_protocol::Thought {
+                intent: ecs_protocol::Intent::PurchaseIntent,
+                confidence: 80,
+            }],
+        }
+    }
+
+    /// A valid batch of `len` readings taken a minute ago, 100 ms apart.
+    pub(crate) fn batch(device: &DeviceId, first_seq: u64, len: u32) -> ReadingBatch {
+        ReadingBatch {
+            device_id: device.clone(),
+            first_seq,
+            base_time_ms: (Utc::now() - TimeDelta::minutes(1)).timestamp_millis(),
+            readings: (0..len).map(|i| reading(i * 100, 20, 30)).collect(),
+        }
+    }
+
+    pub(crate) fn encode(batch: ReadingBatch) -> Vec<u8> {
+        ecs_protocol::encode_uplink(&Uplink::ReadingBatchV1(batch)).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ecs_protocol::encode_uplink;
+
+    use super::{fixtures::*, *};
+    use crate::features;
+
+    async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    }
+
+    async fn dead_letters(pool: &PgPool) -> Vec<(Option<String>, String)> {
+        sqlx::query_as("SELECT device_id, reason FROM dead_letters ORDER BY dead_letter_id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_valid_batch_is_stored_and_acked_with_its_exact_range(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let ingest = Ingest::new(pool.clone());
+        let outcome = ingest
+            .handle(&topic::uplink(&device), &encode(batch(&device, 10, 3)))
+            .await
+            .unwrap();
+        let expected = Ack {
+            first_seq: 10,
+            up_to_seq: 12,
+        };
+        assert!(
+            matches!(&outcome, Outcome::Stored { inserted: 3, duplicates: 0, ack, .. } if *ack == expected),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.ack(), Some((&device, expected)));
+
+        let rows: Vec<(i64, i16, Vec<i16>, Vec<i16>)> = sqlx::query_as(
+            "SELECT seq, valence, intents, intent_confidence FROM emotion_readings ORDER BY seq",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0], (10, 20, vec![1], vec![80]));
+        let features = features::load(&pool, user_id).await.unwrap().unwrap();
+        assert_eq!(features.readings_count, 3);
+        assert_eq!(features.mean_valence, 20.0);
+        let seen = count(
+            &pool,
+            "SELECT count(*) FROM devices WHERE last_seen_at IS NOT NULL AND online_since IS NOT NULL",
+        )
+        .await;
+        assert_eq!(seen, 1);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_resent_batch_stores_nothing_new_and_is_acked_again(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let ingest = Ingest::new(pool.clone());
+        let payload = encode(batch(&device, 0, 5));
+        ingest
+            .handle(&topic::uplink(&device), &payload)
+            .await
+            .unwrap();
+        let before = features::load(&pool, user_id).await.unwrap();
+
+        let again = ingest
+            .handle(&topic::uplink(&device), &payload)
+            .await
+            .unwrap();
+        assert!(
+            matches!(again, Outcome::AllDuplicates { readings: 5, .. }),
+            "{again:?}"
+        );
+        assert_eq!(
+            again.ack(),
+            Some((
+                &device,
+                Ack {
+                    first_seq: 0,
+                    up_to_seq: 4
+                }
+            ))
+        );
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM emotion_readings").await,
+            5
+        );
+        assert_eq!(features::load(&pool, user_id).await.unwrap(), before);
+
+        // A batch overlapping the stored one folds only its new readings.
+        let overlapping = ingest
+            .handle(&topic::uplink(&device), &encode(batch(&device, 3, 4)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                overlapping,
+                Outcome::Stored {
+                    inserted: 2,
+                    duplicates: 2,
+                    ..
+                }
+            ),
+            "{overlapping:?}"
+        );
+        let after = features::load(&pool, user_id).await.unwrap().unwrap();
+        assert_eq!(after.readings_count, 7);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn bad_payloads_are_dead_lettered_and_ingest_carries_on(pool: PgPool) {
+        let (_, device) = user_with_device(&pool).await;
+        let (_, other) = user_with_device(&pool).await;
+        let stranger = DeviceId::random();
+        let ingest = Ingest::new(pool.clone());
+        let up = topic::uplink(&device);
+
+        // Garbage: no range is known, so nothing to ack.
+        let garbage = ingest
+            .handle(&up, b"\xff\xff\xffnot postcard")
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                garbage,
+                Outcome::DeadLettered {
+                    reason: Rejection::Undecodable(_),
+                    ack: None,
+                    ..
+                }
+            ),
+            "{garbage:?}"
+        );
+
+        // Invalid: the range is known, so it is acked after the dead letter is committed.
+        let mut invalid = batch(&device, 100, 2);
+        invalid.readings[1].valence = 120;
+        let invalid = ingest.handle(&up, &encode(invalid)).await.unwrap();
+        assert!(
+            matches!(
+                invalid,
+                Outcome::DeadLettered {
+                    reason: Rejection::Invalid(_),
+                    ..
+                }
+            ),
+            "{invalid:?}"
+        );
+        assert_eq!(
+            invalid.ack(),
+            Some((
+                &device,
+                Ack {
+                    first_seq: 100,
+                    up_to_seq: 101
+                }
+            ))
+        );
+
+        // A batch naming another device, published on this device's topic.
+        let mismatch = ingest
+            .handle(&up, &encode(batch(&other, 0, 1)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                mismatch,
+                Outcome::DeadLettered {
+                    reason: Rejection::DeviceMismatch { .. },
+                    ..
+                }
+            ),
+            "{mismatch:?}"
+        );
+        assert_eq!(mismatch.ack().map(|(d, _)| d), Some(&device));
+
+        // Readings from last year.
+        let mut stale = batch(&device, 200, 1);
+        stale.base_time_ms -= TimeDelta::days(365).num_milliseconds();
+        let stale = ingest.handle(&up, &encode(stale)).await.unwrap();
+        assert!(
+            matches!(
+                stale,
+                Outcome::DeadLettered {
+                    reason: Rejection::ImplausibleTime(_),
+                    ..
+                }
+            ),
+            "{stale:?}"
+        );
+
+        // A device nobody registered.
+        let unknown = ingest
+            .handle(&topic::uplink(&stranger), &encode(batch(&stranger, 0, 1)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                unknown,
+                Outcome::DeadLettered {
+                    reason: Rejection::UnknownDevice,
+                    ..
+                }
+            ),
+            "{unknown:?}"
+        );
+
+        // Not an uplink topic at all.
+        let foreign = ingest.handle("/tenants/x/ecs/v1/down", b"x").await.unwrap();
+        assert!(
+            matches!(
+                foreign,
+                Outcome::DeadLettered {
+                    reason: Rejection::NotUplinkTopic,
+                    device_id: None,
+                    ack: None
+                }
+            ),
+            "{foreign:?}"
+        );
+
+        let letters = dead_letters(&pool).await;
+        assert_eq!(letters.len(), 6, "{letters:?}");
+        assert_eq!(letters[0].0.as_deref(), Some(device.as_str()));
+        assert!(letters[0].1.starts_with("undecodable"), "{letters:?}");
+        assert!(letters[1].1.contains("valence = 120"), "{letters:?}");
+        assert!(letters[2].1.contains(other.as_str()), "{letters:?}");
+        assert!(letters[3].1.contains("days before"), "{letters:?}");
+        assert_eq!(letters[4].0.as_deref(), Some(stranger.as_str()));
+        assert_eq!(letters[5].0, None);
+        let payload: Vec<u8> =
+            sqlx::query_scalar("SELECT payload FROM dead_letters ORDER BY dead_letter_id LIMIT 1")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(payload, b"\xff\xff\xffnot postcard");
+
+        // Nothing of that was stored, and the next good batch goes through.
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM emotion_readings").await,
+            0
+        );
+        let good = ingest
+            .handle(&up, &encode(batch(&device, 0, 2)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(good, Outcome::Stored { inserted: 2, .. }),
+            "{good:?}"
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_revoked_device_is_refused(pool: PgPool) {
+        let (_, device) = user_with_device(&pool).await;
+        sqlx::query("UPDATE devices SET revoked_at = now() WHERE device_id = $1")
+            .bind(device.as_str())
+            .execute(&pool)
+            .await
+            .unwrap();
+        let outcome = Ingest::new(pool.clone())
+            .handle(&topic::uplink(&device), &encode(batch(&device, 0, 1)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Outcome::DeadLettered {
+                    reason: Rejection::RevokedDevice,
+                    ack: Some(_),
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM emotion_readings").await,
+            0
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn without_consent_nothing_is_kept(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        sqlx::query("UPDATE users SET emotional_data_consent = false WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let outcome = Ingest::new(pool.clone())
+            .handle(&topic::uplink(&device), &encode(batch(&device, 0, 3)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Outcome::DiscardedWithoutConsent { readings: 3, .. }
+            ),
+            "{outcome:?}"
+        );
+        assert!(outcome.ack().is_some());
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM emotion_readings").await,
+            0
+        );
+        assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+        assert_eq!(features::load(&pool, user_id).await.unwrap(), None);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn two_phones_of_one_person_feed_one_feature_row(pool: PgPool) {
+        let (user_id, phone) = user_with_device(&pool).await;
+        let tablet = add_device(&pool, user_id).await;
+        let ingest = Ingest::new(pool.clone());
+        let (phone_topic, tablet_topic) = (topic::uplink(&phone), topic::uplink(&tablet));
+        let (phone_batch, tablet_batch) =
+            (encode(batch(&phone, 0, 50)), encode(batch(&tablet, 0, 30)));
+        let (a, b) = tokio::join!(
+            ingest.handle(&phone_topic, &phone_batch),
+            ingest.handle(&tablet_topic, &tablet_batch),
+        );
+        assert!(matches!(a.unwrap(), Outcome::Stored { inserted: 50, .. }));
+        assert!(matches!(b.unwrap(), Outcome::Stored { inserted: 30, .. }));
+        let features = features::load(&pool, user_id).await.unwrap().unwrap();
+        assert_eq!(features.readings_count, 80);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn an_unavailable_database_is_an_error_not_a_dead_letter(pool: PgPool) {
+        let (_, device) = user_with_device(&pool).await;
+        let ingest = Ingest::new(pool.clone());
+        pool.close().await;
+        let result = ingest
+            .handle(&topic::uplink(&device), &encode(batch(&device, 0, 1)))
+            .await;
+        assert!(result.is_err(), "{result:?}");
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn receipts_mark_only_the_devices_own_notifications_delivered(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let other = add_device(&pool, user_id).await;
+        let (_, ids) = crate::notify::fixtures::notify_offer(&pool, user_id).await;
+        assert_eq!(ids.len(), 2);
+        let ingest = Ingest::new(pool.clone());
+        let receipt = |ids: Vec<Uuid>| {
+            encode_uplink(&Uplink::NotificationReceiptV1(NotificationReceipt {
+                notification_ids: ids,
+            }))
+            .unwrap()
+        };
+
+        // Both ids, sent by `device`: only its own one is marked.
+        let outcome = ingest
+            .handle(&topic::uplink(&device), &receipt(ids.clone()))
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, Outcome::ReceiptApplied { delivered: 1, .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.ack(), None);
+        // Again: already delivered, nothing changes.
+        let again = ingest
+            .handle(&topic::uplink(&device), &receipt(ids.clone()))
+            .await
+            .unwrap();
+        assert!(matches!(
+            again,
+            Outcome::ReceiptApplied { delivered: 0, .. }
+        ));
+        let undelivered: Vec<String> =
+            sqlx::query_scalar("SELECT device_id FROM notifications WHERE delivered_at IS NULL")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(undelivered, vec![other.as_str().to_owned()]);
+    }
+
+    #[test]
+    fn the_time_window_is_enforced_on_both_sides() {
+        let device = DeviceId::random();
+        let now = Utc::now();
+        let ok = batch(&device, 0, 2);
+        assert!(check_batch(&device, &ok, now).is_ok());
+
+        let mut future = batch(&device, 0, 2);
+        future.base_time_ms = (now + TimeDelta::minutes(4)).timestamp_millis();
+        future.readings[1].offset_ms = 2 * 60 * 1000; // ends 6 minutes ahead
+        assert!(matches!(
+            check_batch(&device, &future, now),
+            Err(Rejection::ImplausibleTime(_))
+        ));
+
+        let mut unrepresentable = batch(&device, 0, 1);
+        unrepresentable.base_time_ms = i64::MAX;
+        assert!(matches!(
+            check_batch(&device, &unrepresentable, now),
+            Err(Rejection::ImplausibleTime(_))
+        ));
+    }
+
+    #[test]
+    fn a_range_is_known_only_when_it_is_storable() {
+        let device = DeviceId::random();
+        let mut b = batch(&device, 5, 3);
+        assert_eq!(
+            known_range(&b),
+            Some(Ack {
+                first_seq: 5,
+                up_to_seq: 7
+            })
+        );
+        b.first_seq = u64::MAX - 1;
+        assert_eq!(known_range(&b), None);
+        b.readings.clear();
+        assert_eq!(known_range(&b), None);
+    }
+}

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod features;
+pub mod finance;
 pub mod ingest;
 pub mod model;
 pub mod mqtt;

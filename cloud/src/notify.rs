@@ -1,1 +1,477 @@
-//! TODO(in progress)
+//! Phone notifications, delivered at least once.
+//!
+//! A notification is a row first ([`create_for_user`], in the transaction of the state change it
+//! announces), a message second: the [`Notifier`] publishes undelivered rows and keeps
+//! re-publishing them every `resend_after` until the phone's receipt (handled by
+//! [`ingest`](crate::ingest)) sets `delivered_at`. The phone drops duplicates by
+//! `notification_id`. There is no attempt limit: a phone may be offline for days, and a
+//! publish to an offline phone costs the broker next to nothing.
+//!
+//! A notification published while its phone was offline is lost (QoS 1 to a clean session does
+//! not wait for the subscriber), so waiting a full `resend_after` after the phone comes back would
+//! be wasted time. Ingest marks a device's return in `devices.online_since` and wakes the
+//! notifier, which re-publishes at once what it published before that moment.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use ecs_protocol::{DeviceId, Downlink, Notification, NotificationKind, encode_downlink, topic};
+use rumqttc::{AsyncClient, QoS};
+use sqlx::{PgPool, Postgres, Transaction, types::Json};
+use tokio::{sync::Notify, time::MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::{Error, error::Result};
+
+/// Most notifications claimed by one pass. A full pass is followed by another at once.
+pub const PASS_LIMIT: i64 = 500;
+/// Passes run at least this often, woken or not: the database is the truth, a wake only hurries.
+const TICK: Duration = Duration::from_secs(1);
+/// How long a publish may wait for room in the MQTT client's request queue before the pass gives
+/// up (the rest are retried after `resend_after`).
+const PUBLISH_QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// Creates one notification per non-revoked device of the person, in the caller's transaction.
+///
+/// Returns the ids of the notifications created now. Idempotent: `(offer_id, device_id, kind)` is
+/// unique, so replaying the state change that announces the offer creates nothing twice (and
+/// returns no ids).
+pub async fn create_for_user(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: Uuid,
+    offer_id: Uuid,
+    kind: &NotificationKind,
+) -> Result<Vec<Uuid>> {
+    if kind.offer_id() != offer_id {
+        return Err(Error::Internal(format!(
+            "notification for offer {offer_id} carries offer {}",
+            kind.offer_id()
+        )));
+    }
+    let ids = sqlx::query_scalar(
+        "INSERT INTO notifications (notification_id, user_id, device_id, kind, offer_id, body)
+         SELECT gen_random_uuid(), d.user_id, d.device_id, $2, $3, $4
+         FROM devices d
+         WHERE d.user_id = $1 AND d.revoked_at IS NULL
+         ON CONFLICT (offer_id, device_id, kind) DO NOTHING
+         RETURNING notification_id",
+    )
+    .bind(user_id)
+    .bind(kind.name())
+    .bind(offer_id)
+    .bind(Json(kind))
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(ids)
+}
+
+/// Publishes undelivered notifications until their receipts arrive.
+///
+/// Safe to run in every replica: a pass claims its rows with `FOR UPDATE SKIP LOCKED` and stamps
+/// them (`publish_attempts`, `last_published_at`) in the same statement, so replicas never publish
+/// the same notification within one resend window.
+pub struct Notifier {
+    pool: PgPool,
+    client: AsyncClient,
+    resend_after: Duration,
+    wake: Arc<Notify>,
+}
+
+/// One notification claimed for publishing.
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    notification_id: Uuid,
+    device_id: String,
+    /// Decoded per row, so one unreadable body cannot block every other notification.
+    body: Json<serde_json::Value>,
+    created_at: DateTime<Utc>,
+    publish_attempts: i32,
+}
+
+struct Pass {
+    claimed: usize,
+    published: usize,
+}
+
+impl Notifier {
+    pub fn new(pool: PgPool, client: AsyncClient, resend_after: Duration) -> Self {
+        Self {
+            pool,
+            client,
+            resend_after,
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A handle that wakes the notifier for an immediate pass (`notify_one`). Cheap to clone; a
+    /// wake while a pass runs is remembered, so none is lost.
+    pub fn wake_handle(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Asks for an immediate pass.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs passes on every wake and at least every second until `shutdown`. A failing pass
+    /// (Postgres or the broker down) is logged and retried at the next tick.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        info!(
+            resend_after_ms = self.resend_after.as_millis() as u64,
+            "notifier started"
+        );
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tick.tick() => {}
+            }
+            loop {
+                match self.pass().await {
+                    Ok(pass) if pass.claimed as i64 >= PASS_LIMIT && !shutdown.is_cancelled() => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        warn!(error = %e, "notification pass failed; retrying");
+                        break;
+                    }
+                }
+            }
+        }
+        info!("notifier stopped");
+    }
+
+    /// One pass: publishes every notification that is due, returns how many it published.
+    pub async fn deliver_pending(&self) -> Result<usize> {
+        Ok(self.pass().await?.published)
+    }
+
+    async fn pass(&self) -> Result<Pass> {
+        // Due: never published; or published longer than `resend_after` ago; or published before
+        // the device came back online (that publish went nowhere).
+        let claimed: Vec<Claimed> = sqlx::query_as(
+            "WITH due AS (
+                 SELECT n.notification_id
+                 FROM notifications n JOIN devices d ON d.device_id = n.device_id
+                 WHERE n.delivered_at IS NULL
+                   AND d.revoked_at IS NULL
+                   AND (n.last_published_at IS NULL
+                        OR n.last_published_at < now() - make_interval(secs => $1)
+                        OR n.last_published_at < d.online_since)
+                 ORDER BY n.last_published_at NULLS FIRST, n.created_at
+                 LIMIT $2
+                 FOR UPDATE OF n SKIP LOCKED
+             )
+             UPDATE notifications n
+             SET publish_attempts = n.publish_attempts + 1, last_published_at = now()
+             FROM due
+             WHERE n.notification_id = due.notification_id
+             RETURNING n.notification_id, n.device_id, n.body, n.created_at, n.publish_attempts",
+        )
+        .bind(self.resend_after.as_secs_f64())
+        .bind(PASS_LIMIT)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut published = 0;
+        for notification in &claimed {
+            if self.publish(notification).await? {
+                published += 1;
+            }
+        }
+        if published > 0 {
+            metrics::counter!("ecs_notifications_published_total").increment(published as u64);
+            debug!(published, "notifications published");
+        }
+        Ok(Pass {
+            claimed: claimed.len(),
+            published,
+        })
+    }
+
+    /// Publishes one claimed notification. `Ok(false)` for a row that can never be published (it
+    /// is logged and left to an operator); `Err` when the broker link is unusable, which ends the
+    /// pass.
+    async fn publish(&self, claimed: &Claimed) -> Result<bool> {
+        let id = claimed.notification_id;
+        let device = match DeviceId::parse(claimed.device_id.as_str()) {
+            Ok(device) => device,
+            Err(e) => {
+                error!(notification_id = %id, error = %e, "notification for an invalid device id");
+                return Ok(false);
+            }
+        };
+        let kind: NotificationKind = match serde_json::from_value(claimed.body.0.clone()) {
+            Ok(kind) => kind,
+            Err(e) => {
+                error!(notification_id = %id, error = %e, "unreadable notification body");
+                return Ok(false);
+            }
+        };
+        let message = Downlink::NotificationV1(Notification {
+            notification_id: id,
+            created_at_ms: claimed.created_at.timestamp_millis(),
+            kind,
+        });
+        let payload = encode_downlink(&message)
+            .map_err(|e| Error::Internal(format!("cannot encode a notification: {e}")))?;
+        tokio::time::timeout(
+            PUBLISH_QUEUE_WAIT,
+            self.client
+                .publish(topic::downlink(&device), QoS::AtLeastOnce, false, payload),
+        )
+        .await
+        .map_err(|_| Error::Unavailable("broker"))??;
+        let attempts = claimed.publish_attempts;
+        if attempts >= 10 && is_power_of_ten(attempts) {
+            warn!(notification_id = %id, device_id = %device, attempts, "notification still undelivered");
+        }
+        Ok(true)
+    }
+}
+
+/// 10, 100, 1000…: a warning at each decade of attempts says "still trying" without a log line
+/// per resend.
+fn is_power_of_ten(mut n: i32) -> bool {
+    while n >= 10 && n % 10 == 0 {
+        n /= 10;
+    }
+    n == 1
+}
+
+/// An offer to notify about, for DB tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use ecs_protocol::CreditType;
+
+    use super::*;
+
+    /// A fresh open offer for `user_id` and the notification kind announcing it.
+    pub(crate) async fn offer(pool: &PgPool, user_id: Uuid) -> NotificationKind {
+        let assessment_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
+                 probability_of_default, features, contributions)
+             VALUES ($1, $2, 'test', '1', 0.05, '{}', '[]')",
+        )
+        .bind(assessment_id)
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+        let offer_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
+                 credit_limit_cents, interest_rate_bps, credit_type, term_months, expires_at)
+             VALUES ($1, $2, $3, true, 'offered', 500000, 250, 'short_term', 12,
+                 now() + interval '3 days')",
+        )
+        .bind(offer_id)
+        .bind(user_id)
+        .bind(assessment_id)
+        .execute(pool)
+        .await
+        .unwrap();
+        NotificationKind::OfferMade {
+            offer_id,
+            credit_limit_cents: 500_000,
+            interest_rate_bps: 250,
+            credit_type: CreditType::ShortTerm,
+            expires_at_ms: Utc::now().timestamp_millis() + 3 * 86_400_000,
+        }
+    }
+
+    /// Creates an offer and its notifications (one per device) in one transaction.
+    pub(crate) async fn notify_offer(
+        pool: &PgPool,
+        user_id: Uuid,
+    ) -> (NotificationKind, Vec<Uuid>) {
+        let kind = offer(pool, user_id).await;
+        let mut tx = pool.begin().await.unwrap();
+        let ids = create_for_user(&mut tx, user_id, kind.offer_id(), &kind)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        (kind, ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ecs_protocol::{NotificationReceipt, Uplink, decode_downlink, encode_uplink};
+
+    use super::{fixtures::*, *};
+    use crate::{
+        ingest::{Ingest, Outcome, fixtures::*},
+        mqtt::testing::{TestClient, WAIT},
+    };
+
+    const QUIET: Duration = Duration::from_millis(300);
+
+    async fn next_notification(phone: &mut TestClient) -> Notification {
+        let message = phone
+            .next_within(WAIT)
+            .await
+            .expect("no notification arrived");
+        match decode_downlink(&message.payload).unwrap() {
+            Downlink::NotificationV1(n) => n,
+            other => panic!("expected a notification, got {other:?}"),
+        }
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn one_notification_per_live_device_and_never_twice(pool: PgPool) {
+        let (user_id, _phone) = user_with_device(&pool).await;
+        let tablet = add_device(&pool, user_id).await;
+        let revoked = add_device(&pool, user_id).await;
+        sqlx::query("UPDATE devices SET revoked_at = now() WHERE device_id = $1")
+            .bind(revoked.as_str())
+            .execute(&pool)
+            .await
+            .unwrap();
+        let (kind, ids) = notify_offer(&pool, user_id).await;
+        assert_eq!(ids.len(), 2);
+
+        let mut tx = pool.begin().await.unwrap();
+        let replay = create_for_user(&mut tx, user_id, kind.offer_id(), &kind)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert!(replay.is_empty());
+
+        let body: Json<NotificationKind> = sqlx::query_scalar(
+            "SELECT body FROM notifications WHERE device_id = $1 AND kind = 'offer_made'",
+        )
+        .bind(tablet.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(body.0, kind);
+
+        let mut tx = pool.begin().await.unwrap();
+        let mismatch = create_for_user(&mut tx, user_id, Uuid::new_v4(), &kind).await;
+        assert!(matches!(mismatch, Err(Error::Internal(_))));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_notification_is_republished_until_its_receipt_arrives(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let mut phone = TestClient::connect(Some(&topic::downlink(&device))).await;
+        let cloud = TestClient::connect(None).await;
+        let (kind, ids) = notify_offer(&pool, user_id).await;
+        let notifier = Notifier::new(pool.clone(), cloud.client.clone(), QUIET);
+
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 1);
+        let first = next_notification(&mut phone).await;
+        assert_eq!(first.notification_id, ids[0]);
+        assert_eq!(first.kind, kind);
+        // Within the resend window nothing is due.
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 0);
+
+        // No receipt: after the window it comes again, same id.
+        tokio::time::sleep(QUIET + Duration::from_millis(100)).await;
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 1);
+        assert_eq!(next_notification(&mut phone).await.notification_id, ids[0]);
+
+        // The phone's receipt ends it.
+        let receipt = encode_uplink(&Uplink::NotificationReceiptV1(NotificationReceipt {
+            notification_ids: ids.clone(),
+        }))
+        .unwrap();
+        let outcome = Ingest::new(pool.clone())
+            .handle(&topic::uplink(&device), &receipt)
+            .await
+            .unwrap();
+        assert!(matches!(
+            outcome,
+            Outcome::ReceiptApplied { delivered: 1, .. }
+        ));
+        tokio::time::sleep(QUIET + Duration::from_millis(100)).await;
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 0);
+        assert!(phone.next_within(QUIET).await.is_none());
+
+        let attempts: i32 = sqlx::query_scalar(
+            "SELECT publish_attempts FROM notifications WHERE notification_id = $1",
+        )
+        .bind(ids[0])
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(attempts, 2);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_phone_back_online_gets_its_notifications_at_once(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let cloud = TestClient::connect(None).await;
+        let (_, ids) = notify_offer(&pool, user_id).await;
+        // A resend window far longer than the test: only the return can bring it forward.
+        let notifier = Notifier::new(
+            pool.clone(),
+            cloud.client.clone(),
+            Duration::from_secs(3600),
+        );
+        // Published while the phone is offline (nobody subscribed): lost.
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 1);
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 0);
+
+        // The phone comes back and sends its buffered readings.
+        let mut phone = TestClient::connect(Some(&topic::downlink(&device))).await;
+        let wake = notifier.wake_handle();
+        let ingest = Ingest::new(pool.clone()).with_device_seen(wake.clone());
+        ingest
+            .handle(&topic::uplink(&device), &encode(batch(&device, 0, 3)))
+            .await
+            .unwrap();
+        tokio::time::timeout(WAIT, wake.notified())
+            .await
+            .expect("ingest did not wake the notifier");
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 1);
+        assert_eq!(next_notification(&mut phone).await.notification_id, ids[0]);
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 0);
+
+        // The next batch a moment later is not a return: no wake, nothing due.
+        ingest
+            .handle(&topic::uplink(&device), &encode(batch(&device, 3, 3)))
+            .await
+            .unwrap();
+        assert!(tokio::time::timeout(QUIET, wake.notified()).await.is_err());
+        assert_eq!(notifier.deliver_pending().await.unwrap(), 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn the_running_notifier_publishes_on_wake_and_stops_on_shutdown(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let mut phone = TestClient::connect(Some(&topic::downlink(&device))).await;
+        let cloud = TestClient::connect(None).await;
+        let notifier = Notifier::new(
+            pool.clone(),
+            cloud.client.clone(),
+            Duration::from_secs(3600),
+        );
+        let wake = notifier.wake_handle();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(notifier.run(shutdown.clone()));
+
+        let (_, ids) = notify_offer(&pool, user_id).await;
+        wake.notify_one();
+        assert_eq!(next_notification(&mut phone).await.notification_id, ids[0]);
+
+        shutdown.cancel();
+        tokio::time::timeout(WAIT, running)
+            .await
+            .expect("notifier did not stop")
+            .unwrap();
+    }
+
+    #[test]
+    fn decades_of_attempts_are_recognised() {
+        let decades: Vec<i32> = (1..=1000).filter(|n| is_power_of_ten(*n)).collect();
+        assert_eq!(decades, vec![1, 10, 100, 1000]);
+        assert!(!is_power_of_ten(0));
+    }
+}

@@ -1,1 +1,481 @@
-//! TODO(in progress)
+//! Credit offers: assess a person, accept an offer, and apply accepted offers in the background.
+//!
+//! Accepting never changes a credit line inside the request. It records the acceptance and an
+//! outbox event in one transaction and answers 202; the [`OfferWorker`] applies the new limit later
+//! (woken by LISTEN/NOTIFY, but driven by polling, because NOTIFY is lost while disconnected).
+//! Applying is idempotent: an event replayed after a crash finds the offer already applied and
+//! changes nothing twice (and `credit_limit_history.offer_id` is UNIQUE as a second guard).
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use ecs_protocol::{CreditType, NotificationKind};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, Transaction, postgres::PgListener};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+use uuid::Uuid;
+
+use crate::{
+    Error,
+    error::Result,
+    features::EmotionFeatures,
+    finance::FinancialFeatures,
+    model::{FeatureVector, ModelError, RiskModel, RiskScore},
+    notify,
+    policy::{CreditPolicy, Wellbeing},
+};
+
+/// Postgres channel the accept path NOTIFYs and the worker LISTENs on.
+pub const OUTBOX_CHANNEL: &str = "ecs_outbox";
+
+/// A credit offer as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CreditOffer {
+    pub offer_id: Uuid,
+    pub user_id: Uuid,
+    pub assessment_id: Uuid,
+    pub approved: bool,
+    pub status: String,
+    pub credit_limit_cents: i64,
+    pub interest_rate_bps: i32,
+    pub credit_type: String,
+    pub term_months: i32,
+    pub reason_codes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub accepted_at: Option<DateTime<Utc>>,
+    pub applied_at: Option<DateTime<Utc>>,
+}
+
+/// The columns of [`CreditOffer`], as a literal so queries stay static strings (`concat!`).
+macro_rules! offer_columns {
+    () => {
+        "offer_id, user_id, assessment_id, approved, status, credit_limit_cents, \
+         interest_rate_bps, credit_type, term_months, reason_codes, created_at, expires_at, \
+         accepted_at, applied_at"
+    };
+}
+
+/// An offer together with the model result that produced it.
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    pub offer: CreditOffer,
+    pub score: RiskScore,
+}
+
+/// Turns a person's data into an offer: features → model → policy → stored offer.
+pub struct Assessor {
+    pub pool: PgPool,
+    pub model: Arc<dyn RiskModel>,
+    pub policy: CreditPolicy,
+    pub offer_ttl: Duration,
+}
+
+impl Assessor {
+    pub async fn assess(&self, user_id: Uuid) -> Result<Assessment> {
+        let now = Utc::now();
+        let consent: Option<bool> =
+            sqlx::query_scalar("SELECT emotional_data_consent FROM users WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let consent = consent.ok_or(Error::NotFound("user"))?;
+        let finance = FinancialFeatures::load(&self.pool, user_id, now).await?;
+        // Emotional data is read only with consent (LGPD Art. 11); without it, the model sees
+        // neutral values and the decision says emotional data was not used.
+        let emotions = if consent {
+            crate::features::load(&self.pool, user_id).await?
+        } else {
+            None
+        };
+        let features = feature_vector(&finance, emotions.as_ref());
+        let score = self.model.score(&features).await.map_err(|e| match e {
+            ModelError::Unavailable(reason) => {
+                warn!(%reason, "risk model unavailable");
+                Error::Unavailable("risk model")
+            }
+            other => Error::Internal(other.to_string()),
+        })?;
+        if !(0.0..=1.0).contains(&score.probability_of_default) {
+            return Err(Error::Internal(format!(
+                "model {} returned probability {}",
+                score.model_name, score.probability_of_default
+            )));
+        }
+        let wellbeing = emotions.as_ref().map(|e| Wellbeing {
+            stress_share: e.stress_share,
+            financial_worry: e.financial_worry,
+        });
+        let decision = self
+            .policy
+            .decide(score.probability_of_default, &finance, wellbeing);
+
+        let assessment_id = Uuid::new_v4();
+        let offer_id = Uuid::new_v4();
+        let expires_at = now
+            + chrono::Duration::from_std(self.offer_ttl)
+                .map_err(|e| Error::Internal(format!("offer ttl: {e}")))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
+                 probability_of_default, features, contributions, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(assessment_id)
+        .bind(user_id)
+        .bind(&score.model_name)
+        .bind(&score.model_version)
+        .bind(score.probability_of_default)
+        .bind(sqlx::types::Json(&features))
+        .bind(sqlx::types::Json(&score.contributions))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.as_str()).collect();
+        let offer: CreditOffer = sqlx::query_as(concat!(
+            "INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
+                 credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
+                 created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             RETURNING ",
+            offer_columns!(),
+            ""
+        ))
+        .bind(offer_id)
+        .bind(user_id)
+        .bind(assessment_id)
+        .bind(decision.approved)
+        .bind(if decision.approved {
+            "offered"
+        } else {
+            "declined"
+        })
+        .bind(decision.credit_limit_cents)
+        .bind(decision.interest_rate_bps)
+        .bind(decision.credit_type.as_str())
+        .bind(decision.term_months)
+        .bind(&reasons)
+        .bind(now)
+        .bind(expires_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        metrics::counter!("ecs_offers_created_total", "approved" => decision.approved.to_string())
+            .increment(1);
+        info!(%user_id, %offer_id, approved = decision.approved, pd = score.probability_of_default, "offer created");
+        Ok(Assessment { offer, score })
+    }
+}
+
+/// The model's inputs: financial features always, emotional ones when consented (neutral
+/// otherwise, so the vector's layout never changes).
+pub fn feature_vector(
+    finance: &FinancialFeatures,
+    emotions: Option<&EmotionFeatures>,
+) -> FeatureVector {
+    let mut values = finance.as_named_vector();
+    match emotions {
+        Some(e) => values.extend(e.as_named_vector()),
+        None => values.extend(EmotionFeatures::neutral_named_vector()),
+    }
+    FeatureVector::new(values)
+}
+
+pub async fn find(pool: &PgPool, offer_id: Uuid) -> Result<CreditOffer> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        offer_columns!(),
+        " FROM credit_offers WHERE offer_id = $1"
+    ))
+    .bind(offer_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::NotFound("offer"))
+}
+
+/// The payload of an `offer_accepted` outbox event.
+#[derive(Debug, Serialize, Deserialize)]
+struct OfferAccepted {
+    offer_id: Uuid,
+}
+
+/// Accepts an offer on behalf of `principal`: records the acceptance and an outbox event in one
+/// transaction. Accepting an already accepted (or applied) offer is a no-op that reports its
+/// state, so a client may safely retry.
+pub async fn accept(
+    pool: &PgPool,
+    principal: crate::auth::Principal,
+    offer_id: Uuid,
+) -> Result<CreditOffer> {
+    let mut tx = pool.begin().await?;
+    let offer: CreditOffer = sqlx::query_as(concat!(
+        "SELECT ",
+        offer_columns!(),
+        " FROM credit_offers WHERE offer_id = $1 FOR UPDATE"
+    ))
+    .bind(offer_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(Error::NotFound("offer"))?;
+    principal.ensure_can_access(offer.user_id)?;
+    match offer.status.as_str() {
+        "accepted" | "applied" => return Ok(offer),
+        "declined" => return Err(Error::Conflict("the offer was declined".into())),
+        "expired" => return Err(Error::Conflict("the offer has expired".into())),
+        _ => {}
+    }
+    if offer.expires_at <= Utc::now() {
+        sqlx::query("UPDATE credit_offers SET status = 'expired' WHERE offer_id = $1")
+            .bind(offer_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        return Err(Error::Conflict("the offer has expired".into()));
+    }
+    let accepted: CreditOffer = sqlx::query_as(concat!(
+        "UPDATE credit_offers SET status = 'accepted', accepted_at = now()
+         WHERE offer_id = $1 RETURNING ",
+        offer_columns!(),
+        ""
+    ))
+    .bind(offer_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, kind, user_id, payload) VALUES ($1, 'offer_accepted', $2, $3)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(accepted.user_id)
+    .bind(sqlx::types::Json(OfferAccepted { offer_id }))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(OUTBOX_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    metrics::counter!("ecs_offers_accepted_total").increment(1);
+    info!(user_id = %accepted.user_id, %offer_id, "offer accepted");
+    Ok(accepted)
+}
+
+/// What one pass of the worker did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutionOutcome {
+    /// The outbox was empty.
+    EmptyQueue,
+    /// An event was processed (the offer applied, or found already applied).
+    TaskCompleted,
+    /// An event failed and was rescheduled with backoff.
+    TaskFailed,
+}
+
+/// Applies accepted offers from the outbox.
+pub struct OfferWorker {
+    pub pool: PgPool,
+    /// Woken after a commit that created notifications.
+    pub notifier: Arc<Notify>,
+    pub poll_interval: Duration,
+}
+
+impl OfferWorker {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(
+            listen(self.pool.clone(), wake.clone(), shutdown.clone())
+                .instrument(info_span!("outbox_listener")),
+        );
+        loop {
+            loop {
+                match self.process_next().await {
+                    Ok(ExecutionOutcome::TaskCompleted) => continue,
+                    Ok(ExecutionOutcome::EmptyQueue | ExecutionOutcome::TaskFailed) => break,
+                    Err(e) => {
+                        warn!(error = %e, "outbox unavailable");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+        listener.abort();
+        info!("offer worker stopped");
+    }
+
+    /// Takes one due event (skipping those another replica holds), applies it and marks it
+    /// processed, all in one transaction.
+    pub async fn process_next(&self) -> Result<ExecutionOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let event: Option<(Uuid, sqlx::types::Json<OfferAccepted>, i32)> = sqlx::query_as(
+            "SELECT event_id, payload, attempts FROM outbox
+             WHERE processed_at IS NULL AND available_at <= now()
+             ORDER BY available_at
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((event_id, payload, attempts)) = event else {
+            return Ok(ExecutionOutcome::EmptyQueue);
+        };
+        let offer_id = payload.0.offer_id;
+        let span = info_span!("apply_offer", %event_id, %offer_id, user_id = tracing::field::Empty);
+        match apply(&mut tx, offer_id).instrument(span.clone()).await {
+            Ok(applied) => {
+                sqlx::query(
+                    "UPDATE outbox SET processed_at = now(), attempts = attempts + 1 WHERE event_id = $1",
+                )
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                if applied {
+                    metrics::counter!("ecs_offers_applied_total").increment(1);
+                    self.notifier.notify_one();
+                }
+                Ok(ExecutionOutcome::TaskCompleted)
+            }
+            Err(e) => {
+                drop(tx);
+                let backoff_secs = 2_i64.saturating_pow(attempts.clamp(0, 10) as u32);
+                span.in_scope(
+                    || warn!(error = %e, attempts, backoff_secs, "applying offer failed"),
+                );
+                sqlx::query(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                         available_at = now() + make_interval(secs => $3)
+                     WHERE event_id = $1",
+                )
+                .bind(event_id)
+                .bind(e.to_string())
+                .bind(backoff_secs as f64)
+                .execute(&self.pool)
+                .await?;
+                Ok(ExecutionOutcome::TaskFailed)
+            }
+        }
+    }
+}
+
+/// Applies one accepted offer inside `tx`. Returns false when it was already applied.
+async fn apply(tx: &mut Transaction<'_, Postgres>, offer_id: Uuid) -> Result<bool> {
+    let offer: CreditOffer = sqlx::query_as(concat!(
+        "SELECT ",
+        offer_columns!(),
+        " FROM credit_offers WHERE offer_id = $1 FOR UPDATE"
+    ))
+    .bind(offer_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(Error::NotFound("offer"))?;
+    tracing::Span::current().record("user_id", tracing::field::display(offer.user_id));
+    match offer.status.as_str() {
+        "applied" => return Ok(false),
+        "accepted" => {}
+        other => {
+            return Err(Error::Internal(format!(
+                "offer is {other}; only accepted offers can be applied"
+            )));
+        }
+    }
+    let previous: Option<i64> = sqlx::query_scalar(
+        "SELECT credit_limit_cents FROM credit_limits WHERE user_id = $1 FOR UPDATE",
+    )
+    .bind(offer.user_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO credit_limits (user_id, credit_limit_cents, interest_rate_bps, credit_type, offer_id, updated_at)
+         VALUES ($1, $2, $3, $4, $5, now())
+         ON CONFLICT (user_id) DO UPDATE SET
+             credit_limit_cents = EXCLUDED.credit_limit_cents,
+             interest_rate_bps = EXCLUDED.interest_rate_bps,
+             credit_type = EXCLUDED.credit_type,
+             offer_id = EXCLUDED.offer_id,
+             updated_at = EXCLUDED.updated_at",
+    )
+    .bind(offer.user_id)
+    .bind(offer.credit_limit_cents)
+    .bind(offer.interest_rate_bps)
+    .bind(&offer.credit_type)
+    .bind(offer.offer_id)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO credit_limit_history (user_id, offer_id, previous_limit_cents, new_limit_cents, interest_rate_bps)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (offer_id) DO NOTHING",
+    )
+    .bind(offer.user_id)
+    .bind(offer.offer_id)
+    .bind(previous)
+    .bind(offer.credit_limit_cents)
+    .bind(offer.interest_rate_bps)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "UPDATE credit_offers SET status = 'applied', applied_at = now() WHERE offer_id = $1",
+    )
+    .bind(offer.offer_id)
+    .execute(&mut **tx)
+    .await?;
+    let credit_type = match offer.credit_type.as_str() {
+        "long_term" => CreditType::LongTerm,
+        _ => CreditType::ShortTerm,
+    };
+    notify::create_for_user(
+        tx,
+        offer.user_id,
+        offer.offer_id,
+        &NotificationKind::OfferApplied {
+            offer_id: offer.offer_id,
+            credit_limit_cents: offer.credit_limit_cents,
+            interest_rate_bps: offer.interest_rate_bps,
+            credit_type,
+        },
+    )
+    .await?;
+    info!(user_id = %offer.user_id, limit_cents = offer.credit_limit_cents, "credit limit applied");
+    Ok(true)
+}
+
+/// Wakes the worker on NOTIFY. Best effort: when the listener is down, polling still drives the
+/// worker, so this only retries with a pause.
+async fn listen(pool: PgPool, wake: Arc<Notify>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot LISTEN; relying on polling");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(OUTBOX_CHANNEL).await {
+            warn!(error = %e, "cannot LISTEN; relying on polling");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = listener.recv() => match n {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => {
+                        warn!(error = %e, "LISTEN connection lost");
+                        // Whatever was notified meanwhile is found by the next poll.
+                        wake.notify_one();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

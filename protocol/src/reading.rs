@@ -244,13 +244,13 @@ impl ReadingBatch {
         if len > MAX_READINGS_PER_BATCH {
             return Err(ValidationError::TooManyReadings(len));
         }
-        let last = self
-            .first_seq
-            .checked_add(len as u64 - 1)
-            .ok_or(ValidationError::SeqOverflow {
-                first_seq: self.first_seq,
-                len,
-            })?;
+        let last =
+            self.first_seq
+                .checked_add(len as u64 - 1)
+                .ok_or(ValidationError::SeqOverflow {
+                    first_seq: self.first_seq,
+                    len,
+                })?;
         if last > i64::MAX as u64 {
             return Err(ValidationError::SeqOutOfRange);
         }

@@ -92,7 +92,10 @@ fn downlink_messages_round_trip() {
     let receipt = Uplink::NotificationReceiptV1(NotificationReceipt {
         notification_ids: vec![Uuid::new_v4()],
     });
-    assert_eq!(decode_uplink(&encode_uplink(&receipt).unwrap()).unwrap(), receipt);
+    assert_eq!(
+        decode_uplink(&encode_uplink(&receipt).unwrap()).unwrap(),
+        receipt
+    );
 }
 
 #[test]
@@ -128,7 +131,10 @@ fn garbage_and_unknown_variants_are_errors() {
 #[test]
 fn oversized_payloads_are_refused_before_parsing() {
     let bytes = vec![0u8; MAX_MESSAGE_BYTES + 1];
-    assert!(matches!(decode_uplink(&bytes), Err(DecodeError::TooLarge(_))));
+    assert!(matches!(
+        decode_uplink(&bytes),
+        Err(DecodeError::TooLarge(_))
+    ));
 }
 
 #[test]
@@ -202,10 +208,7 @@ fn validation_accepts_a_good_batch_and_names_the_first_fault() {
 fn device_ids_are_alphanumeric_and_bounded() {
     assert!(DeviceId::parse("abcDEF123").is_ok());
     assert_eq!(DeviceId::parse(""), Err(DeviceIdError::Empty));
-    assert_eq!(
-        DeviceId::parse("a-b"),
-        Err(DeviceIdError::InvalidCharacter)
-    );
+    assert_eq!(DeviceId::parse("a-b"), Err(DeviceIdError::InvalidCharacter));
     assert_eq!(DeviceId::parse("x".repeat(33)), Err(DeviceIdError::TooLong));
     assert_eq!(DeviceId::random().as_str().len(), 32);
     assert!(DeviceId::parse(DeviceId::random().to_string()).is_ok());

@@ -1,1 +1,8 @@
-pub fn x(){}
+//! Simulations around the real components: the all-in-one [`demo`], a [`fleet`] of phones, the
+//! [`mobile`] app, and the in-process [`stack`] the demo and the end-to-end tests stand on.
+
+pub mod demo;
+pub mod fleet;
+pub mod history;
+pub mod mobile;
+pub mod stack;

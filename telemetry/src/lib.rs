@@ -1,5 +1,5 @@
-//! Process-wide setup shared by every ECS binary: structured logs on stdout and the one TLS
-//! crypto provider of the build.
+//! Process-wide setup shared by every ECS binary: structured logs on stdout, the one TLS
+//! crypto provider of the build, and graceful-shutdown signals.
 //!
 //! Logs are one JSON object per line by default (`ECS_LOG_FORMAT=json`), so a log pipeline can
 //! index `request_id`, `user_id` and `device_id` fields; `pretty` is for a human at a terminal.
@@ -17,15 +17,37 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global log subscriber. Call once, first thing in `main`; a second call (tests
-/// that start several components in one process) is a no-op.
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Services log to stdout (the platform collects it).
+    Stdout,
+    /// Interactive tools (the demo) keep stdout for their own report.
+    Stderr,
+}
+
+/// Installs the global log subscriber on stdout. Call once, first thing in `main`; a second call
+/// (tests that start several components in one process) is a no-op.
 pub fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logs_with(format, LogTarget::Stdout, "info");
+}
+
+/// Like [`init_logs`], choosing the target and the filter used when `RUST_LOG` is unset.
+pub fn init_logs_with(format: LogFormat, target: LogTarget, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let writer = move || -> Box<dyn std::io::Write> {
+        match target {
+            LogTarget::Stdout => Box::new(std::io::stdout()),
+            LogTarget::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry
             .with(
                 fmt::layer()
+                    .with_writer(writer)
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
@@ -33,7 +55,9 @@ pub fn init_logs(format: LogFormat) {
                     .with_target(true),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init(),
+        LogFormat::Pretty => registry
+            .with(fmt::layer().with_writer(writer).compact())
+            .try_init(),
     };
     // Already initialised: keep the first subscriber.
     drop(result);
@@ -46,4 +70,28 @@ pub fn init_logs(format: LogFormat) {
 pub fn install_crypto_provider() {
     // Err means a provider is already installed, which is what we want either way.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and Kubernetes send), so every
+/// binary shuts down gracefully on either.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            // Without a SIGTERM handler, Ctrl-C still works.
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -1,0 +1,238 @@
+//! The ingest loop: takes messages from the broker link, runs [`Ingest::handle`] on a bounded
+//! number of them at once, publishes the acks and counts what happened.
+
+use std::{sync::Arc, time::Duration};
+
+use ecs_protocol::{Ack, DeviceId, Downlink, encode_downlink, topic};
+use rumqttc::{AsyncClient, QoS};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, warn};
+
+use super::{Ingest, Outcome};
+use crate::mqtt::Inbound;
+
+/// How long an ack may wait for room in the MQTT client's request queue. Never unbounded: the
+/// event loop that drains that queue may itself be waiting for ingest to take the next message
+/// (backpressure), and an unbounded wait would close that cycle. A dropped ack costs a resend.
+const ACK_QUEUE_WAIT: Duration = Duration::from_secs(2);
+
+impl Ingest {
+    /// Processes `inbound` until it closes or `shutdown` is cancelled, at most `concurrency`
+    /// messages at a time, publishing each ack (QoS 1) on the device's downlink topic.
+    ///
+    /// A message that fails transiently is logged and dropped: it was not acked, so its device
+    /// sends it again. On shutdown, messages in flight are finished (and acked); messages still
+    /// queued are left to their devices' resends.
+    pub async fn run(
+        self,
+        client: AsyncClient,
+        mut inbound: mpsc::Receiver<Inbound>,
+        concurrency: usize,
+        shutdown: CancellationToken,
+    ) {
+        let ingest = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let mut in_flight = JoinSet::new();
+        info!(concurrency, "ingest started");
+        loop {
+            let slot = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+            };
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                message = inbound.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            while let Some(done) = in_flight.try_join_next() {
+                log_panic(done);
+            }
+            let (ingest, client) = (ingest.clone(), client.clone());
+            in_flight.spawn(
+                async move {
+                    ingest.process(&client, message).await;
+                    drop(slot);
+                }
+                .in_current_span(),
+            );
+        }
+        while let Some(done) = in_flight.join_next().await {
+            log_panic(done);
+        }
+        // Dropping the receiver tells the broker link that no more acks will come.
+        drop(inbound);
+        info!("ingest stopped");
+    }
+
+    async fn process(&self, client: &AsyncClient, message: Inbound) {
+        let started = Instant::now();
+        let outcome = match self.handle(&message.topic, &message.payload).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                metrics::counter!("ecs_ingest_errors_total").increment(1);
+                warn!(error = %e, topic = %message.topic, "uplink not processed; its device will resend it");
+                return;
+            }
+        };
+        record_metrics(&outcome, started.elapsed());
+        if let Some((device, ack)) = outcome.ack() {
+            publish_ack(client, device, ack).await;
+        }
+    }
+}
+
+fn record_metrics(outcome: &Outcome, elapsed: Duration) {
+    match outcome {
+        Outcome::Stored {
+            inserted,
+            duplicates,
+            ..
+        } => {
+            metrics::counter!("ecs_ingest_readings_stored_total").increment(*inserted as u64);
+            metrics::counter!("ecs_ingest_readings_duplicates_total").increment(*duplicates as u64);
+        }
+        Outcome::AllDuplicates { readings, .. } => {
+            metrics::counter!("ecs_ingest_readings_duplicates_total").increment(*readings as u64);
+        }
+        Outcome::DiscardedWithoutConsent { readings, .. } => {
+            metrics::counter!("ecs_ingest_readings_discarded_total").increment(*readings as u64);
+        }
+        Outcome::DeadLettered { reason, .. } => {
+            metrics::counter!("ecs_ingest_dead_letters_total", "reason" => reason.code())
+                .increment(1);
+        }
+        Outcome::ReceiptApplied { delivered, .. } => {
+            metrics::counter!("ecs_notifications_delivered_total").increment(*delivered);
+        }
+    }
+    if matches!(
+        outcome,
+        Outcome::Stored { .. } | Outcome::AllDuplicates { .. }
+    ) {
+        metrics::histogram!("ecs_ingest_batch_duration_seconds").record(elapsed.as_secs_f64());
+    }
+}
+
+async fn publish_ack(client: &AsyncClient, device: &DeviceId, ack: Ack) {
+    let payload = match encode_downlink(&Downlink::AckV1(ack)) {
+        Ok(payload) => payload,
+        Err(e) => {
+            error!(error = %e, "cannot encode an ack");
+            return;
+        }
+    };
+    let queued = tokio::time::timeout(
+        ACK_QUEUE_WAIT,
+        client.publish(topic::downlink(device), QoS::AtLeastOnce, false, payload),
+    )
+    .await;
+    match queued {
+        Ok(Ok(())) => {
+            debug!(device_id = %device, first_seq = ack.first_seq, up_to_seq = ack.up_to_seq, "ack queued");
+        }
+        Ok(Err(e)) => {
+            metrics::counter!("ecs_ingest_acks_dropped_total").increment(1);
+            warn!(device_id = %device, error = %e, "ack not published; the device will resend");
+        }
+        Err(_) => {
+            metrics::counter!("ecs_ingest_acks_dropped_total").increment(1);
+            warn!(device_id = %device, "MQTT request queue full; ack dropped, the device will resend");
+        }
+    }
+}
+
+fn log_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && e.is_panic()
+    {
+        error!(error = %e, "an ingest task panicked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ecs_protocol::decode_downlink;
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{
+        ingest::fixtures::*,
+        mqtt::{
+            BrokerLink,
+            testing::{TestClient, WAIT, settings},
+        },
+    };
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn the_runner_acks_what_it_committed_and_stops_mid_work(pool: PgPool) {
+        let (_, device) = user_with_device(&pool).await;
+        let (tx, rx) = mpsc::channel(16);
+        let shutdown = CancellationToken::new();
+        let group = format!("test{}", Uuid::new_v4().simple());
+        let link = BrokerLink::start(&settings(&group), tx, shutdown.clone())
+            .await
+            .unwrap();
+        link.wait_ready(WAIT).await.unwrap();
+        let runner =
+            tokio::spawn(Ingest::new(pool.clone()).run(link.client(), rx, 4, shutdown.clone()));
+        let mut phone = TestClient::connect(Some(&topic::downlink(&device))).await;
+        let up = topic::uplink(&device);
+        let publisher = phone.client.clone();
+        let send = |payload: Vec<u8>| publisher.publish(&up, QoS::AtLeastOnce, false, payload);
+        let next_ack = |message: Option<Inbound>| match message.map(|m| decode_downlink(&m.payload))
+        {
+            Some(Ok(Downlink::AckV1(ack))) => ack,
+            other => panic!("expected an ack, got {other:?}"),
+        };
+
+        send(encode(batch(&device, 0, 10))).await.unwrap();
+        let ack = next_ack(phone.next_within(WAIT).await);
+        assert_eq!((ack.first_seq, ack.up_to_seq), (0, 9));
+
+        // Garbage is not acked (its range is unknown); the good batch after it is.
+        send(b"garbage".to_vec()).await.unwrap();
+        send(encode(batch(&device, 10, 5))).await.unwrap();
+        let ack = next_ack(phone.next_within(WAIT).await);
+        assert_eq!((ack.first_seq, ack.up_to_seq), (10, 14));
+
+        // Shut down with batches in flight: the runner stops, and every ack it still sent names
+        // readings that are committed.
+        for i in 0..20u64 {
+            send(encode(batch(&device, 100 + i * 10, 10)))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        shutdown.cancel();
+        tokio::time::timeout(WAIT, runner)
+            .await
+            .expect("the runner did not stop")
+            .unwrap();
+        while let Some(message) = phone.next_within(Duration::from_millis(500)).await {
+            let ack = next_ack(Some(message));
+            let stored: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM emotion_readings WHERE device_id = $1 AND seq BETWEEN $2 AND $3",
+            )
+            .bind(device.as_str())
+            .bind(ack.first_seq as i64)
+            .bind(ack.up_to_seq as i64)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            assert_eq!(stored as u64, ack.up_to_seq - ack.first_seq + 1);
+        }
+    }
+}

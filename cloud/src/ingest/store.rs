@@ -1,0 +1,215 @@
+//! The batch's one transaction: readings, features and the device's liveness, committed together.
+
+use chrono::{DateTime, Utc};
+use ecs_protocol::{DeviceId, Reading, ReadingBatch};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::DEVICE_RETURN_GAP;
+use crate::{
+    Error,
+    error::Result,
+    features::{self, EmotionFeatures},
+};
+
+/// Stores `batch` (readings taken at `taken_at`, index-aligned) for `user_id` and folds the
+/// readings that were new into the person's features, all in one transaction.
+pub(super) async fn store_batch(
+    pool: &PgPool,
+    device: &DeviceId,
+    user_id: Uuid,
+    batch: &ReadingBatch,
+    taken_at: &[DateTime<Utc>],
+) -> Result<StoredBatch> {
+    let mut tx = pool.begin().await?;
+    let inserted = insert_readings(&mut tx, device, user_id, batch, taken_at).await?;
+    if !inserted.is_empty() {
+        let mut is_new = vec![false; batch.readings.len()];
+        for seq in &inserted {
+            let index = u64::try_from(*seq)
+                .ok()
+                .and_then(|s| s.checked_sub(batch.first_seq))
+                .and_then(|i| usize::try_from(i).ok());
+            if let Some(slot) = index.and_then(|i| is_new.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        let new: Vec<(DateTime<Utc>, &Reading)> = taken_at
+            .iter()
+            .zip(&batch.readings)
+            .zip(&is_new)
+            .filter(|(_, new)| **new)
+            .map(|((at, reading), _)| (*at, reading))
+            .collect();
+        let previous = features::load_for_update(&mut tx, user_id).await?;
+        if let Some(next) = EmotionFeatures::update(previous.as_ref(), &new) {
+            features::store(&mut tx, user_id, &next).await?;
+        }
+    }
+    let seen = mark_seen(&mut tx, device).await?;
+    tx.commit().await?;
+    Ok(StoredBatch {
+        inserted: inserted.len(),
+        came_back_with_mail: seen.is_some_and(|s| s.came_online && s.has_undelivered),
+    })
+}
+
+/// What the batch's transaction did.
+pub(super) struct StoredBatch {
+    /// Readings that were new; the rest of the batch was stored before.
+    pub(super) inserted: usize,
+    /// The device came back online (see [`DEVICE_RETURN_GAP`]) with notifications waiting.
+    pub(super) came_back_with_mail: bool,
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the database
+/// refuses this content and will refuse it again on every resend, so retrying is pointless.
+pub(super) fn refused_by_database(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        _ => false,
+    }
+}
+
+/// Inserts the whole batch in one statement and returns the sequence numbers that were new.
+///
+/// Each column travels as one array parameter and `UNNEST` zips them back into rows. A reading's
+/// thoughts are a variable-length array, and Postgres arrays are rectangular, so those two
+/// columns travel as array literals (`'{1,3}'`) in a `text[]` and are cast per row.
+async fn insert_readings(
+    conn: &mut PgConnection,
+    device: &DeviceId,
+    user_id: Uuid,
+    batch: &ReadingBatch,
+    taken_at: &[DateTime<Utc>],
+) -> Result<Vec<i64>> {
+    let first_seq = i64::try_from(batch.first_seq)
+        .map_err(|_| Error::Internal("validated batch has first_seq above i64::MAX".into()))?;
+    let n = batch.readings.len();
+    let mut seq = Vec::with_capacity(n);
+    let mut emotions: [Vec<i16>; 8] = Default::default();
+    let [
+        mut valence,
+        mut arousal,
+        mut dominance,
+        mut stress,
+        mut focus,
+    ]: [Vec<i16>; 5] = Default::default();
+    let mut intents = Vec::with_capacity(n);
+    let mut confidences = Vec::with_capacity(n);
+    for (index, reading) in (0i64..).zip(&batch.readings) {
+        seq.push(first_seq + index);
+        for (column, value) in emotions.iter_mut().zip(reading.emotions.as_array()) {
+            column.push(i16::from(value));
+        }
+        valence.push(i16::from(reading.valence));
+        arousal.push(i16::from(reading.arousal));
+        dominance.push(i16::from(reading.dominance));
+        stress.push(i16::from(reading.stress));
+        focus.push(i16::from(reading.focus));
+        intents.push(array_literal(
+            reading.thoughts.iter().map(|t| t.intent.code()),
+        ));
+        confidences.push(array_literal(
+            reading.thoughts.iter().map(|t| i16::from(t.confidence)),
+        ));
+    }
+    let [
+        joy,
+        trust,
+        fear,
+        surprise,
+        sadness,
+        disgust,
+        anger,
+        anticipation,
+    ] = &emotions;
+    let inserted = sqlx::query_scalar(
+        "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at,
+             joy, trust, fear, surprise, sadness, disgust, anger, anticipation,
+             valence, arousal, dominance, stress, focus, intents, intent_confidence)
+         SELECT $1, r.seq, $2, r.recorded_at,
+             r.joy, r.trust, r.fear, r.surprise, r.sadness, r.disgust, r.anger, r.anticipation,
+             r.valence, r.arousal, r.dominance, r.stress, r.focus,
+             r.intents::smallint[], r.intent_confidence::smallint[]
+         FROM UNNEST($3::bigint[], $4::timestamptz[],
+             $5::smallint[], $6::smallint[], $7::smallint[], $8::smallint[],
+             $9::smallint[], $10::smallint[], $11::smallint[], $12::smallint[],
+             $13::smallint[], $14::smallint[], $15::smallint[], $16::smallint[], $17::smallint[],
+             $18::text[], $19::text[])
+             AS r(seq, recorded_at, joy, trust, fear, surprise, sadness, disgust, anger,
+                  anticipation, valence, arousal, dominance, stress, focus, intents,
+                  intent_confidence)
+         ON CONFLICT (device_id, seq) DO NOTHING
+         RETURNING seq",
+    )
+    .bind(device.as_str())
+    .bind(user_id)
+    .bind(&seq)
+    .bind(taken_at)
+    .bind(joy)
+    .bind(trust)
+    .bind(fear)
+    .bind(surprise)
+    .bind(sadness)
+    .bind(disgust)
+    .bind(anger)
+    .bind(anticipation)
+    .bind(&valence)
+    .bind(&arousal)
+    .bind(&dominance)
+    .bind(&stress)
+    .bind(&focus)
+    .bind(&intents)
+    .bind(&confidences)
+    .fetch_all(conn)
+    .await?;
+    Ok(inserted)
+}
+
+/// `{1,3}`: a Postgres array literal of small integers (no quoting needed).
+fn array_literal(values: impl Iterator<Item = i16>) -> String {
+    let items: Vec<String> = values.map(|v| v.to_string()).collect();
+    format!("{{{}}}", items.join(","))
+}
+
+#[derive(sqlx::FromRow)]
+struct Seen {
+    came_online: bool,
+    has_undelivered: bool,
+}
+
+/// Records that the device is alive. A batch after more than [`DEVICE_RETURN_GAP`] of silence
+/// opens a new `online_since`; the notifier re-publishes anything published before it.
+async fn mark_seen(conn: &mut PgConnection, device: &DeviceId) -> Result<Option<Seen>> {
+    let seen = sqlx::query_as(
+        "UPDATE devices SET
+             online_since = CASE
+                 WHEN online_since IS NULL OR last_seen_at IS NULL
+                      OR last_seen_at < now() - make_interval(secs => $2)
+                 THEN now() ELSE online_since END,
+             last_seen_at = now()
+         WHERE device_id = $1
+         RETURNING online_since = now() AS came_online,
+             EXISTS (SELECT 1 FROM notifications n
+                     WHERE n.device_id = $1 AND n.delivered_at IS NULL) AS has_undelivered",
+    )
+    .bind(device.as_str())
+    .bind(DEVICE_RETURN_GAP.as_seconds_f64())
+    .fetch_optional(conn)
+    .await?;
+    Ok(seen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thoughts_travel_as_array_literals() {
+        assert_eq!(array_literal([1i16, 3].into_iter()), "{1,3}");
+        assert_eq!(array_literal(std::iter::empty()), "{}");
+    }
+}

@@ -1,0 +1,303 @@
+//! Wiring: one agent is four tasks around one SQLite file.
+//!
+//! ```text
+//! sensor ──queue──> recorder ──> buffer (SQLite) <── uplink session <──events── mqtt event loop
+//!                                inbox  (SQLite) <──┘        └──publish──> rumqttc ──> broker
+//! ```
+//!
+//! Each task runs in a span named after it, carrying `device_id`. Shutdown is cooperative (a
+//! cancellation token every task watches) and bounded: a task that does not stop in time is
+//! aborted and reported.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ecs_protocol::{DeviceId, Notification};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+use crate::buffer::Buffer;
+use crate::config::AgentConfig;
+use crate::error::{Error, Result};
+use crate::inbox::Inbox;
+use crate::recorder;
+use crate::sensor::Sensor;
+use crate::sqlite::Shared;
+use crate::uplink::{Session, Settings, connection};
+
+/// How long [`AgentHandle::shutdown`] waits for each task.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often [`AgentHandle::wait_drained`] looks.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Live counters shared by the tasks; [`AgentStats`] is a snapshot of them.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) produced: AtomicU64,
+    pub(crate) recorded: AtomicU64,
+    /// Produced but never stored (queue full, write failed at shutdown).
+    pub(crate) lost: AtomicU64,
+    /// Dropped by the buffer's capacity policy, by this process.
+    pub(crate) dropped: AtomicU64,
+    /// Dropped by the capacity policy since the buffer file was created.
+    pub(crate) dropped_total: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) batches_sent: AtomicU64,
+    pub(crate) batches_resent: AtomicU64,
+    pub(crate) buffered: AtomicU64,
+    pub(crate) notifications: AtomicU64,
+    pub(crate) decode_errors: AtomicU64,
+    pub(crate) connected: AtomicBool,
+}
+
+/// A snapshot of what an agent has done since it started (unless noted otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgentStats {
+    pub readings_produced: u64,
+    /// Readings deleted from the buffer because the cloud acknowledged them. After a restart
+    /// this includes readings an earlier run produced.
+    pub readings_acked: u64,
+    pub batches_sent: u64,
+    pub batches_resent: u64,
+    /// Readings this run lost before the cloud had them: the oldest dropped from a full buffer,
+    /// or never stored because the disk stalled.
+    pub readings_dropped: u64,
+    /// Readings dropped from a full buffer since the buffer file was created (persisted).
+    pub readings_dropped_total: u64,
+    /// Readings on disk awaiting an ack, now.
+    pub readings_buffered: u64,
+    /// Distinct notifications stored in the inbox (duplicates not counted).
+    pub notifications_received: u64,
+    /// Downlink messages that could not be decoded (or made no sense) and were dropped.
+    pub decode_errors: u64,
+    pub connected: bool,
+}
+
+/// Starts agents. See [`Agent::start`].
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// Opens the buffer and inbox, then starts sampling, recording and uplinking. Returns once
+    /// everything runs; the broker need not be reachable (the agent buffers and keeps trying).
+    ///
+    /// Must be called within a tokio runtime. Fails on invalid configuration, unreadable TLS
+    /// files, or a database that cannot be opened or belongs to another device.
+    pub async fn start(config: AgentConfig) -> Result<AgentHandle> {
+        config.validate()?;
+        let device_id = config.device_id.clone();
+        let settings = Settings {
+            batch_size: config.batch_size,
+            flush_interval: config.flush_interval,
+            ack_timeout: config.ack_timeout,
+            inflight_batches: config.inflight_batches,
+        };
+        let period = Duration::from_secs_f64(1.0 / config.sample_rate_hz);
+        let sensor = Sensor::new(config.effective_seed());
+        let (buffer, inbox, (client, eventloop)) = tokio::task::spawn_blocking(move || {
+            let buffer = Buffer::open(&config.db_path, &config.device_id, config.buffer_capacity)?;
+            let inbox = Inbox::open(&config.db_path)?;
+            Ok::<_, Error>((buffer, inbox, connection::client(&config)?))
+        })
+        .await
+        .map_err(|e| Error::Task(format!("opening the agent did not finish: {e}")))??;
+
+        let counters = Arc::new(Counters::default());
+        counters.buffered.store(buffer.len(), Ordering::Relaxed);
+        counters
+            .dropped_total
+            .store(buffer.dropped_total(), Ordering::Relaxed);
+        let newest_recorded = buffer.next_seq().saturating_sub(1);
+        info!(
+            device_id = %device_id,
+            buffered = buffer.len(),
+            next_seq = buffer.next_seq(),
+            "agent starting"
+        );
+        let buffer = Shared::new(buffer);
+        let inbox = Shared::new(inbox);
+
+        let shutdown = CancellationToken::new();
+        let sensor_stop = shutdown.child_token();
+        let (queue_tx, queue_rx) = mpsc::channel(recorder::QUEUE_CAPACITY);
+        let (recorded_tx, recorded_rx) = watch::channel(newest_recorded);
+        let (link_tx, link_rx) = mpsc::unbounded_channel();
+        let session = Session::new(
+            &device_id,
+            client.clone(),
+            buffer.clone(),
+            inbox.clone(),
+            Arc::clone(&counters),
+            settings,
+            newest_recorded,
+            shutdown.clone(),
+        );
+
+        let tasks = vec![
+            (
+                "sensor",
+                tokio::spawn(
+                    recorder::sample(
+                        sensor,
+                        period,
+                        queue_tx,
+                        Arc::clone(&counters),
+                        sensor_stop.clone(),
+                    )
+                    .instrument(info_span!("sensor", device_id = %device_id)),
+                ),
+            ),
+            (
+                "recorder",
+                tokio::spawn(
+                    recorder::record(
+                        queue_rx,
+                        buffer.clone(),
+                        Arc::clone(&counters),
+                        recorded_tx,
+                        shutdown.clone(),
+                    )
+                    .instrument(info_span!("recorder", device_id = %device_id)),
+                ),
+            ),
+            (
+                "uplink",
+                tokio::spawn(
+                    session
+                        .run(link_rx, recorded_rx)
+                        .instrument(info_span!("uplink", device_id = %device_id)),
+                ),
+            ),
+            (
+                "mqtt",
+                tokio::spawn(
+                    connection::drive(
+                        eventloop,
+                        client,
+                        link_tx,
+                        Arc::clone(&counters),
+                        shutdown.clone(),
+                    )
+                    .instrument(info_span!("mqtt", device_id = %device_id)),
+                ),
+            ),
+        ];
+        Ok(AgentHandle {
+            device_id,
+            counters,
+            buffer,
+            inbox,
+            sensor_stop,
+            shutdown,
+            tasks,
+        })
+    }
+}
+
+/// Control of a running agent. Dropping it stops the tasks without waiting for them; call
+/// [`AgentHandle::shutdown`] to stop them and wait.
+pub struct AgentHandle {
+    device_id: DeviceId,
+    counters: Arc<Counters>,
+    buffer: Shared<Buffer>,
+    inbox: Shared<Inbox>,
+    sensor_stop: CancellationToken,
+    shutdown: CancellationToken,
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
+}
+
+impl AgentHandle {
+    pub fn device_id(&self) -> &DeviceId {
+        &self.device_id
+    }
+
+    pub fn stats(&self) -> AgentStats {
+        let c = &*self.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        AgentStats {
+            readings_produced: load(&c.produced),
+            readings_acked: load(&c.acked),
+            batches_sent: load(&c.batches_sent),
+            batches_resent: load(&c.batches_resent),
+            readings_dropped: load(&c.dropped) + load(&c.lost),
+            readings_dropped_total: load(&c.dropped_total),
+            readings_buffered: load(&c.buffered),
+            notifications_received: load(&c.notifications),
+            decode_errors: load(&c.decode_errors),
+            connected: c.connected.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops producing readings; what is buffered keeps going up. Idempotent.
+    pub fn stop_sensor(&self) {
+        self.sensor_stop.cancel();
+    }
+
+    /// Waits until every reading produced so far is stored, sent, acknowledged and deleted:
+    /// nothing is queued in memory and the buffer is empty. Returns `false` if that did not
+    /// happen within `timeout`. Meaningful after [`AgentHandle::stop_sensor`]; while the sensor
+    /// runs, "drained" lasts only until the next sample.
+    pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, async {
+            while !self.is_drained() {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    fn is_drained(&self) -> bool {
+        let c = &*self.counters;
+        // Counters first, gauge last: a reading recorded in between shows up in the gauge.
+        let produced = c.produced.load(Ordering::SeqCst);
+        let settled = c.recorded.load(Ordering::SeqCst) + c.lost.load(Ordering::SeqCst);
+        produced == settled && c.buffered.load(Ordering::SeqCst) == 0
+    }
+
+    /// Every notification in the inbox, in arrival order.
+    pub async fn notifications(&self) -> Result<Vec<Notification>> {
+        self.inbox.call(|inbox| inbox.list()).await
+    }
+
+    /// Stops the sensor, stores what it already produced, disconnects from the broker, and
+    /// checkpoints the database so the file is self-contained. Unacknowledged readings stay in
+    /// the buffer for the next start.
+    pub async fn shutdown(mut self) -> Result<()> {
+        self.shutdown.cancel();
+        let mut failure = None;
+        for (name, mut task) in std::mem::take(&mut self.tasks) {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = Some(Error::Task(format!("{name} task failed: {e}"))),
+                Err(_) => {
+                    task.abort();
+                    failure = Some(Error::Task(format!(
+                        "{name} task did not stop within {SHUTDOWN_GRACE:?}"
+                    )));
+                }
+            }
+        }
+        self.buffer.call(|b| b.checkpoint()).await?;
+        info!(device_id = %self.device_id, stats = ?self.stats(), "agent stopped");
+        failure.map_or(Ok(()), Err)
+    }
+}
+
+impl std::fmt::Debug for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHandle")
+            .field("device_id", &self.device_id)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,286 @@
+//! What an agent needs to know before it starts.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ecs_protocol::{DeviceId, MAX_READINGS_PER_BATCH};
+
+use crate::error::{Error, Result};
+
+/// Configuration of one edge agent. Build it with [`AgentConfig::new`], then adjust the public
+/// fields; [`crate::Agent::start`] checks the whole value before anything runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The device's identity: MQTT client id, topic prefix and the owner of every reading.
+    pub device_id: DeviceId,
+    /// The SQLite file holding unacknowledged readings and the notification inbox.
+    pub db_path: PathBuf,
+    pub broker: BrokerUrl,
+    /// Required for `mqtts://`, ignored for `mqtt://`.
+    pub tls: Option<TlsFiles>,
+    /// Readings per second; fractions are allowed (0.5 = one every two seconds).
+    pub sample_rate_hz: f64,
+    /// Seed of the simulated sensor; `None` derives one from the device id, so a device keeps
+    /// its persona across restarts.
+    pub sensor_seed: Option<u64>,
+    /// Most readings kept on disk; beyond it the oldest are dropped (and counted).
+    pub buffer_capacity: u64,
+    /// Most readings per uplink batch (at most [`MAX_READINGS_PER_BATCH`]).
+    pub batch_size: usize,
+    /// A partial batch goes out at least this often.
+    pub flush_interval: Duration,
+    /// A batch without an application ack after this long is sent again.
+    pub ack_timeout: Duration,
+    /// Most batches sent and not yet acknowledged at any time.
+    pub inflight_batches: usize,
+}
+
+impl AgentConfig {
+    pub const DEFAULT_SAMPLE_RATE_HZ: f64 = 10.0;
+    pub const DEFAULT_BUFFER_CAPACITY: u64 = 1_000_000;
+    pub const DEFAULT_BATCH_SIZE: usize = 100;
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_INFLIGHT_BATCHES: usize = 8;
+    /// Lowest accepted sample rate (one reading every ~17 minutes).
+    pub const MIN_SAMPLE_RATE_HZ: f64 = 0.001;
+    /// Highest accepted sample rate: beyond it the simulation is a load generator, not a phone.
+    pub const MAX_SAMPLE_RATE_HZ: f64 = 10_000.0;
+
+    /// Defaults everywhere, with the database at `./ecs-edge-<device>.db`.
+    pub fn new(device_id: DeviceId, broker: BrokerUrl) -> Self {
+        Self {
+            db_path: Self::default_db_path(&device_id),
+            device_id,
+            broker,
+            tls: None,
+            sample_rate_hz: Self::DEFAULT_SAMPLE_RATE_HZ,
+            sensor_seed: None,
+            buffer_capacity: Self::DEFAULT_BUFFER_CAPACITY,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+            flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
+            ack_timeout: Self::DEFAULT_ACK_TIMEOUT,
+            inflight_batches: Self::DEFAULT_INFLIGHT_BATCHES,
+        }
+    }
+
+    pub fn default_db_path(device_id: &DeviceId) -> PathBuf {
+        PathBuf::from(format!("./ecs-edge-{device_id}.db"))
+    }
+
+    /// The seed the sensor will use: the configured one, or a stable hash of the device id
+    /// (FNV-1a, spelled out so it never changes with a library version).
+    pub fn effective_seed(&self) -> u64 {
+        self.sensor_seed.unwrap_or_else(|| {
+            self.device_id
+                .as_str()
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+                    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+                })
+        })
+    }
+
+    /// Rejects values the agent cannot run with, naming the first one.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what: String| Err(Error::InvalidConfig(what));
+        // `contains` is false for NaN too.
+        if !(Self::MIN_SAMPLE_RATE_HZ..=Self::MAX_SAMPLE_RATE_HZ).contains(&self.sample_rate_hz) {
+            return invalid(format!(
+                "sample rate {} Hz is outside {}..={}",
+                self.sample_rate_hz,
+                Self::MIN_SAMPLE_RATE_HZ,
+                Self::MAX_SAMPLE_RATE_HZ
+            ));
+        }
+        if self.buffer_capacity == 0 {
+            return invalid("buffer capacity must be at least 1 reading".into());
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_READINGS_PER_BATCH {
+            return invalid(format!(
+                "batch size {} is outside 1..={MAX_READINGS_PER_BATCH}",
+                self.batch_size
+            ));
+        }
+        if self.inflight_batches == 0 {
+            return invalid("the in-flight window must hold at least 1 batch".into());
+        }
+        if self.flush_interval.is_zero() || self.ack_timeout.is_zero() {
+            return invalid("flush interval and ack timeout must be positive".into());
+        }
+        if self.broker.scheme == Scheme::Mqtts && self.tls.is_none() {
+            return invalid(format!(
+                "{} needs a CA certificate, a device certificate and its key",
+                self.broker
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// PEM files for mutual TLS: the CA that signed the broker's certificate, and this device's
+/// certificate (chain) and private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain TCP (interoperability tests against Mosquitto, service networks).
+    Mqtt,
+    /// TLS with a client certificate (devices in production).
+    Mqtts,
+}
+
+/// Where the broker is: `mqtt://host[:port]` or `mqtts://host[:port]` (default ports 1883 and
+/// 8883). IPv6 hosts go in brackets: `mqtt://[::1]:1883`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for BrokerUrl {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        let fail = |reason| Error::InvalidBrokerUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (Scheme::Mqtts, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (Scheme::Mqtt, rest)
+        } else {
+            return Err(fail("scheme must be mqtt:// or mqtts://"));
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) {
+            return Err(fail("only host and port are allowed after the scheme"));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| fail("unclosed '[' around an IPv6 address"))?;
+            match after {
+                "" => (host, None),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| fail("expected ':' after ']'"))?,
+                    ),
+                ),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(fail("host is empty"));
+        }
+        let port = match port {
+            None => match scheme {
+                Scheme::Mqtt => 1883,
+                Scheme::Mqtts => 8883,
+            },
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| fail("port must be a number in 1..=65535"))?,
+        };
+        Ok(Self {
+            scheme,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Mqtt => "mqtt",
+            Scheme::Mqtts => "mqtts",
+        };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> BrokerUrl {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn broker_urls_parse_with_default_ports() {
+        assert_eq!(url("mqtt://localhost").port, 1883);
+        assert_eq!(url("mqtts://broker.example").port, 8883);
+        let explicit = url("mqtts://127.0.0.1:18883/");
+        assert_eq!(
+            (explicit.scheme, explicit.host.as_str(), explicit.port),
+            (Scheme::Mqtts, "127.0.0.1", 18883)
+        );
+        let v6 = url("mqtt://[::1]:1884");
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 1884));
+        assert_eq!(v6.to_string(), "mqtt://[::1]:1884");
+    }
+
+    #[test]
+    fn malformed_broker_urls_are_rejected() {
+        for bad in [
+            "tcp://host:1883",
+            "mqtt://",
+            "mqtt://host:0",
+            "mqtt://host:99999",
+            "mqtt://host:1883/topic",
+            "mqtt://user@host",
+            "mqtt://[::1",
+        ] {
+            assert!(bad.parse::<BrokerUrl>().is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn seed_derives_stably_from_the_device() {
+        let device = DeviceId::parse("phone1").unwrap();
+        let config = AgentConfig::new(device.clone(), url("mqtt://localhost"));
+        let again = AgentConfig::new(device, url("mqtt://localhost"));
+        assert_eq!(config.effective_seed(), again.effective_seed());
+        let other = AgentConfig::new(DeviceId::parse("phone2").unwrap(), url("mqtt://x"));
+        assert_ne!(config.effective_seed(), other.effective_seed());
+    }
+
+    #[test]
+    fn unusable_sample_rates_are_rejected() {
+        for hz in [0.0, -1.0, 1e-300, f64::NAN, f64::INFINITY, 1e6] {
+            let mut config = AgentConfig::new(DeviceId::random(), url("mqtt://localhost"));
+            config.sample_rate_hz = hz;
+            assert!(config.validate().is_err(), "{hz} Hz was accepted");
+        }
+    }
+
+    #[test]
+    fn mqtts_without_tls_files_is_rejected() {
+        let config = AgentConfig::new(DeviceId::random(), url("mqtts://localhost"));
+        assert!(matches!(config.validate(), Err(Error::InvalidConfig(_))));
+    }
+}

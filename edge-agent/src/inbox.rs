@@ -1,0 +1,94 @@
+//! Notifications from the cloud, kept on the phone.
+//!
+//! The cloud delivers a notification at least once: it re-sends until the phone sends a
+//! receipt, and a receipt can be lost. The inbox therefore de-duplicates by
+//! `notification_id`, and commits with `synchronous=FULL` because the receipt that follows a
+//! commit makes the cloud stop re-sending: what it acknowledges must survive power loss.
+//!
+//! Each notification is stored as its versioned wire envelope ([`Downlink::NotificationV1`]), so
+//! a later protocol version can still read what an older agent stored.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ecs_protocol::{Downlink, Notification, decode_downlink, encode_downlink};
+use rusqlite::{Connection, params};
+
+use crate::error::{Error, Result};
+use crate::sqlite::{self, Durability};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS inbox (
+    notification_id BLOB PRIMARY KEY,  -- 16-byte UUID
+    received_at_ms  INTEGER NOT NULL,
+    message         BLOB NOT NULL      -- postcard Downlink::NotificationV1
+) STRICT;
+";
+
+/// The device's notification inbox, in the agent's database file.
+pub struct Inbox {
+    conn: Connection,
+}
+
+impl Inbox {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = sqlite::open(path, Durability::Full)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Stores a notification unless one with the same id is already here. Returns whether it
+    /// was new. Either way, once this returns `Ok` the notification is durably stored.
+    pub fn insert(&mut self, notification: &Notification) -> Result<bool> {
+        let message = encode_downlink(&Downlink::NotificationV1(notification.clone()))?;
+        let received_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let inserted = self.conn.execute(
+            "INSERT INTO inbox (notification_id, received_at_ms, message) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (notification_id) DO NOTHING",
+            params![
+                notification.notification_id.as_bytes().as_slice(),
+                received_at_ms,
+                message
+            ],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    /// Every stored notification, in the order they first arrived.
+    pub fn list(&self) -> Result<Vec<Notification>> {
+        let mut select = self
+            .conn
+            .prepare_cached("SELECT notification_id, message FROM inbox ORDER BY rowid")?;
+        let mut rows = select.query([])?;
+        let mut notifications = Vec::new();
+        while let Some(row) = rows.next()? {
+            let message: Vec<u8> = row.get(1)?;
+            match decode_downlink(&message) {
+                Ok(Downlink::NotificationV1(notification)) => notifications.push(notification),
+                Ok(other) => {
+                    return Err(Error::CorruptRow(format!(
+                        "inbox holds a {other:?} instead of a notification"
+                    )));
+                }
+                Err(e) => {
+                    let id: Vec<u8> = row.get(0)?;
+                    return Err(Error::CorruptRow(format!("inbox entry {id:02x?}: {e}")));
+                }
+            }
+        }
+        Ok(notifications)
+    }
+
+    /// Notifications stored.
+    pub fn len(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COUNT(*) FROM inbox", [], |r| r.get(0))?)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}

@@ -1,0 +1,156 @@
+//! `ecs-edge-agent`: one simulated phone. Runs until SIGINT or SIGTERM, then stops gracefully:
+//! what the sensor produced is stored, unacknowledged readings stay on disk for the next start.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use ecs_edge_agent::{Agent, AgentConfig, AgentHandle, BrokerUrl, TlsFiles};
+use ecs_protocol::DeviceId;
+use ecs_telemetry::LogFormat;
+use tracing::info;
+
+/// The phone-side agent of the Empathic Credit System: a simulated brain sensor whose readings
+/// are buffered in SQLite and sent over MQTT until the cloud acknowledges them.
+#[derive(Debug, Parser)]
+#[command(name = "ecs-edge-agent", version)]
+struct Cli {
+    /// This device's id (1–32 ASCII letters or digits); also the MQTT client id.
+    #[arg(long, env = "ECS_DEVICE_ID")]
+    device_id: DeviceId,
+
+    /// Broker address: mqtts://host:port (TLS with client certificate) or mqtt://host:port.
+    #[arg(long, env = "ECS_MQTT_URL", default_value = "mqtts://127.0.0.1:8883")]
+    mqtt_url: BrokerUrl,
+
+    /// PEM file with the CA certificate that signed the broker's certificate.
+    #[arg(long, env = "ECS_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+
+    /// PEM file with this device's certificate (chain).
+    #[arg(long, env = "ECS_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+
+    /// PEM file with this device's private key.
+    #[arg(long, env = "ECS_TLS_KEY_FILE")]
+    tls_key_file: Option<PathBuf>,
+
+    /// SQLite file for the reading buffer and the notification inbox
+    /// [default: ./ecs-edge-<device>.db].
+    #[arg(long, env = "ECS_EDGE_DB")]
+    db: Option<PathBuf>,
+
+    /// Sensor readings per second.
+    #[arg(long, env = "ECS_SAMPLE_HZ", default_value_t = AgentConfig::DEFAULT_SAMPLE_RATE_HZ)]
+    sample_hz: f64,
+
+    /// Seed of the simulated sensor [default: derived from the device id].
+    #[arg(long, env = "ECS_SENSOR_SEED")]
+    sensor_seed: Option<u64>,
+
+    /// Most readings kept on disk; when full, the oldest are dropped (and counted).
+    #[arg(long, env = "ECS_BUFFER_CAPACITY", default_value_t = AgentConfig::DEFAULT_BUFFER_CAPACITY)]
+    buffer_capacity: u64,
+
+    /// Most readings per uplink batch.
+    #[arg(long, env = "ECS_BATCH_SIZE", default_value_t = AgentConfig::DEFAULT_BATCH_SIZE)]
+    batch_size: usize,
+
+    /// A partial batch is sent at least this often (milliseconds).
+    #[arg(long, env = "ECS_FLUSH_INTERVAL_MS", default_value_t = 1_000)]
+    flush_interval_ms: u64,
+
+    /// A batch without an application ack after this long is sent again (milliseconds).
+    #[arg(long, env = "ECS_ACK_TIMEOUT_MS", default_value_t = 10_000)]
+    ack_timeout_ms: u64,
+
+    /// Most batches awaiting an ack at any time.
+    #[arg(long, env = "ECS_INFLIGHT_BATCHES", default_value_t = AgentConfig::DEFAULT_INFLIGHT_BATCHES)]
+    inflight_batches: usize,
+
+    /// How often to log the agent's counters (seconds).
+    #[arg(long, env = "ECS_STATS_INTERVAL_SECS", default_value_t = 30)]
+    stats_interval_secs: u64,
+
+    /// Log format: one JSON object per line, or human-readable.
+    #[arg(long, env = "ECS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+impl Cli {
+    fn config(&self) -> anyhow::Result<AgentConfig> {
+        let tls = match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
+            (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
+                ca_file: ca.clone(),
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            (None, None, None) => None,
+            _ => bail!("ECS_TLS_CA_FILE, ECS_TLS_CERT_FILE and ECS_TLS_KEY_FILE go together"),
+        };
+        let mut config = AgentConfig::new(self.device_id.clone(), self.mqtt_url.clone());
+        if let Some(db) = &self.db {
+            config.db_path = db.clone();
+        }
+        config.tls = tls;
+        config.sample_rate_hz = self.sample_hz;
+        config.sensor_seed = self.sensor_seed;
+        config.buffer_capacity = self.buffer_capacity;
+        config.batch_size = self.batch_size;
+        config.flush_interval = Duration::from_millis(self.flush_interval_ms);
+        config.ack_timeout = Duration::from_millis(self.ack_timeout_ms);
+        config.inflight_batches = self.inflight_batches;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ecs_telemetry::install_crypto_provider();
+    ecs_telemetry::init_logs(cli.log_format);
+    let config = cli.config()?;
+    info!(
+        device_id = %config.device_id,
+        broker = %config.broker,
+        db = %config.db_path.display(),
+        "starting edge agent"
+    );
+    let agent = Agent::start(config)
+        .await
+        .context("cannot start the edge agent")?;
+
+    let period = Duration::from_secs(cli.stats_interval_secs.max(1));
+    let mut stats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let signal = ecs_telemetry::shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            _ = stats.tick() => log_stats(&agent),
+        }
+    }
+    info!("signal received, shutting down");
+    agent.shutdown().await.context("unclean shutdown")?;
+    Ok(())
+}
+
+fn log_stats(agent: &AgentHandle) {
+    let s = agent.stats();
+    info!(
+        device_id = %agent.device_id(),
+        connected = s.connected,
+        readings_produced = s.readings_produced,
+        readings_acked = s.readings_acked,
+        readings_buffered = s.readings_buffered,
+        readings_dropped = s.readings_dropped,
+        readings_dropped_total = s.readings_dropped_total,
+        batches_sent = s.batches_sent,
+        batches_resent = s.batches_resent,
+        notifications_received = s.notifications_received,
+        decode_errors = s.decode_errors,
+        "agent stats"
+    );
+}

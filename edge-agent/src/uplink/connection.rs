@@ -1,0 +1,277 @@
+//! The MQTT connection: options, TLS, and the task that keeps rumqttc's event loop turning.
+//!
+//! rumqttc does nothing unless its `EventLoop` is polled, and it reconnects on the next poll
+//! after an error with no pause at all. This task polls it without ever blocking on anything
+//! else, forwards what the session needs to know as [`LinkEvent`]s, and sleeps an exponential,
+//! jittered, capped delay between failed attempts (reset by every ConnAck), so a fleet of
+//! phones does not hammer a broker that just came back.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ecs_protocol::MAX_MESSAGE_BYTES;
+use rand::RngExt;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Transport};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agent::Counters;
+use crate::config::{AgentConfig, Scheme, TlsFiles};
+use crate::error::{Error, Result};
+
+/// What the connection tells the session.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// A ConnAck arrived: a fresh session (we never ask the broker to keep one), so
+    /// subscriptions are gone and anything unacknowledged must be sent again.
+    Connected,
+    /// The connection broke; the task is already trying again.
+    Disconnected,
+    /// A message arrived on a subscribed topic.
+    Message { topic: String, payload: Vec<u8> },
+}
+
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a clean shutdown waits for the DISCONNECT packet to go out.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+
+/// The MQTT client for this device and the event loop that serves it: client id = device id,
+/// packets sized for the largest protocol message, TLS with the device certificate for
+/// `mqtts://`. Reads the TLS files, so call it off the async workers.
+///
+/// The session is clean: we do not rely on the broker keeping state (rumqttd keeps it only in
+/// memory), and a persistent session per phone would pile up on brokers. Everything that must
+/// survive is in SQLite and is re-sent after each ConnAck.
+pub(crate) fn client(config: &AgentConfig) -> Result<(AsyncClient, EventLoop)> {
+    let mut options = MqttOptions::new(
+        config.device_id.as_str(),
+        config.broker.host.clone(),
+        config.broker.port,
+    );
+    let max_packet = MAX_MESSAGE_BYTES + 4096;
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(max_packet, max_packet);
+    if config.broker.scheme == Scheme::Mqtts {
+        let files = config
+            .tls
+            .as_ref()
+            .ok_or_else(|| Error::InvalidConfig(format!("{} needs TLS files", config.broker)))?;
+        options.set_transport(Transport::tls_with_config(client_tls(files)?.into()));
+    }
+    // Room for a full window of batches, their resends and receipts, so the session task
+    // rarely waits on the queue to the event loop.
+    let requests = config.inflight_batches * 2 + 16;
+    Ok(AsyncClient::new(options, requests))
+}
+
+/// A rustls client configuration that trusts only our CA and presents the device certificate.
+///
+/// The ring provider is passed explicitly, so this works whether or not the process installed
+/// a default provider, and never picks up a second one.
+fn client_tls(files: &TlsFiles) -> Result<ClientConfig> {
+    let pem_error = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Pem { path, source }
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(&files.ca_file).map_err(pem_error(&files.ca_file))? {
+        roots.add(cert.map_err(pem_error(&files.ca_file))?)?;
+    }
+    if roots.is_empty() {
+        return Err(Error::NoCertificate(files.ca_file.clone()));
+    }
+    let chain = CertificateDer::pem_file_iter(&files.cert_file)
+        .map_err(pem_error(&files.cert_file))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error(&files.cert_file))?;
+    if chain.is_empty() {
+        return Err(Error::NoCertificate(files.cert_file.clone()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(pem_error(&files.key_file))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?)
+}
+
+/// Polls the event loop until `cancel`, then lets a DISCONNECT go out (bounded by
+/// [`DISCONNECT_GRACE`]). Ends early only if the session task is gone.
+pub(crate) async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF);
+    loop {
+        let polled = tokio::select! {
+            () = cancel.cancelled() => break,
+            polled = eventloop.poll() => polled,
+        };
+        let event = match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                counters.connected.store(true, Ordering::Relaxed);
+                info!("connected to broker");
+                LinkEvent::Connected
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => LinkEvent::Message {
+                topic: publish.topic,
+                payload: publish.payload.to_vec(),
+            },
+            Ok(_) => continue,
+            Err(error) => {
+                if counters.connected.swap(false, Ordering::Relaxed) {
+                    warn!(%error, "connection to broker lost");
+                    if events.send(LinkEvent::Disconnected).is_err() {
+                        break;
+                    }
+                }
+                let delay = backoff.next_delay();
+                warn!(%error, retry_in_ms = delay.as_millis() as u64, "broker unreachable");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = tokio::time::sleep(delay) => continue,
+                }
+            }
+        };
+        // The channel is unbounded on purpose: a bounded one could fill while the session task
+        // waits for room in rumqttc's request queue, which only this task drains (deadlock).
+        // Its length is bounded in practice by the session task, which never stops reading.
+        if events.send(event).is_err() {
+            break;
+        }
+    }
+
+    if counters.connected.swap(false, Ordering::Relaxed) && client.try_disconnect().is_ok() {
+        let flushed = tokio::time::timeout(DISCONNECT_GRACE, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            warn!("DISCONNECT not sent within {DISCONNECT_GRACE:?}");
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": the n-th delay is uniform in `[d/2, d]` where
+/// `d = min(initial * 2^n, max)`. The jitter spreads out phones that lost the broker together.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let ceiling = self.current.min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        let ceiling_ms = ceiling.as_millis() as u64;
+        Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms))
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.current = self.initial;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use ecs_protocol::DeviceId;
+
+    use super::*;
+
+    /// A config for `mqtts://` whose PEM files hold a fresh self-signed certificate and key.
+    fn tls_config(dir: &Path) -> AgentConfig {
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("ca.pem"), issued.cert.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), issued.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), issued.signing_key.serialize_pem()).unwrap();
+        let mut config = AgentConfig::new(DeviceId::random(), "mqtts://localhost".parse().unwrap());
+        config.tls = Some(TlsFiles {
+            ca_file: dir.join("ca.pem"),
+            cert_file: dir.join("cert.pem"),
+            key_file: dir.join("key.pem"),
+        });
+        config
+    }
+
+    #[test]
+    fn mqtts_builds_a_client_from_pem_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = tls_config(dir.path());
+        assert!(client(&config).is_ok());
+    }
+
+    #[test]
+    fn unusable_pem_files_are_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = tls_config(dir.path());
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let files = config.tls.clone().unwrap();
+
+        config.tls = Some(TlsFiles {
+            ca_file: dir.path().join("missing.pem"),
+            ..files.clone()
+        });
+        assert!(
+            matches!(client(&config), Err(Error::Pem { path, .. }) if path.ends_with("missing.pem"))
+        );
+
+        config.tls = Some(TlsFiles {
+            ca_file: dir.path().join("empty.pem"),
+            ..files.clone()
+        });
+        assert!(matches!(client(&config), Err(Error::NoCertificate(_))));
+
+        config.tls = Some(TlsFiles {
+            key_file: files.cert_file.clone(),
+            ..files
+        });
+        assert!(
+            matches!(client(&config), Err(Error::Pem { path, .. }) if path.ends_with("cert.pem"))
+        );
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = backoff.next_delay();
+        assert!((50..=100).contains(&first.as_millis()), "{first:?}");
+        let second = backoff.next_delay();
+        assert!((100..=200).contains(&second.as_millis()), "{second:?}");
+        for _ in 0..20 {
+            assert!(backoff.next_delay() <= Duration::from_secs(1));
+        }
+        let capped = backoff.next_delay();
+        assert!(capped >= Duration::from_millis(500), "{capped:?}");
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,313 @@
+//! Buffer → broker, and the cloud's answers back.
+//!
+//! The session task reads batches from the buffer and publishes them (QoS 1) on the device's
+//! uplink topic, keeps a bounded [`window::Window`] of batches awaiting the cloud's application
+//! ack, and re-sends what stays unacknowledged. MQTT's PUBACK only means the broker has the
+//! message in memory, and rumqttc forgets unacknowledged QoS 1 messages when it reconnects
+//! without a resumed session, so the only thing that deletes a reading is a
+//! [`Downlink::AckV1`] for its range: the cloud committed it.
+//!
+//! On the way down it stores notifications in the inbox (de-duplicated) and answers each with a
+//! receipt. A payload it cannot decode is logged and counted, never fatal.
+//!
+//! Nothing here blocks the sensor: the session only reads what the recorder already stored.
+
+pub(crate) mod connection;
+mod window;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ecs_protocol::{
+    Ack, DeviceId, Downlink, MAX_READINGS_PER_BATCH, Notification, NotificationReceipt, Uplink,
+    decode_downlink, encode_uplink, topic,
+};
+use rumqttc::{AsyncClient, QoS};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::agent::Counters;
+use crate::buffer::Buffer;
+use crate::error::{Error, Result};
+use crate::inbox::Inbox;
+use crate::sqlite::Shared;
+use connection::LinkEvent;
+use window::{InFlight, Window};
+
+/// How the session batches and re-sends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) batch_size: usize,
+    pub(crate) flush_interval: Duration,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) inflight_batches: usize,
+}
+
+/// Whether a batch shorter than the batch size may go out now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Only full batches: more readings just arrived; a partial batch waits for the timer.
+    FullOnly,
+    /// Everything: the flush interval elapsed, or the connection is fresh.
+    Partial,
+}
+
+pub(crate) struct Session {
+    uplink_topic: String,
+    downlink_topic: String,
+    client: AsyncClient,
+    buffer: Shared<Buffer>,
+    inbox: Shared<Inbox>,
+    counters: Arc<Counters>,
+    settings: Settings,
+    window: Window,
+    /// Our view of the link, from [`LinkEvent`]s. Nothing is published while it is down: it
+    /// would be dropped at the next ConnAck anyway.
+    connected: bool,
+    /// Highest seq the recorder has stored, to skip buffer reads that cannot fill a batch.
+    newest_recorded: u64,
+    cancel: CancellationToken,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        device_id: &DeviceId,
+        client: AsyncClient,
+        buffer: Shared<Buffer>,
+        inbox: Shared<Inbox>,
+        counters: Arc<Counters>,
+        settings: Settings,
+        newest_recorded: u64,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            uplink_topic: topic::uplink(device_id),
+            downlink_topic: topic::downlink(device_id),
+            client,
+            buffer,
+            inbox,
+            counters,
+            window: Window::new(settings.inflight_batches),
+            settings,
+            connected: false,
+            newest_recorded,
+            cancel,
+        }
+    }
+
+    /// Runs until `cancel` or until the connection task is gone. A failed step (say, a
+    /// database error) is logged and retried by the next timer or event, never fatal.
+    pub(crate) async fn run(
+        mut self,
+        mut link: mpsc::UnboundedReceiver<LinkEvent>,
+        mut recorded: watch::Receiver<u64>,
+    ) {
+        let mut flush = tokio::time::interval(self.settings.flush_interval);
+        flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut recorder_running = true;
+        loop {
+            let deadline = match self.connected {
+                true => self.window.next_deadline(self.settings.ack_timeout),
+                false => None,
+            };
+            let step = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                event = link.recv() => match event {
+                    Some(event) => self.on_link_event(event).await,
+                    None => break,
+                },
+                _ = flush.tick() => self.send_new(Flush::Partial).await,
+                changed = recorded.changed(), if recorder_running => match changed {
+                    Ok(()) => {
+                        self.newest_recorded = *recorded.borrow_and_update();
+                        self.send_new(Flush::FullOnly).await
+                    }
+                    Err(_) => {
+                        recorder_running = false;
+                        Ok(())
+                    }
+                },
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                    if deadline.is_some() => self.resend_expired().await,
+            };
+            match step {
+                Ok(()) => {}
+                Err(Error::LinkClosed) => break,
+                Err(error) => warn!(%error, "uplink step failed; retrying on the next tick"),
+            }
+        }
+        debug!(in_flight = self.window.len(), "uplink stopped");
+    }
+
+    async fn on_link_event(&mut self, event: LinkEvent) -> Result<()> {
+        match event {
+            LinkEvent::Connected => {
+                self.connected = true;
+                // Clean session: the subscription is gone. Ordered before the re-sends on the
+                // same connection, so acks for them find us subscribed.
+                self.client
+                    .subscribe(self.downlink_topic.clone(), QoS::AtLeastOnce)
+                    .await
+                    .map_err(|_| Error::LinkClosed)?;
+                for batch in self.window.all() {
+                    self.resend(batch).await?;
+                }
+                self.send_new(Flush::Partial).await
+            }
+            LinkEvent::Disconnected => {
+                self.connected = false;
+                Ok(())
+            }
+            LinkEvent::Message { topic, payload } => self.on_message(&topic, &payload).await,
+        }
+    }
+
+    /// Sends new batches (after everything in flight) while the window has room.
+    async fn send_new(&mut self, flush: Flush) -> Result<()> {
+        let max = self.settings.batch_size;
+        while self.connected && self.window.has_room() {
+            let after = self.window.sent_up_to();
+            let cannot_fill =
+                after.is_some_and(|after| self.newest_recorded.saturating_sub(after) < max as u64);
+            if flush == Flush::FullOnly && cannot_fill {
+                break;
+            }
+            let Some(batch) = self.buffer.call(move |b| b.next_batch(after, max)).await? else {
+                break;
+            };
+            if flush == Flush::FullOnly && batch.readings.len() < max {
+                break;
+            }
+            let (first_seq, last_seq) = (batch.first_seq, batch.last_seq());
+            self.publish(&Uplink::ReadingBatchV1(batch)).await?;
+            self.window.push(first_seq, last_seq, Instant::now());
+            self.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
+            debug!(first_seq, last_seq, "batch sent");
+        }
+        Ok(())
+    }
+
+    async fn resend_expired(&mut self) -> Result<()> {
+        for batch in self
+            .window
+            .expired(Instant::now(), self.settings.ack_timeout)
+        {
+            debug!(
+                first_seq = batch.first_seq,
+                last_seq = batch.last_seq,
+                "no ack in time"
+            );
+            self.resend(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is left of an in-flight batch again, reading it afresh from the buffer.
+    async fn resend(&mut self, sent: InFlight) -> Result<()> {
+        let (first, last) = (sent.first_seq, sent.last_seq);
+        let batch = self
+            .buffer
+            .call(move |b| b.batch_within(first, last, MAX_READINGS_PER_BATCH))
+            .await?;
+        let Some(batch) = batch else {
+            // Every reading of it was dropped by the capacity policy meanwhile.
+            self.window.resent(first, None, Instant::now());
+            return Ok(());
+        };
+        let (first_seq, last_seq) = (batch.first_seq, batch.last_seq());
+        if last_seq != last {
+            // Not reachable while the window's invariant holds; if it ever breaks, start over
+            // from the oldest buffered reading. Duplicates are absorbed by the cloud.
+            warn!(
+                first,
+                last, "in-flight range has a hole; re-sending everything"
+            );
+            self.window.clear();
+            return Ok(());
+        }
+        self.publish(&Uplink::ReadingBatchV1(batch)).await?;
+        self.window
+            .resent(first, Some((first_seq, last_seq)), Instant::now());
+        self.counters.batches_resent.fetch_add(1, Ordering::Relaxed);
+        debug!(first_seq, last_seq, "batch re-sent");
+        Ok(())
+    }
+
+    async fn on_message(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+        if topic != self.downlink_topic {
+            warn!(topic, "message on an unexpected topic ignored");
+            return Ok(());
+        }
+        match decode_downlink(payload) {
+            Ok(Downlink::AckV1(ack)) => self.on_ack(ack).await,
+            Ok(Downlink::NotificationV1(notification)) => self.on_notification(notification).await,
+            Err(error) => {
+                self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(%error, bytes = payload.len(), "undecodable downlink message dropped");
+                Ok(())
+            }
+        }
+    }
+
+    /// The cloud committed `first_seq..=up_to_seq`: delete exactly that range.
+    async fn on_ack(&mut self, ack: Ack) -> Result<()> {
+        let Ack {
+            first_seq,
+            up_to_seq,
+        } = ack;
+        if first_seq > up_to_seq {
+            self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(first_seq, up_to_seq, "inverted ack range ignored");
+            return Ok(());
+        }
+        let counters = Arc::clone(&self.counters);
+        let deleted = self
+            .buffer
+            .call(move |b| {
+                let deleted = b.delete_range(first_seq, up_to_seq)?;
+                // Under the buffer's lock, so the gauge never goes stale.
+                counters.buffered.store(b.len(), Ordering::Relaxed);
+                Ok(deleted)
+            })
+            .await?;
+        self.counters.acked.fetch_add(deleted, Ordering::Relaxed);
+        self.window.acknowledge(first_seq, up_to_seq);
+        debug!(first_seq, up_to_seq, deleted, "ack");
+        self.send_new(Flush::FullOnly).await
+    }
+
+    /// Stores the notification (once), then tells the cloud it is stored. The receipt goes out
+    /// for duplicates too: a duplicate means our previous receipt was lost.
+    async fn on_notification(&mut self, notification: Notification) -> Result<()> {
+        let id = notification.notification_id;
+        let kind = notification.kind.name();
+        let new = self.inbox.call(move |i| i.insert(&notification)).await?;
+        if new {
+            self.counters.notifications.fetch_add(1, Ordering::Relaxed);
+            info!(notification_id = %id, kind, "notification stored");
+        } else {
+            debug!(notification_id = %id, "duplicate notification");
+        }
+        let receipt = NotificationReceipt {
+            notification_ids: vec![id],
+        };
+        self.publish(&Uplink::NotificationReceiptV1(receipt)).await
+    }
+
+    /// Queues a message for the event loop. rumqttc's `publish` returns once queued, which is
+    /// all we want: delivery is confirmed by the cloud's ack, not by PUBACK.
+    async fn publish(&self, message: &Uplink) -> Result<()> {
+        let bytes = encode_uplink(message)?;
+        let topic = self.uplink_topic.clone();
+        tokio::select! {
+            () = self.cancel.cancelled() => Err(Error::LinkClosed),
+            queued = self.client.publish(topic, QoS::AtLeastOnce, false, bytes) => {
+                queued.map_err(|_| Error::LinkClosed)
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! A stand-in for the cloud, speaking plain MQTT to the real Mosquitto on 127.0.0.1:1883.
+//!
+//! The tests need that broker (CI runs it). If it is not there they fail, loudly, instead of
+//! skipping.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ecs_edge_agent::{AgentConfig, BrokerUrl};
+use ecs_protocol::{
+    Ack, DeviceId, Downlink, MAX_MESSAGE_BYTES, ReadingBatch, Uplink, decode_uplink,
+    encode_downlink, topic,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+
+pub const MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
+
+/// A quick agent: 50 Hz, small batches, short timers.
+pub fn agent_config(device: &DeviceId, db: &Path) -> AgentConfig {
+    // What every binary does first; these tests speak plain MQTT, but the process should look
+    // like production.
+    ecs_telemetry::install_crypto_provider();
+    let broker: BrokerUrl = MOSQUITTO.parse().expect("valid url");
+    let mut config = AgentConfig::new(device.clone(), broker);
+    config.db_path = db.to_path_buf();
+    config.sample_rate_hz = 50.0;
+    config.batch_size = 20;
+    config.flush_interval = Duration::from_millis(100);
+    config.ack_timeout = Duration::from_secs(5);
+    config
+}
+
+/// Subscribes to one device's uplink, decodes what arrives, and (when `auto_ack` is on)
+/// acknowledges every batch the way the real cloud does after committing it.
+pub struct TestCloud {
+    device: DeviceId,
+    client: AsyncClient,
+    uplinks: mpsc::UnboundedReceiver<Uplink>,
+    pub auto_ack: Arc<AtomicBool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl TestCloud {
+    pub async fn connect(device: &DeviceId, auto_ack: bool) -> Self {
+        let client_id = format!("cloud{}", DeviceId::random());
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", 1883);
+        options.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        client
+            .subscribe(topic::uplink(device), QoS::AtLeastOnce)
+            .await
+            .expect("queue subscribe");
+        let subscribed = timeout(Duration::from_secs(5), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => return,
+                    Ok(_) => {}
+                    Err(e) => panic!(
+                        "these tests need Mosquitto listening on 127.0.0.1:1883 (plain MQTT, \
+                         anonymous); connecting failed: {e}"
+                    ),
+                }
+            }
+        })
+        .await;
+        assert!(
+            subscribed.is_ok(),
+            "Mosquitto on 127.0.0.1:1883 did not confirm the subscription within 5 s"
+        );
+
+        let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let pump = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if raw_tx.send(p.payload.to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+
+        // Acks are published from a separate task: publishing from the task that polls the
+        // event loop could wait forever on a full request queue.
+        let auto_ack = Arc::new(AtomicBool::new(auto_ack));
+        let (tx, uplinks) = mpsc::unbounded_channel();
+        let logic = {
+            let (client, auto_ack, device) = (client.clone(), auto_ack.clone(), device.clone());
+            tokio::spawn(async move {
+                while let Some(payload) = raw_rx.recv().await {
+                    let uplink = decode_uplink(&payload).expect("agent sent an undecodable uplink");
+                    if let Uplink::ReadingBatchV1(batch) = &uplink
+                        && auto_ack.load(Ordering::SeqCst)
+                    {
+                        let ack = Ack {
+                            first_seq: batch.first_seq,
+                            up_to_seq: batch.last_seq(),
+                        };
+                        publish(&client, &device, &Downlink::AckV1(ack)).await;
+                    }
+                    if tx.send(uplink).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        Self {
+            device: device.clone(),
+            client,
+            uplinks,
+            auto_ack,
+            tasks: vec![pump, logic],
+        }
+    }
+
+    /// The next message from the device, or `None` if none came `within`.
+    pub async fn next_uplink(&mut self, within: Duration) -> Option<Uplink> {
+        timeout(within, self.uplinks.recv()).await.ok().flatten()
+    }
+
+    /// The next reading batch (skipping other messages), failing the test if none comes.
+    pub async fn next_batch(&mut self, within: Duration) -> ReadingBatch {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_uplink(left).await {
+                Some(Uplink::ReadingBatchV1(batch)) => return batch,
+                Some(_) => {}
+                None => panic!("no reading batch within {within:?}"),
+            }
+        }
+    }
+
+    /// Every batch that arrives `within`, checked to be valid and from our device.
+    pub async fn batches_for(&mut self, within: Duration) -> Vec<ReadingBatch> {
+        let deadline = Instant::now() + within;
+        let mut batches = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_uplink(left).await {
+                Some(Uplink::ReadingBatchV1(batch)) => {
+                    assert_eq!(batch.validate(), Ok(()));
+                    assert_eq!(batch.device_id, self.device);
+                    batches.push(batch);
+                }
+                Some(_) => {}
+                None => return batches,
+            }
+        }
+    }
+
+    /// Publishes a downlink message to the device, as the cloud would.
+    pub async fn send(&self, message: &Downlink) {
+        publish(&self.client, &self.device, message).await;
+    }
+
+    /// Publishes raw bytes on the device's downlink topic.
+    pub async fn send_raw(&self, payload: Vec<u8>) {
+        self.client
+            .publish(
+                topic::downlink(&self.device),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await
+            .expect("queue publish");
+    }
+}
+
+impl Drop for TestCloud {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+async fn publish(client: &AsyncClient, device: &DeviceId, message: &Downlink) {
+    let payload = encode_downlink(message).expect("encode downlink");
+    client
+        .publish(topic::downlink(device), QoS::AtLeastOnce, false, payload)
+        .await
+        .expect("queue publish");
+}
+
+/// The seqs a set of batches covers.
+pub fn seqs(batches: &[ReadingBatch]) -> BTreeSet<u64> {
+    batches
+        .iter()
+        .flat_map(|b| b.first_seq..=b.last_seq())
+        .collect()
+}
+
+/// Waits until `condition` holds, failing the test with `what` after `within`.
+pub async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A TCP proxy in front of Mosquitto whose connections the test can cut, to play a phone
+/// losing its network.
+pub struct FlakyNetwork {
+    pub port: u16,
+    links: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl FlakyNetwork {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accept = {
+            let links = Arc::clone(&links);
+            tokio::spawn(async move {
+                while let Ok((mut phone, _)) = listener.accept().await {
+                    let link = tokio::spawn(async move {
+                        if let Ok(mut broker) =
+                            tokio::net::TcpStream::connect("127.0.0.1:1883").await
+                        {
+                            let _ = tokio::io::copy_bidirectional(&mut phone, &mut broker).await;
+                        }
+                    });
+                    links.lock().unwrap().push(link);
+                }
+            })
+        };
+        Self {
+            port,
+            links,
+            accept,
+        }
+    }
+
+    /// Closes every open connection (new ones are accepted again).
+    pub fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+impl Drop for FlakyNetwork {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}

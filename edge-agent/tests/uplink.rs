@@ -1,0 +1,249 @@
+//! End to end through a real broker: agent ⇄ Mosquitto ⇄ a test cloud.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use ecs_edge_agent::Agent;
+use ecs_edge_agent::buffer::{Buffer, FIRST_SEQ};
+use ecs_protocol::{
+    CreditType, DeviceId, Downlink, Notification, NotificationKind, NotificationReceipt, Uplink,
+};
+use support::{FlakyNetwork, TestCloud, agent_config, eventually, seqs};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn acknowledged_readings_leave_the_buffer_until_it_is_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    let mut cloud = TestCloud::connect(&device, true).await;
+    let agent = Agent::start(agent_config(&device, &dir.path().join("edge.db")))
+        .await
+        .unwrap();
+
+    eventually(WAIT, "50 readings acknowledged", || {
+        agent.stats().readings_acked >= 50
+    })
+    .await;
+    agent.stop_sensor();
+    assert!(agent.wait_drained(WAIT).await, "{:?}", agent.stats());
+
+    let stats = agent.stats();
+    assert_eq!(stats.readings_produced, stats.readings_acked);
+    assert_eq!(stats.readings_buffered, 0);
+    assert_eq!((stats.readings_dropped, stats.decode_errors), (0, 0));
+    assert!(stats.connected);
+    let batches = cloud.batches_for(Duration::from_millis(300)).await;
+    assert!(!batches.is_empty());
+    // Everything the cloud received, in order of arrival: exactly the produced seqs.
+    let all: BTreeSet<u64> = (FIRST_SEQ..FIRST_SEQ + stats.readings_produced).collect();
+    assert_eq!(seqs(&batches), all);
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unacknowledged_batches_are_resent_and_kept_until_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    let mut cloud = TestCloud::connect(&device, false).await;
+    let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    config.ack_timeout = Duration::from_millis(300);
+    let agent = Agent::start(config).await.unwrap();
+
+    let first = cloud.next_batch(WAIT).await;
+    let again = cloud.batches_for(Duration::from_secs(1)).await;
+    assert!(
+        again
+            .iter()
+            .any(|b| (b.first_seq, b.last_seq()) == (first.first_seq, first.last_seq())),
+        "batch {}..={} was not re-sent",
+        first.first_seq,
+        first.last_seq()
+    );
+    agent.stop_sensor();
+    eventually(WAIT, "every produced reading stored", || {
+        let s = agent.stats();
+        s.readings_buffered == s.readings_produced
+    })
+    .await;
+    let stats = agent.stats();
+    assert!(stats.batches_resent >= 1, "{stats:?}");
+    assert_eq!(stats.readings_acked, 0, "nothing is deleted without an ack");
+
+    // Once the cloud commits, the re-sent batches drain the buffer.
+    cloud
+        .auto_ack
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(agent.wait_drained(WAIT).await, "{:?}", agent.stats());
+    assert_eq!(agent.stats().readings_acked, stats.readings_produced);
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_notification_is_stored_once_and_receipted_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    let mut cloud = TestCloud::connect(&device, true).await;
+    let agent = Agent::start(agent_config(&device, &dir.path().join("edge.db")))
+        .await
+        .unwrap();
+    // A batch arriving proves the agent's downlink subscription is in place: it subscribes
+    // before it publishes anything on a connection.
+    cloud.next_batch(WAIT).await;
+
+    cloud.send_raw(b"not postcard".to_vec()).await;
+    let notification = Notification {
+        notification_id: Uuid::new_v4(),
+        created_at_ms: 1_700_000_000_000,
+        kind: NotificationKind::OfferApplied {
+            offer_id: Uuid::new_v4(),
+            credit_limit_cents: 250_000,
+            interest_rate_bps: 2_490,
+            credit_type: CreditType::LongTerm,
+        },
+    };
+    let delivery = Downlink::NotificationV1(notification.clone());
+    cloud.send(&delivery).await;
+    cloud.send(&delivery).await;
+
+    let mut receipts = 0;
+    while receipts < 2 {
+        match cloud.next_uplink(WAIT).await {
+            Some(Uplink::NotificationReceiptV1(NotificationReceipt { notification_ids })) => {
+                assert_eq!(notification_ids, [notification.notification_id]);
+                receipts += 1;
+            }
+            Some(Uplink::ReadingBatchV1(_)) => {}
+            None => panic!("only {receipts} receipts within {WAIT:?}"),
+        }
+    }
+    assert_eq!(agent.notifications().await.unwrap(), [notification]);
+    let stats = agent.stats();
+    assert_eq!(stats.notifications_received, 1);
+    assert_eq!(stats.decode_errors, 1, "the garbage payload is counted");
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edge.db");
+    let device = DeviceId::random();
+    let mut cloud = TestCloud::connect(&device, false).await;
+
+    // First run: the cloud never acknowledges, then the agent is stopped mid-work.
+    let first_run = Agent::start(agent_config(&device, &db)).await.unwrap();
+    cloud.next_batch(WAIT).await;
+    eventually(WAIT, "40 readings buffered", || {
+        first_run.stats().readings_buffered >= 40
+    })
+    .await;
+    first_run.shutdown().await.unwrap();
+    let left = {
+        let buffer = Buffer::open(&db, &device, 1_000_000).unwrap();
+        assert_eq!(
+            buffer.len(),
+            buffer.next_seq() - FIRST_SEQ,
+            "nothing was deleted"
+        );
+        buffer.len()
+    };
+    assert!(left >= 40);
+
+    // Second run on the same file, now with a cloud that acknowledges.
+    cloud
+        .auto_ack
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let second_run = Agent::start(agent_config(&device, &db)).await.unwrap();
+    eventually(WAIT, "the first run's readings acknowledged", || {
+        second_run.stats().readings_acked >= left
+    })
+    .await;
+    second_run.stop_sensor();
+    assert!(
+        second_run.wait_drained(WAIT).await,
+        "{:?}",
+        second_run.stats()
+    );
+    let stats = second_run.stats();
+    assert_eq!(stats.readings_acked, left + stats.readings_produced);
+    second_run.shutdown().await.unwrap();
+
+    let batches = cloud.batches_for(Duration::from_millis(300)).await;
+    let last = FIRST_SEQ + left + stats.readings_produced - 1;
+    // The second run re-sent the first run's readings and continued after them.
+    assert_eq!(seqs(&batches), (FIRST_SEQ..=last).collect::<BTreeSet<_>>());
+    let buffer = Buffer::open(&db, &device, 1_000_000).unwrap();
+    assert!(buffer.is_empty());
+    assert_eq!(
+        buffer.next_seq(),
+        last + 1,
+        "the second run continued the sequence"
+    );
+}
+
+#[tokio::test]
+async fn after_a_reconnect_everything_unacknowledged_is_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    let network = FlakyNetwork::start().await;
+    let mut cloud = TestCloud::connect(&device, false).await;
+    let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    config.broker = format!("mqtt://127.0.0.1:{}", network.port)
+        .parse()
+        .unwrap();
+    // Far beyond the test's waits: whatever is re-sent is re-sent because of the reconnect.
+    config.ack_timeout = Duration::from_secs(120);
+    let agent = Agent::start(config).await.unwrap();
+
+    cloud.next_batch(WAIT).await;
+    network.cut();
+    // rumqttc forgets unacknowledged QoS 1 messages on a reconnect with a clean session; only
+    // the agent's own window brings them back, and only its re-subscription lets acks in.
+    cloud
+        .auto_ack
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(WAIT, "readings acknowledged after the reconnect", || {
+        agent.stats().readings_acked > 0
+    })
+    .await;
+    agent.stop_sensor();
+    assert!(agent.wait_drained(WAIT).await, "{:?}", agent.stats());
+    let stats = agent.stats();
+    assert!(stats.batches_resent >= 1, "{stats:?}");
+    assert_eq!(stats.readings_acked, stats.readings_produced);
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_never_stops_the_sensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    // A port that was just free: connecting is refused.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    config.broker = format!("mqtt://127.0.0.1:{port}").parse().unwrap();
+    config.buffer_capacity = 30;
+    let agent = Agent::start(config).await.unwrap();
+
+    eventually(WAIT, "the full buffer dropping its oldest readings", || {
+        agent.stats().readings_dropped >= 10
+    })
+    .await;
+    let stats = agent.stats();
+    assert!(!stats.connected);
+    assert_eq!(stats.readings_buffered, 30);
+    assert_eq!(stats.readings_dropped_total, stats.readings_dropped);
+    assert_eq!(stats.batches_sent, 0);
+    let stopped = tokio::time::timeout(Duration::from_secs(10), agent.shutdown()).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "shutdown while offline: {stopped:?}"
+    );
+}

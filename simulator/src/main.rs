@@ -1,0 +1,237 @@
+//! `ecs-simulator`: the demo, a fleet of phones, the mobile app.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ecs_edge_agent::BrokerUrl;
+use ecs_simulator::{
+    demo::{self, DemoOptions},
+    fleet::{self, FleetOptions},
+    stack::{BrokerChoice, StackOptions},
+};
+use ecs_telemetry::{LogFormat, LogTarget};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "ecs-simulator",
+    version,
+    about = "Empathic Credit System: simulations"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, env = "ECS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole system in this process and tell its story (needs only Postgres).
+    Demo {
+        /// Postgres connection string; the database is created when missing.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/ecs_demo"
+        )]
+        database_url: String,
+        /// Number of people, each with one phone.
+        #[arg(long, env = "ECS_DEMO_DEVICES", default_value_t = 3)]
+        devices: usize,
+        /// Seconds of streaming.
+        #[arg(long, env = "ECS_DEMO_DURATION", default_value_t = 5)]
+        duration: u64,
+        /// Sensor sample rate per phone, in Hz.
+        #[arg(long, env = "ECS_SAMPLE_HZ", default_value_t = 10.0)]
+        sample_hz: f64,
+        /// Seed for histories, sensors and the random risk model.
+        #[arg(long, env = "ECS_DEMO_SEED", default_value_t = 7)]
+        seed: u64,
+        /// Use a running third-party broker in plain MQTT (e.g. mqtt://127.0.0.1:1883 for
+        /// Mosquitto) instead of the embedded one.
+        #[arg(long, env = "ECS_DEMO_EXTERNAL_BROKER")]
+        external_broker: Option<String>,
+        /// Print a JSON summary as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Provision people and phones through the API, then keep the phones streaming.
+    Fleet {
+        #[arg(long, env = "ECS_API_URL", default_value = "http://127.0.0.1:8080")]
+        api_url: String,
+        /// Admin token of the cloud (prefer ECS_ADMIN_TOKEN_FILE).
+        #[arg(long, env = "ECS_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        #[arg(long, env = "ECS_ADMIN_TOKEN_FILE")]
+        admin_token_file: Option<PathBuf>,
+        /// Broker address for the phones.
+        #[arg(long, env = "ECS_MQTT_URL", default_value = "mqtts://127.0.0.1:8883")]
+        mqtt_url: String,
+        /// Directory of the CA (ca.pem, ca.key) issuing device certificates (for mqtts://).
+        #[arg(long, env = "ECS_PKI_DIR")]
+        pki_dir: Option<PathBuf>,
+        #[arg(long, env = "ECS_FLEET_DEVICES", default_value_t = 5)]
+        devices: usize,
+        /// Where the phones' buffers, certificates and roster.json live.
+        #[arg(long, env = "ECS_FLEET_DIR", default_value = "./ecs-fleet")]
+        dir: PathBuf,
+        #[arg(long, env = "ECS_SAMPLE_HZ", default_value_t = 10.0)]
+        sample_hz: f64,
+        #[arg(long, env = "ECS_FLEET_SEED", default_value_t = 1)]
+        seed: u64,
+    },
+    /// The people's mobile app: periodically ask for an offer and accept approved ones.
+    Mobile {
+        #[arg(long, env = "ECS_API_URL", default_value = "http://127.0.0.1:8080")]
+        api_url: String,
+        /// The fleet's roster (users, their tokens and devices).
+        #[arg(
+            long,
+            env = "ECS_ROSTER_FILE",
+            default_value = "./ecs-fleet/roster.json"
+        )]
+        roster_file: PathBuf,
+        #[arg(long, env = "ECS_MOBILE_INTERVAL_SECS", default_value_t = 30)]
+        interval_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    ecs_telemetry::install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo {
+            database_url,
+            devices,
+            duration,
+            sample_hz,
+            seed,
+            external_broker,
+            json,
+        } => {
+            // The demo's stdout is its report; logs go to stderr, quiet unless RUST_LOG says.
+            ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, "warn,rumqttd=off");
+            anyhow::ensure!(devices > 0, "--devices must be at least 1");
+            let options = DemoOptions {
+                stack: StackOptions {
+                    database_url,
+                    broker: match external_broker {
+                        Some(url) => BrokerChoice::External(url),
+                        None => BrokerChoice::Embedded,
+                    },
+                    model_seed: Some(seed),
+                },
+                devices,
+                duration: Duration::from_secs(duration),
+                sample_rate_hz: sample_hz,
+                seed,
+                settle_timeout: Duration::from_secs(60),
+            };
+            let report = demo::run(&options, &mut |line| println!("{line}")).await?;
+            println!();
+            if report.ok {
+                println!(
+                    "All {} readings stored exactly once; every accepted offer reached its phone.",
+                    report.readings_stored
+                );
+            } else {
+                for p in &report.problems {
+                    println!("PROBLEM: {p}");
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Fleet {
+            api_url,
+            admin_token,
+            admin_token_file,
+            mqtt_url,
+            pki_dir,
+            devices,
+            dir,
+            sample_hz,
+            seed,
+        } => {
+            ecs_telemetry::init_logs(cli.log_format);
+            let admin_token = match admin_token_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .trim_end()
+                    .to_owned(),
+                None => admin_token.context("set ECS_ADMIN_TOKEN or ECS_ADMIN_TOKEN_FILE")?,
+            };
+            let mqtt_url: BrokerUrl = mqtt_url.parse()?;
+            let shutdown = shutdown_on_signal();
+            fleet::run(
+                FleetOptions {
+                    api_url,
+                    admin_token,
+                    mqtt_url,
+                    pki_dir,
+                    devices,
+                    dir,
+                    sample_rate_hz: sample_hz,
+                    seed,
+                },
+                shutdown,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mobile {
+            api_url,
+            roster_file,
+            interval_secs,
+        } => {
+            ecs_telemetry::init_logs(cli.log_format);
+            let shutdown = shutdown_on_signal();
+            fleet::run_mobile(
+                &api_url,
+                &roster_file,
+                Duration::from_secs(interval_secs.max(1)),
+                shutdown,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A token cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        ecs_telemetry::shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    token
+}

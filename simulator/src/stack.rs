@@ -1,0 +1,184 @@
+//! The whole system in one process, on free loopback ports: certificate authority, broker,
+//! cloud. The demo and the end-to-end tests stand on it.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use ecs_broker::{BrokerSettings, PkiDir, RunningBroker, Secret};
+use ecs_cloud::{
+    app::{self, RunningApp},
+    config::{MqttSettings, MqttUrl, Settings},
+    model::ModelKind,
+};
+use ecs_edge_agent::{BrokerUrl, TlsFiles};
+use ecs_protocol::DeviceId;
+use rand::RngExt;
+use tempfile::TempDir;
+
+/// Which broker the stack runs on.
+#[derive(Debug, Clone)]
+pub enum BrokerChoice {
+    /// Our own: rumqttd embedded, devices over mutual TLS, the cloud with a password.
+    Embedded,
+    /// A third-party broker already running (e.g. Mosquitto at `mqtt://127.0.0.1:1883`),
+    /// spoken to in plain MQTT 3.1.1 by devices and cloud alike.
+    External(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub database_url: String,
+    pub broker: BrokerChoice,
+    pub model_seed: Option<u64>,
+}
+
+/// A running system. Dropping it leaves the embedded broker thread behind (rumqttd cannot be
+/// stopped), which ends with the process.
+pub struct Stack {
+    pub api_base: String,
+    pub admin_token: String,
+    pub cloud: RunningApp,
+    device_broker: BrokerUrl,
+    pki: Option<PkiDir>,
+    _broker: Option<Arc<RunningBroker>>,
+    workdir: TempDir,
+}
+
+fn random_secret() -> String {
+    let mut bytes = [0u8; 24];
+    rand::rng().fill(&mut bytes[..]);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Stack {
+    pub async fn start(options: &StackOptions) -> anyhow::Result<Self> {
+        app::migrate(&options.database_url)
+            .await
+            .with_context(|| "preparing the database (is Postgres reachable at DATABASE_URL?)")?;
+        let workdir = tempfile::tempdir().context("creating a working directory")?;
+        let admin_token = random_secret();
+
+        let (mqtt, device_broker, pki, broker) = match &options.broker {
+            BrokerChoice::Embedded => {
+                let pki = PkiDir::init(
+                    workdir.path().join("pki"),
+                    &["localhost".to_owned(), "127.0.0.1".to_owned()],
+                )
+                .context("creating the certificate authority")?;
+                let password = random_secret();
+                let settings = BrokerSettings::loopback(&pki, Secret::new(password.clone()))
+                    .context("finding free ports for the broker")?;
+                let username = settings.service_username.clone();
+                let broker = tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
+                    .await
+                    .context("starting the broker")??;
+                let mqtt = MqttSettings {
+                    url: MqttUrl {
+                        tls: false,
+                        host: "127.0.0.1".into(),
+                        port: broker.service_addr().port(),
+                    },
+                    username: Some(username),
+                    password: Some(password),
+                    password_file: None,
+                    ca_file: None,
+                    client_id: format!("ecs-cloud-{}", DeviceId::random()),
+                    group: "ecs-cloud".into(),
+                };
+                let device_broker: BrokerUrl =
+                    format!("mqtts://127.0.0.1:{}", broker.device_addr().port()).parse()?;
+                (mqtt, device_broker, Some(pki), Some(Arc::new(broker)))
+            }
+            BrokerChoice::External(url) => {
+                let mqtt = MqttSettings {
+                    url: url.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                    username: None,
+                    password: None,
+                    password_file: None,
+                    ca_file: None,
+                    client_id: format!("ecs-cloud-{}", DeviceId::random()),
+                    // A group of our own, so other clouds on a shared broker don't take our
+                    // messages.
+                    group: format!("ecs-{}", DeviceId::random()),
+                };
+                (mqtt, url.parse()?, None, None)
+            }
+        };
+
+        let settings = Settings {
+            database_url: options.database_url.clone(),
+            db_max_connections: 10,
+            http_addr: "127.0.0.1:0".parse()?,
+            admin_token: Some(admin_token.clone()),
+            admin_token_file: None,
+            mqtt,
+            model: ModelKind::Random,
+            model_seed: options.model_seed,
+            ingest_concurrency: 8,
+            worker_poll_ms: 500,
+            notify_resend_ms: 2_000,
+            offer_ttl_hours: 72,
+        };
+        let cloud = app::spawn(settings).await.context("starting the cloud")?;
+        Ok(Self {
+            api_base: format!("http://{}", cloud.http_addr),
+            admin_token,
+            cloud,
+            device_broker,
+            pki,
+            _broker: broker,
+            workdir,
+        })
+    }
+
+    /// Everything an edge agent needs to reach the broker as `device`: the URL, and for the
+    /// embedded broker a freshly issued client certificate.
+    pub fn device_access(
+        &self,
+        device: &DeviceId,
+    ) -> anyhow::Result<(BrokerUrl, Option<TlsFiles>)> {
+        let tls = match &self.pki {
+            Some(pki) => {
+                let files = pki
+                    .issue_device_files(device)
+                    .with_context(|| format!("issuing a certificate for device {device}"))?;
+                Some(TlsFiles {
+                    ca_file: pki.ca_cert_path(),
+                    cert_file: files.cert,
+                    key_file: files.key,
+                })
+            }
+            None => None,
+        };
+        Ok((self.device_broker.clone(), tls))
+    }
+
+    /// A directory that lives as long as the stack (phones' SQLite files go here).
+    pub fn workdir(&self) -> PathBuf {
+        self.workdir.path().to_owned()
+    }
+
+    /// Waits until the cloud reports ready (Postgres and broker reachable).
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ready = client
+                .get(format!("{}/readyz", self.api_base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the cloud did not become ready within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.cloud.stop().await;
+    }
+}

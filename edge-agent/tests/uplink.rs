@@ -3,6 +3,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ecs_edge_agent::Agent;
@@ -10,7 +11,7 @@ use ecs_edge_agent::buffer::{Buffer, FIRST_SEQ};
 use ecs_protocol::{
     CreditType, DeviceId, Downlink, Notification, NotificationKind, NotificationReceipt, Uplink,
 };
-use support::{FlakyNetwork, TestCloud, agent_config, eventually, seqs};
+use support::{PhoneNetwork, TestCloud, agent_config, eventually, seqs};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -49,7 +50,10 @@ async fn unacknowledged_batches_are_resent_and_kept_until_acked() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceId::random();
     let mut cloud = TestCloud::connect(&device, false).await;
+    // Deaf: no ack can reach the agent, not even one from another cloud on the shared broker.
+    let network = PhoneNetwork::start(true).await;
     let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    config.broker = network.url();
     config.ack_timeout = Duration::from_millis(300);
     let agent = Agent::start(config).await.unwrap();
 
@@ -73,10 +77,10 @@ async fn unacknowledged_batches_are_resent_and_kept_until_acked() {
     assert!(stats.batches_resent >= 1, "{stats:?}");
     assert_eq!(stats.readings_acked, 0, "nothing is deleted without an ack");
 
-    // Once the cloud commits, the re-sent batches drain the buffer.
-    cloud
-        .auto_ack
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // The cloud commits and the agent hears again: the buffer drains.
+    cloud.auto_ack.store(true, Ordering::SeqCst);
+    network.set_deaf(false);
+    network.cut();
     assert!(agent.wait_drained(WAIT).await, "{:?}", agent.stats());
     assert_eq!(agent.stats().readings_acked, stats.readings_produced);
     agent.shutdown().await.unwrap();
@@ -134,8 +138,11 @@ async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
     let device = DeviceId::random();
     let mut cloud = TestCloud::connect(&device, false).await;
 
-    // First run: the cloud never acknowledges, then the agent is stopped mid-work.
-    let first_run = Agent::start(agent_config(&device, &db)).await.unwrap();
+    // First run: no ack reaches the agent, then it is stopped mid-work.
+    let deaf = PhoneNetwork::start(true).await;
+    let mut config = agent_config(&device, &db);
+    config.broker = deaf.url();
+    let first_run = Agent::start(config).await.unwrap();
     cloud.next_batch(WAIT).await;
     eventually(WAIT, "40 readings buffered", || {
         first_run.stats().readings_buffered >= 40
@@ -153,10 +160,8 @@ async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
     };
     assert!(left >= 40);
 
-    // Second run on the same file, now with a cloud that acknowledges.
-    cloud
-        .auto_ack
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    // Second run on the same file, connected directly, with a cloud that acknowledges.
+    cloud.auto_ack.store(true, Ordering::SeqCst);
     let second_run = Agent::start(agent_config(&device, &db)).await.unwrap();
     eventually(WAIT, "the first run's readings acknowledged", || {
         second_run.stats().readings_acked >= left
@@ -189,23 +194,20 @@ async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
 async fn after_a_reconnect_everything_unacknowledged_is_sent_again() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceId::random();
-    let network = FlakyNetwork::start().await;
-    let mut cloud = TestCloud::connect(&device, false).await;
+    let mut cloud = TestCloud::connect(&device, true).await;
+    let network = PhoneNetwork::start(true).await;
     let mut config = agent_config(&device, &dir.path().join("edge.db"));
-    config.broker = format!("mqtt://127.0.0.1:{}", network.port)
-        .parse()
-        .unwrap();
+    config.broker = network.url();
     // Far beyond the test's waits: whatever is re-sent is re-sent because of the reconnect.
     config.ack_timeout = Duration::from_secs(120);
     let agent = Agent::start(config).await.unwrap();
 
+    // Batches go out, their acks are lost on the way back, then the connection breaks.
     cloud.next_batch(WAIT).await;
+    network.set_deaf(false);
     network.cut();
     // rumqttc forgets unacknowledged QoS 1 messages on a reconnect with a clean session; only
     // the agent's own window brings them back, and only its re-subscription lets acks in.
-    cloud
-        .auto_ack
-        .store(true, std::sync::atomic::Ordering::SeqCst);
     eventually(WAIT, "readings acknowledged after the reconnect", || {
         agent.stats().readings_acked > 0
     })

@@ -213,42 +213,54 @@ pub async fn eventually(within: Duration, what: &str, mut condition: impl FnMut(
     }
 }
 
-/// A TCP proxy in front of Mosquitto whose connections the test can cut, to play a phone
-/// losing its network.
-pub struct FlakyNetwork {
+/// The phone's network: a TCP proxy in front of Mosquitto that the test can cut, or make
+/// *deaf* (new connections pass the broker's CONNACK to the phone, then nothing more).
+///
+/// Deafness is how a test withholds acks reliably. Keeping its own cloud quiet is not enough on
+/// a shared broker: any `ecs-cloud` connected to it receives every device's uplinks through its
+/// shared subscription, and acknowledges even the batches of devices it does not know (it
+/// dead-letters them), so our readings could be deleted by someone else's ack.
+pub struct PhoneNetwork {
     pub port: u16,
+    deaf: Arc<AtomicBool>,
     links: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
-impl FlakyNetwork {
-    pub async fn start() -> Self {
+impl PhoneNetwork {
+    pub async fn start(deaf: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let deaf = Arc::new(AtomicBool::new(deaf));
         let links = Arc::new(std::sync::Mutex::new(Vec::new()));
         let accept = {
-            let links = Arc::clone(&links);
+            let (deaf, links) = (Arc::clone(&deaf), Arc::clone(&links));
             tokio::spawn(async move {
-                while let Ok((mut phone, _)) = listener.accept().await {
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut broker) =
-                            tokio::net::TcpStream::connect("127.0.0.1:1883").await
-                        {
-                            let _ = tokio::io::copy_bidirectional(&mut phone, &mut broker).await;
-                        }
-                    });
+                while let Ok((phone, _)) = listener.accept().await {
+                    let link = tokio::spawn(relay(phone, deaf.load(Ordering::SeqCst)));
                     links.lock().unwrap().push(link);
                 }
             })
         };
         Self {
             port,
+            deaf,
             links,
             accept,
         }
     }
 
-    /// Closes every open connection (new ones are accepted again).
+    /// The broker URL that reaches Mosquitto through this network.
+    pub fn url(&self) -> BrokerUrl {
+        format!("mqtt://127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    /// Applies to connections made from now on (see [`PhoneNetwork::cut`]).
+    pub fn set_deaf(&self, deaf: bool) {
+        self.deaf.store(deaf, Ordering::SeqCst);
+    }
+
+    /// Closes every open connection; the phone's reconnects are accepted again.
     pub fn cut(&self) {
         for link in self.links.lock().unwrap().drain(..) {
             link.abort();
@@ -256,9 +268,36 @@ impl FlakyNetwork {
     }
 }
 
-impl Drop for FlakyNetwork {
+impl Drop for PhoneNetwork {
     fn drop(&mut self) {
         self.cut();
         self.accept.abort();
+    }
+}
+
+/// Relays one phone connection to Mosquitto until either side closes.
+async fn relay(phone: tokio::net::TcpStream, deaf: bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:1883").await else {
+        return;
+    };
+    let (mut phone_rx, mut phone_tx) = phone.into_split();
+    let (mut broker_rx, mut broker_tx) = broker.into_split();
+    let up = tokio::io::copy(&mut phone_rx, &mut broker_tx);
+    let down = async {
+        if deaf {
+            // An MQTT 3.1.1 CONNACK is exactly 4 bytes; everything after it is swallowed.
+            let mut connack = [0u8; 4];
+            broker_rx.read_exact(&mut connack).await?;
+            phone_tx.write_all(&connack).await?;
+            tokio::io::copy(&mut broker_rx, &mut tokio::io::sink()).await
+        } else {
+            tokio::io::copy(&mut broker_rx, &mut phone_tx).await
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
     }
 }

@@ -1,0 +1,782 @@
+//! The REST API as a client sees it: status codes, error bodies, who may do what, and the offer
+//! lifecycle from request to applied limit. Real Postgres (a fresh database per test); the risk
+//! model is replaced by fixed ones so that decisions are known in advance.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Method, Request, StatusCode, header},
+};
+use ecs_cloud::{
+    api::{self, AppState},
+    app::metrics_handle,
+    auth::Authenticator,
+    model::{FeatureVector, ModelError, RiskModel, RiskScore, ScoreFuture},
+    offers::{Assessor, ExecutionOutcome, OfferWorker},
+    policy::CreditPolicy,
+};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+const ADMIN: &str = "test-admin-token-0123456789";
+
+/// Always answers the same probability of default.
+struct FixedModel(f64);
+
+impl RiskModel for FixedModel {
+    fn name(&self) -> &str {
+        "fixed"
+    }
+    fn version(&self) -> &str {
+        "test"
+    }
+    fn score<'a>(&'a self, _features: &'a FeatureVector) -> ScoreFuture<'a> {
+        let score = RiskScore {
+            probability_of_default: self.0,
+            model_name: "fixed".into(),
+            model_version: "test".into(),
+            contributions: Vec::new(),
+        };
+        Box::pin(std::future::ready(Ok(score)))
+    }
+}
+
+/// A model service that is down.
+struct DownModel;
+
+impl RiskModel for DownModel {
+    fn name(&self) -> &str {
+        "down"
+    }
+    fn version(&self) -> &str {
+        "test"
+    }
+    fn score<'a>(&'a self, _features: &'a FeatureVector) -> ScoreFuture<'a> {
+        Box::pin(std::future::ready(Err(ModelError::Unavailable(
+            "connection refused".into(),
+        ))))
+    }
+}
+
+fn app(pool: &PgPool, model: Arc<dyn RiskModel>, broker_up: bool) -> Router {
+    api::router(AppState {
+        pool: pool.clone(),
+        auth: Arc::new(Authenticator::new(ADMIN, pool.clone()).unwrap()),
+        assessor: Arc::new(Assessor {
+            pool: pool.clone(),
+            model,
+            policy: CreditPolicy::default(),
+            offer_ttl: Duration::from_secs(3600),
+        }),
+        broker_connected: Arc::new(move || broker_up),
+        metrics: metrics_handle(),
+    })
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Reply {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = match body {
+        Some(b) => request
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(b.to_owned())),
+        None => request.body(Body::empty()),
+    }
+    .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Creates a consenting user with three months of salary and a phone; returns (id, token).
+async fn person(app: &Router) -> (String, String) {
+    let r = call(
+        app,
+        Method::POST,
+        "/v1/users",
+        Some(ADMIN),
+        Some(r#"{"display_name":"Ana","emotional_data_consent":true}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let user = r.body["user_id"].as_str().unwrap().to_owned();
+    let token = r.body["api_token"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now();
+    let txs: Vec<Value> = (1..=3)
+        .map(|m| {
+            json!({
+                "external_ref": format!("salary-{m}"),
+                "direction": "inflow",
+                "amount_cents": 500_000,
+                "category": "salary",
+                "occurred_at": now - chrono::Duration::days(30 * m - 5),
+            })
+        })
+        .collect();
+    let body = json!({ "transactions": txs }).to_string();
+    let r = call(
+        app,
+        Method::POST,
+        &format!("/v1/users/{user}/transactions"),
+        Some(ADMIN),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    assert_eq!(r.body["inserted"], 3);
+    let r = call(
+        app,
+        Method::POST,
+        &format!("/v1/users/{user}/devices"),
+        Some(&token),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    (user, token)
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn liveness_readiness_metrics_and_openapi(pool: PgPool) {
+    let up = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let down = app(&pool, Arc::new(FixedModel(0.05)), false);
+    assert_eq!(
+        call(&up, Method::GET, "/healthz", None, None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&up, Method::GET, "/readyz", None, None).await.status,
+        StatusCode::OK
+    );
+    let r = call(&down, Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.body["broker"], false);
+    assert_eq!(r.body["postgres"], true);
+    assert_eq!(
+        call(&up, Method::GET, "/metrics", None, None).await.status,
+        StatusCode::OK
+    );
+    let r = call(&up, Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["paths"]["/v1/users/{user_id}/credit-offers"]["post"].is_object());
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn every_response_carries_a_request_id(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let r = call(&app, Method::GET, "/healthz", None, None).await;
+    assert!(r.headers.get("x-request-id").is_some());
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn tokens_decide_who_reaches_what(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (ana, ana_token) = person(&app).await;
+    let (bia, _) = person(&app).await;
+
+    let r = call(&app, Method::GET, &format!("/v1/users/{ana}"), None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers.get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
+    assert_eq!(r.body["error"], "unauthenticated");
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/{ana}"),
+        Some("ecs_u_forged"),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/{ana}"),
+            Some(&ana_token),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/{ana}"),
+            Some(ADMIN),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    // Ana's token does not reach Bia, nor admin-only routes.
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/{bia}"),
+        Some(&ana_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{bia}/credit-offers"),
+        Some(&ana_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(
+        &app,
+        Method::POST,
+        "/v1/users",
+        Some(&ana_token),
+        Some(r#"{"display_name":"Eve","emotional_data_consent":true}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{ana}/transactions"),
+        Some(&ana_token),
+        Some(r#"{"transactions":[]}"#),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "people cannot post their own bank history"
+    );
+    // Bia cannot accept Ana's offer.
+    let offer = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{ana}/credit-offers"),
+        Some(&ana_token),
+        None,
+    )
+    .await;
+    let offer_id = offer.body["offer_id"].as_str().unwrap();
+    let bia_token = call(
+        &app,
+        Method::POST,
+        "/v1/users",
+        Some(ADMIN),
+        Some(r#"{"display_name":"Bia","emotional_data_consent":false}"#),
+    )
+    .await
+    .body["api_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/credit-offers/{offer_id}/accept"),
+        Some(&bia_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, token) = person(&app).await;
+    let cases: Vec<(Method, String, Option<&str>, Option<&str>, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/v1/users".into(),
+            Some(ADMIN),
+            Some("{not json"),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            Method::POST,
+            "/v1/users".into(),
+            Some(ADMIN),
+            Some(r#"{"display_name":"x"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "emotional_data_consent",
+        ),
+        (
+            Method::POST,
+            "/v1/users".into(),
+            Some(ADMIN),
+            Some(r#"{"display_name":"x","emotional_data_consent":true,"ssn":"1"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ssn",
+        ),
+        (
+            Method::POST,
+            "/v1/users".into(),
+            Some(ADMIN),
+            Some(r#"{"display_name":"  ","emotional_data_consent":true}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "display_name",
+        ),
+        (
+            Method::GET,
+            "/v1/users/not-a-uuid".into(),
+            Some(ADMIN),
+            None,
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            Method::GET,
+            format!("/v1/users/{}", uuid::Uuid::new_v4()),
+            Some(ADMIN),
+            None,
+            StatusCode::NOT_FOUND,
+            "user",
+        ),
+        (
+            Method::GET,
+            "/v1/nowhere".into(),
+            Some(ADMIN),
+            None,
+            StatusCode::NOT_FOUND,
+            "route",
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/transactions"),
+            Some(ADMIN),
+            Some(r#"{"transactions":[]}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "1-1000",
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/transactions"),
+            Some(ADMIN),
+            Some(
+                r#"{"transactions":[{"external_ref":"a","direction":"inflow","amount_cents":-5,"category":"salary","occurred_at":"2026-01-01T00:00:00Z"}]}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "transactions[0]: amount_cents",
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/transactions"),
+            Some(ADMIN),
+            Some(
+                r#"{"transactions":[{"external_ref":"a","direction":"sideways","amount_cents":5,"category":"salary","occurred_at":"2026-01-01T00:00:00Z"}]}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "direction",
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/transactions"),
+            Some(ADMIN),
+            Some(
+                r#"{"transactions":[{"external_ref":"a","direction":"inflow","amount_cents":5,"category":"salary","occurred_at":"2999-01-01T00:00:00Z"}]}"#,
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "future",
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/devices"),
+            Some(&token),
+            Some(r#"{"device_id":"has-dash"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "letters and digits",
+        ),
+        (
+            Method::POST,
+            format!("/v1/credit-offers/{}/accept", uuid::Uuid::new_v4()),
+            Some(ADMIN),
+            None,
+            StatusCode::NOT_FOUND,
+            "offer",
+        ),
+    ];
+    for (method, path, token, body, status, says) in cases {
+        let r = call(&app, method.clone(), &path, token, body).await;
+        assert_eq!(r.status, status, "{method} {path} {body:?}: {:?}", r.body);
+        let message = r.body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "{method} {path}: message {message:?} should mention {says:?}"
+        );
+        assert!(
+            r.body["error"].is_string(),
+            "{method} {path}: JSON error body"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn consent_and_device_identity_rules(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let r = call(
+        &app,
+        Method::POST,
+        "/v1/users",
+        Some(ADMIN),
+        Some(r#"{"display_name":"No consent","emotional_data_consent":false}"#),
+    )
+    .await;
+    let user = r.body["user_id"].as_str().unwrap();
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/devices"),
+        Some(ADMIN),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body["message"].as_str().unwrap().contains("consented"));
+
+    let (ana, _) = person(&app).await;
+    let body = r#"{"device_id":"phone42"}"#;
+    assert_eq!(
+        call(
+            &app,
+            Method::POST,
+            &format!("/v1/users/{ana}/devices"),
+            Some(ADMIN),
+            Some(body)
+        )
+        .await
+        .status,
+        StatusCode::CREATED
+    );
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{ana}/devices"),
+        Some(ADMIN),
+        Some(body),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "a device id belongs to one phone"
+    );
+
+    // Without consent, an offer is still possible, on financial data only, and says so.
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert!(
+        r.body["reason_codes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("emotional_data_not_used"))
+    );
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn transactions_are_idempotent_by_external_ref(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, _) = person(&app).await;
+    let body = r#"{"transactions":[{"external_ref":"salary-1","direction":"inflow","amount_cents":500000,"category":"salary","occurred_at":"2026-01-01T00:00:00Z"},
+                                   {"external_ref":"new-1","direction":"outflow","amount_cents":1000,"category":"groceries","occurred_at":"2026-01-02T00:00:00Z"}]}"#;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/transactions"),
+        Some(ADMIN),
+        Some(body),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        (r.body["inserted"].as_u64(), r.body["duplicates"].as_u64()),
+        (Some(1), Some(1))
+    );
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn an_accepted_offer_is_applied_once_by_the_worker_and_the_phone_is_notified(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.02)), true);
+    let (user, token) = person(&app).await;
+
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let offer = r.body;
+    assert_eq!(offer["approved"], true);
+    assert_eq!(offer["status"], "offered");
+    assert_eq!(offer["risk"]["probability_of_default"], 0.02);
+    assert_eq!(offer["risk"]["risk_score"], 980);
+    assert_eq!(offer["risk"]["model_name"], "fixed");
+    assert_eq!(offer["credit_type"], "long_term");
+    let limit = offer["credit_limit_cents"].as_i64().unwrap();
+    assert!(limit > 0);
+    assert!(offer["interest_rate_bps"].as_i64().unwrap() > 0);
+    let offer_id = offer["offer_id"].as_str().unwrap();
+
+    // No credit line yet: nothing was accepted.
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/{user}/credit-limit"),
+            Some(&token),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+
+    let accept = format!("/v1/credit-offers/{offer_id}/accept");
+    let r = call(&app, Method::POST, &accept, Some(&token), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.body["status"], "accepted");
+    // The request did not apply anything.
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/{user}/credit-limit"),
+            Some(&token),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    // Retrying the accept is harmless: one outbox event.
+    assert_eq!(
+        call(&app, Method::POST, &accept, Some(&token), None)
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+
+    let notifier = Arc::new(Notify::new());
+    let worker = OfferWorker {
+        pool: pool.clone(),
+        notifier: notifier.clone(),
+        poll_interval: Duration::from_secs(1),
+    };
+    assert_eq!(
+        worker.process_next().await.unwrap(),
+        ExecutionOutcome::TaskCompleted
+    );
+    assert_eq!(
+        worker.process_next().await.unwrap(),
+        ExecutionOutcome::EmptyQueue
+    );
+    tokio::time::timeout(Duration::from_secs(1), notifier.notified())
+        .await
+        .expect("the notifier was woken");
+
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/{user}/credit-limit"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["credit_limit_cents"].as_i64(), Some(limit));
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/credit-offers/{offer_id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["status"], "applied");
+    let (kind, body): (String, Value) = sqlx::query_as("SELECT kind, body FROM notifications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(kind, "offer_applied");
+    assert!(body.to_string().contains(offer_id));
+
+    // Replaying the event (a crash after commit, a second replica) changes nothing twice.
+    sqlx::query("UPDATE outbox SET processed_at = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.process_next().await.unwrap(),
+        ExecutionOutcome::TaskCompleted
+    );
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM credit_limit_history), (SELECT count(*) FROM notifications)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(counts, (1, 1));
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn declined_and_expired_offers_cannot_be_accepted(pool: PgPool) {
+    let risky = app(&pool, Arc::new(FixedModel(0.5)), true);
+    let (user, token) = person(&risky).await;
+    let r = call(
+        &risky,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["approved"], false);
+    assert_eq!(r.body["credit_limit_cents"], 0);
+    assert!(
+        r.body["reason_codes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("probability_of_default_too_high"))
+    );
+    let declined = r.body["offer_id"].as_str().unwrap().to_owned();
+    let r = call(
+        &risky,
+        Method::POST,
+        &format!("/v1/credit-offers/{declined}/accept"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    let safe = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let r = call(
+        &safe,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let stale = r.body["offer_id"].as_str().unwrap().to_owned();
+    sqlx::query("UPDATE credit_offers SET created_at = now() - interval '2 days', expires_at = now() - interval '1 day' WHERE offer_id = $1::uuid")
+        .bind(&stale)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = call(
+        &safe,
+        Method::POST,
+        &format!("/v1/credit-offers/{stale}/accept"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body["message"].as_str().unwrap().contains("expired"));
+    let r = call(
+        &safe,
+        Method::GET,
+        &format!("/v1/credit-offers/{stale}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["status"], "expired");
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn a_model_outage_is_a_503_with_retry_after_and_stores_nothing(pool: PgPool) {
+    let app = app(&pool, Arc::new(DownModel), true);
+    let (user, token) = person(&app).await;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.get(header::RETRY_AFTER).is_some());
+    assert!(
+        !r.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "internals stay in the log"
+    );
+    let offers: i64 = sqlx::query_scalar("SELECT count(*) FROM credit_offers")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(offers, 0);
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn postgres_down_is_a_503_not_a_500(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, token) = person(&app).await;
+    pool.close().await;
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/{user}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    let r = call(&app, Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+}

@@ -314,11 +314,21 @@ async fn tokens_decide_who_reaches_what(pool: PgPool) {
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
+/// Method, path, token, body, expected status, a fragment the error message must contain.
+type Case<'a> = (
+    Method,
+    String,
+    Option<&'a str>,
+    Option<&'a str>,
+    StatusCode,
+    &'a str,
+);
+
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
 async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
     let app = app(&pool, Arc::new(FixedModel(0.05)), true);
     let (user, token) = person(&app).await;
-    let cases: Vec<(Method, String, Option<&str>, Option<&str>, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/v1/users".into(),

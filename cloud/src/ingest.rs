@@ -13,11 +13,16 @@
 //! * **Ack after commit.** The ack names the batch's exact range `first_seq..=last_seq`, and is
 //!   produced only after the commit, so a device deletes nothing the cloud does not hold.
 //! * **Ingest never stops for a bad payload.** Anything that can never be stored (undecodable,
-//!   invalid, on the wrong topic, implausibly timed, from an unknown or revoked device, refused by
-//!   a database constraint) goes to `dead_letters` with a readable reason and the raw payload.
+//!   invalid, on the wrong topic, implausibly timed, refused by a database constraint) goes to
+//!   `dead_letters` with a readable reason and the raw payload.
 //!   When the payload reveals its range, the range is **acked once the dead letter is committed**:
 //!   the payload is kept there for an operator, and without the ack the device would resend the
 //!   same poison batch forever and keep it in its bounded buffer.
+//! * **Unregistered and revoked devices are not accepted at all**: no storage, no dead letter, no
+//!   ack ([`Outcome::NotAccepted`]). The phone keeps its readings (its buffer is bounded) — a
+//!   device whose registration is still on its way delivers them later — and the cloud keeps no
+//!   emotional data of someone it has no registration (and so no consent) for. On a shared
+//!   broker, a cloud never makes another cloud's devices forget their data.
 //! * **Transient failures are not acked.** When Postgres is unavailable, [`Ingest::handle`]
 //!   returns `Err`, nothing is acked and the device resends later.
 
@@ -116,6 +121,11 @@ pub enum Outcome {
         reason: Rejection,
         ack: Option<Ack>,
     },
+    /// The device is not registered, or revoked: nothing stored, nothing acked.
+    NotAccepted {
+        device_id: DeviceId,
+        reason: Rejection,
+    },
     /// A receipt marked `delivered` notifications as delivered (others were already, or were
     /// not this device's).
     ReceiptApplied { device_id: DeviceId, delivered: u64 },
@@ -133,7 +143,9 @@ impl Outcome {
                 ack: Some(ack),
                 ..
             } => Some((device_id, *ack)),
-            Outcome::DeadLettered { .. } | Outcome::ReceiptApplied { .. } => None,
+            Outcome::DeadLettered { .. }
+            | Outcome::NotAccepted { .. }
+            | Outcome::ReceiptApplied { .. } => None,
         }
     }
 }
@@ -220,10 +232,12 @@ impl Ingest {
             ..
         } = match registration {
             Ok(r) => r,
-            Err(rejection) => {
-                return self
-                    .dead_letter(topic, Some(device), payload, rejection, Some(ack))
-                    .await;
+            Err(reason) => {
+                warn!(%reason, "uplink from a device that is not accepted");
+                return Ok(Outcome::NotAccepted {
+                    device_id: device,
+                    reason,
+                });
             }
         };
         Span::current().record("user_id", field::display(user_id));
@@ -675,13 +689,14 @@ mod tests {
         assert!(
             matches!(
                 unknown,
-                Outcome::DeadLettered {
+                Outcome::NotAccepted {
                     reason: Rejection::UnknownDevice,
                     ..
                 }
             ),
             "{unknown:?}"
         );
+        assert_eq!(unknown.ack(), None, "a stranger's phone keeps its readings");
 
         // Not an uplink topic at all.
         let foreign = ingest.handle("/tenants/x/ecs/v1/down", b"x").await.unwrap();
@@ -698,14 +713,13 @@ mod tests {
         );
 
         let letters = dead_letters(&pool).await;
-        assert_eq!(letters.len(), 6, "{letters:?}");
+        assert_eq!(letters.len(), 5, "{letters:?}");
         assert_eq!(letters[0].0.as_deref(), Some(device.as_str()));
         assert!(letters[0].1.starts_with("undecodable"), "{letters:?}");
         assert!(letters[1].1.contains("valence = 120"), "{letters:?}");
         assert!(letters[2].1.contains(other.as_str()), "{letters:?}");
         assert!(letters[3].1.contains("days before"), "{letters:?}");
-        assert_eq!(letters[4].0.as_deref(), Some(stranger.as_str()));
-        assert_eq!(letters[5].0, None);
+        assert_eq!(letters[4].0, None);
         let payload: Vec<u8> =
             sqlx::query_scalar("SELECT payload FROM dead_letters ORDER BY dead_letter_id LIMIT 1")
                 .fetch_one(&pool)
@@ -743,14 +757,15 @@ mod tests {
         assert!(
             matches!(
                 outcome,
-                Outcome::DeadLettered {
+                Outcome::NotAccepted {
                     reason: Rejection::RevokedDevice,
-                    ack: Some(_),
                     ..
                 }
             ),
             "{outcome:?}"
         );
+        assert_eq!(outcome.ack(), None);
+        assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
         assert_eq!(
             count(&pool, "SELECT count(*) FROM emotion_readings").await,
             0

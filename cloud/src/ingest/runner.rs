@@ -113,6 +113,10 @@ fn record_metrics(outcome: &Outcome, elapsed: Duration) {
             metrics::counter!("ecs_ingest_dead_letters_total", "reason" => reason.code())
                 .increment(1);
         }
+        Outcome::NotAccepted { reason, .. } => {
+            metrics::counter!("ecs_ingest_not_accepted_total", "reason" => reason.code())
+                .increment(1);
+        }
         Outcome::ReceiptApplied { delivered, .. } => {
             metrics::counter!("ecs_notifications_delivered_total").increment(*delivered);
         }

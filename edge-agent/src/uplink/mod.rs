@@ -110,9 +110,10 @@ impl Session {
         flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut recorder_running = true;
         loop {
-            let deadline = match self.connected {
-                true => self.window.next_deadline(self.settings.ack_timeout),
-                false => None,
+            let deadline = if self.connected {
+                self.window.next_deadline(self.settings.ack_timeout)
+            } else {
+                None
             };
             let step = tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -209,13 +210,17 @@ impl Session {
     /// Sends what is left of an in-flight batch again, reading it afresh from the buffer.
     async fn resend(&mut self, sent: InFlight) -> Result<()> {
         let (first, last) = (sent.first_seq, sent.last_seq);
+        // Restart the batch's timer before trying: if reading or publishing fails, the next
+        // attempt comes a full ack timeout later instead of in a tight loop.
+        let now = Instant::now();
+        self.window.resent(first, Some((first, last)), now);
         let batch = self
             .buffer
             .call(move |b| b.batch_within(first, last, MAX_READINGS_PER_BATCH))
             .await?;
         let Some(batch) = batch else {
             // Every reading of it was dropped by the capacity policy meanwhile.
-            self.window.resent(first, None, Instant::now());
+            self.window.resent(first, None, now);
             return Ok(());
         };
         let (first_seq, last_seq) = (batch.first_seq, batch.last_seq());
@@ -230,8 +235,7 @@ impl Session {
             return Ok(());
         }
         self.publish(&Uplink::ReadingBatchV1(batch)).await?;
-        self.window
-            .resent(first, Some((first_seq, last_seq)), Instant::now());
+        self.window.resent(first, Some((first_seq, last_seq)), now);
         self.counters.batches_resent.fetch_add(1, Ordering::Relaxed);
         debug!(first_seq, last_seq, "batch re-sent");
         Ok(())

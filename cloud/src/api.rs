@@ -123,6 +123,12 @@ where
         match Json::<T>::from_request(req, state).await {
             Ok(Json(value)) => Ok(Self(value)),
             Err(JsonRejection::JsonDataError(e)) => Err(Error::InvalidInput(e.body_text())),
+            Err(JsonRejection::MissingJsonContentType(e)) => {
+                Err(Error::UnsupportedMediaType(e.body_text()))
+            }
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(Error::PayloadTooLarge(e.body_text()))
+            }
             Err(e) => Err(Error::BadRequest(e.body_text())),
         }
     }

@@ -12,6 +12,12 @@ pub enum Error {
     /// The request is malformed (unparsable JSON, a path parameter of the wrong shape).
     #[error("{0}")]
     BadRequest(String),
+    /// The body is larger than the API accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The body is not JSON (missing or wrong `Content-Type`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The request is well-formed but its content is not acceptable; the message says what.
     #[error("{0}")]
     InvalidInput(String),
@@ -50,6 +56,10 @@ impl Error {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Error::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Error::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Error::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             Error::InvalidInput(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_input"),
             Error::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Error::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),

@@ -440,6 +440,26 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
             "offer",
         ),
     ];
+    // Not JSON at all, and far too much of it.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/users")
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::from("display_name=x"))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = format!(r#"{{"transactions":[{}]}}"#, "1,".repeat(2 << 20));
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/transactions"),
+        Some(ADMIN),
+        Some(&huge),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
     for (method, path, token, body, status, says) in cases {
         let r = call(&app, method.clone(), &path, token, body).await;
         assert_eq!(r.status, status, "{method} {path} {body:?}: {:?}", r.body);

@@ -146,7 +146,7 @@ async fn story(
         "SELECT count(*), count(DISTINCT (device_id, seq)) FROM emotion_readings WHERE device_id = ANY($1)",
     )
     .bind(&device_ids)
-    .fetch_one(&stack.cloud.pool)
+    .fetch_one(&stack.pool)
     .await?;
     report.readings_stored = u64::try_from(stored).unwrap_or(0);
     if stored != distinct {

@@ -13,6 +13,7 @@ use ecs_cloud::{
 use ecs_edge_agent::{BrokerUrl, TlsFiles};
 use ecs_protocol::DeviceId;
 use rand::RngExt;
+use sqlx::{PgPool, postgres::PgPoolOptions};
 use tempfile::TempDir;
 
 /// Which broker the stack runs on.
@@ -37,7 +38,10 @@ pub struct StackOptions {
 pub struct Stack {
     pub api_base: String,
     pub admin_token: String,
-    pub cloud: RunningApp,
+    /// A pool of our own, for looking into the database whatever the cloud is doing.
+    pub pool: PgPool,
+    cloud: Option<RunningApp>,
+    cloud_settings: Settings,
     device_broker: BrokerUrl,
     pki: Option<PkiDir>,
     _broker: Option<Arc<RunningBroker>>,
@@ -119,11 +123,19 @@ impl Stack {
             notify_resend_ms: 2_000,
             offer_ttl_hours: 72,
         };
-        let cloud = app::spawn(settings).await.context("starting the cloud")?;
+        let cloud = app::spawn(settings.clone())
+            .await
+            .context("starting the cloud")?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&options.database_url)
+            .await?;
         Ok(Self {
             api_base: format!("http://{}", cloud.http_addr),
             admin_token,
-            cloud,
+            pool,
+            cloud: Some(cloud),
+            cloud_settings: settings,
             device_broker,
             pki,
             _broker: broker,
@@ -178,7 +190,29 @@ impl Stack {
         }
     }
 
-    pub async fn stop(self) {
-        self.cloud.stop().await;
+    /// Stops the cloud, waits `downtime` with no cloud at all, and starts a new replica on the
+    /// same database and broker (on a new HTTP port): a crash and a restart, as the phones see it.
+    /// Whatever they publish meanwhile reaches no subscriber and is dropped by the broker; only
+    /// their resends can bring it in.
+    pub async fn restart_cloud(&mut self, downtime: Duration) -> anyhow::Result<()> {
+        if let Some(old) = self.cloud.take() {
+            old.stop().await;
+        }
+        tokio::time::sleep(downtime).await;
+        let mut settings = self.cloud_settings.clone();
+        settings.mqtt.client_id = format!("ecs-cloud-{}", DeviceId::random());
+        let cloud = app::spawn(settings)
+            .await
+            .context("starting the new cloud")?;
+        self.api_base = format!("http://{}", cloud.http_addr);
+        self.cloud = Some(cloud);
+        Ok(())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(cloud) = self.cloud.take() {
+            cloud.stop().await;
+        }
+        self.pool.close().await;
     }
 }

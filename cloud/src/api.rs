@@ -64,7 +64,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/v1/users", post(create_user))
-        .route("/v1/users/{user_id}", get(get_user))
+        .route("/v1/users/{user_id}", get(get_user).delete(erase_user))
+        .route(
+            "/v1/users/{user_id}/emotional-profile",
+            get(get_emotional_profile),
+        )
         .route("/v1/users/{user_id}/devices", post(register_device))
         .route(
             "/v1/users/{user_id}/transactions",
@@ -303,6 +307,93 @@ async fn get_user(
     .fetch_optional(&state.pool)
     .await?;
     user.map(Json).ok_or(Error::NotFound("user"))
+}
+
+/// Erase a person and everything about them (LGPD Art. 18): profile, devices, readings,
+/// features, transactions, assessments, offers, credit line, notifications, tokens.
+#[utoipa::path(delete, path = "/v1/users/{user_id}",
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn erase_user(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<StatusCode> {
+    principal.ensure_can_access(user_id)?;
+    let mut tx = state.pool.begin().await?;
+    // Dead letters are not linked to a person by a key; the person's devices name them.
+    sqlx::query(
+        "DELETE FROM dead_letters WHERE device_id IN (SELECT device_id FROM devices WHERE user_id = $1)",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    // Every personal table references users ON DELETE CASCADE.
+    let erased = sqlx::query("DELETE FROM users WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if erased == 0 {
+        return Err(Error::NotFound("user"));
+    }
+    tx.commit().await?;
+    tracing::info!(%user_id, "user erased");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What the system has concluded from a person's emotional data (LGPD Art. 18/20: the person
+/// can see it).
+#[utoipa::path(get, path = "/v1/users/{user_id}/emotional-profile",
+    responses((status = 200, body = EmotionalProfile), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn get_emotional_profile(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Json<EmotionalProfile>> {
+    principal.ensure_can_access(user_id)?;
+    let features = crate::features::load(&state.pool, user_id)
+        .await?
+        .ok_or(Error::NotFound("emotional profile"))?;
+    Ok(Json(EmotionalProfile {
+        user_id,
+        readings_count: features.readings_count,
+        mean_valence: features.mean_valence,
+        valence_variance: features.valence_variance,
+        mean_arousal: features.mean_arousal,
+        mean_stress: features.mean_stress,
+        stress_share: features.stress_share,
+        impulsivity: features.impulsivity,
+        purchase_intent: features.purchase_intent,
+        financial_worry: features.financial_worry,
+        saving_intent: features.saving_intent,
+        first_reading_at: features.first_reading_at,
+        last_reading_at: features.last_reading_at,
+    }))
+}
+
+/// Rolling emotional features, exponentially weighted by recency (6-hour half-life).
+#[derive(Serialize, ToSchema)]
+pub struct EmotionalProfile {
+    pub user_id: Uuid,
+    pub readings_count: i64,
+    /// −100..=100.
+    pub mean_valence: f64,
+    pub valence_variance: f64,
+    /// 0..=100.
+    pub mean_arousal: f64,
+    /// 0..=100.
+    pub mean_stress: f64,
+    /// Share of readings under high stress, 0..=1.
+    pub stress_share: f64,
+    /// Wanting to buy while agitated, 0..=1.
+    pub impulsivity: f64,
+    pub purchase_intent: f64,
+    pub financial_worry: f64,
+    pub saving_intent: f64,
+    pub first_reading_at: DateTime<Utc>,
+    pub last_reading_at: DateTime<Utc>,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -644,7 +735,8 @@ impl utoipa::Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Empathic Credit System API", version = "1"),
-    paths(healthz, readyz, create_user, get_user, register_device, record_transactions,
+    paths(healthz, readyz, create_user, get_user, erase_user, get_emotional_profile,
+          register_device, record_transactions,
           create_offer, get_offer, accept_offer, get_credit_limit),
     modifiers(&BearerAuth)
 )]

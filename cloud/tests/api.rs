@@ -810,3 +810,108 @@ async fn postgres_down_is_a_503_not_a_500(pool: PgPool) {
     let r = call(&app, Method::GET, "/readyz", None, None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn a_person_can_be_erased_completely(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.02)), true);
+    let (user, token) = person(&app).await;
+    let (other, _) = person(&app).await;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let offer_id = r.body["offer_id"].as_str().unwrap().to_owned();
+    call(
+        &app,
+        Method::POST,
+        &format!("/v1/credit-offers/{offer_id}/accept"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let worker = OfferWorker {
+        pool: pool.clone(),
+        notifier: Arc::new(Notify::new()),
+        poll_interval: Duration::from_secs(1),
+    };
+    worker.process_next().await.unwrap();
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/{user}/emotional-profile"),
+            Some(&token),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND,
+        "no readings yet, no profile"
+    );
+
+    let r = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/users/{user}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    // The token died with the person.
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/{user}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/users/{user}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    for table in [
+        "devices",
+        "transactions",
+        "risk_assessments",
+        "credit_offers",
+        "credit_limits",
+        "credit_limit_history",
+        "outbox",
+        "notifications",
+        "api_tokens",
+    ] {
+        let left: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE user_id = $1::uuid"
+        )))
+        .bind(&user)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(left, 0, "{table} still holds the erased person's rows");
+    }
+    // Nobody else was touched.
+    assert_eq!(
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/users/{other}"),
+            Some(ADMIN),
+            None
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+}

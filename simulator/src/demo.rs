@@ -159,6 +159,22 @@ async fn story(
         report.readings_produced, report.readings_stored
     ));
 
+    for p in &people {
+        let e = p.api.emotional_profile(p.user_id).await?;
+        say(format!(
+            "{}: mood from {} readings: valence {:+.0}, stress {:.0} (high {:.0}% of the time), \
+             impulsivity {:.2}, money worry {:.2}, saving intent {:.2}",
+            p.name,
+            e.readings_count,
+            e.mean_valence,
+            e.mean_stress,
+            e.stress_share * 100.0,
+            e.impulsivity,
+            e.financial_worry,
+            e.saving_intent
+        ));
+    }
+
     let mut accepted = HashSet::new();
     for p in &mut people {
         let offer = p.api.request_offer(p.user_id).await?;

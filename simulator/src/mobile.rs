@@ -65,6 +65,17 @@ pub struct Offer {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct EmotionalProfile {
+    pub readings_count: i64,
+    pub mean_valence: f64,
+    pub mean_stress: f64,
+    pub stress_share: f64,
+    pub impulsivity: f64,
+    pub financial_worry: f64,
+    pub saving_intent: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct TransactionsRecorded {
     pub inserted: u64,
 }
@@ -146,6 +157,11 @@ impl ApiClient {
             &serde_json::json!({}),
         )
         .await
+    }
+
+    pub async fn emotional_profile(&self, user_id: Uuid) -> Result<EmotionalProfile, ApiError> {
+        self.get(&format!("/v1/users/{user_id}/emotional-profile"))
+            .await
     }
 
     pub async fn offer(&self, offer_id: Uuid) -> Result<Offer, ApiError> {

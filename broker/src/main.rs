@@ -141,10 +141,9 @@ async fn serve(settings: BrokerSettings) -> anyhow::Result<()> {
         .context("starting the broker watcher")?;
 
     tokio::select! {
-        signal = shutdown_signal() => {
-            let name = signal?;
+        () = ecs_telemetry::shutdown_signal() => {
             // rumqttd cannot drain or stop; leaving the process is the shutdown.
-            tracing::info!(signal = name, "shutting down");
+            tracing::info!("shutting down");
             Ok(())
         }
         stopped = stopped_rx => match stopped {
@@ -152,15 +151,4 @@ async fn serve(settings: BrokerSettings) -> anyhow::Result<()> {
             Err(_) => anyhow::bail!("the broker watcher ended without a reason"),
         },
     }
-}
-
-/// Resolves with the name of the first SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    Ok(tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    })
 }

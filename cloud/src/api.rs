@@ -29,6 +29,7 @@ use crate::{
     Error,
     auth::{Authenticator, HasAuthenticator, Principal, issue_user_token},
     error::{ErrorBody, Result},
+    features::EmotionFeatures,
     model::NamedValue,
     offers::{self, Assessor, CreditOffer},
 };
@@ -356,44 +357,15 @@ async fn get_emotional_profile(
     let features = crate::features::load(&state.pool, user_id)
         .await?
         .ok_or(Error::NotFound("emotional profile"))?;
-    Ok(Json(EmotionalProfile {
-        user_id,
-        readings_count: features.readings_count,
-        mean_valence: features.mean_valence,
-        valence_variance: features.valence_variance,
-        mean_arousal: features.mean_arousal,
-        mean_stress: features.mean_stress,
-        stress_share: features.stress_share,
-        impulsivity: features.impulsivity,
-        purchase_intent: features.purchase_intent,
-        financial_worry: features.financial_worry,
-        saving_intent: features.saving_intent,
-        first_reading_at: features.first_reading_at,
-        last_reading_at: features.last_reading_at,
-    }))
+    Ok(Json(EmotionalProfile { user_id, features }))
 }
 
-/// Rolling emotional features, exponentially weighted by recency (6-hour half-life).
+/// Rolling emotional features, exponentially weighted by recency.
 #[derive(Serialize, ToSchema)]
 pub struct EmotionalProfile {
     pub user_id: Uuid,
-    pub readings_count: i64,
-    /// −100..=100.
-    pub mean_valence: f64,
-    pub valence_variance: f64,
-    /// 0..=100.
-    pub mean_arousal: f64,
-    /// 0..=100.
-    pub mean_stress: f64,
-    /// Share of readings under high stress, 0..=1.
-    pub stress_share: f64,
-    /// Wanting to buy while agitated, 0..=1.
-    pub impulsivity: f64,
-    pub purchase_intent: f64,
-    pub financial_worry: f64,
-    pub saving_intent: f64,
-    pub first_reading_at: DateTime<Utc>,
-    pub last_reading_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub features: EmotionFeatures,
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -595,45 +567,16 @@ pub struct RiskView {
 
 #[derive(Serialize, ToSchema)]
 pub struct OfferView {
-    pub offer_id: Uuid,
-    pub user_id: Uuid,
-    pub approved: bool,
-    /// offered, declined, accepted, applied or expired.
-    pub status: String,
-    /// Present on the response that created the offer.
+    #[serde(flatten)]
+    pub offer: CreditOffer,
+    /// The model's result; present on the response that created the offer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk: Option<RiskView>,
-    pub credit_limit_cents: i64,
-    /// Annual rate in basis points (1 bp = 0.01 %).
-    pub interest_rate_bps: i32,
-    /// short_term or long_term.
-    pub credit_type: String,
-    pub term_months: i32,
-    pub reason_codes: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub accepted_at: Option<DateTime<Utc>>,
-    pub applied_at: Option<DateTime<Utc>>,
 }
 
 impl From<CreditOffer> for OfferView {
-    fn from(o: CreditOffer) -> Self {
-        Self {
-            offer_id: o.offer_id,
-            user_id: o.user_id,
-            approved: o.approved,
-            status: o.status,
-            risk: None,
-            credit_limit_cents: o.credit_limit_cents,
-            interest_rate_bps: o.interest_rate_bps,
-            credit_type: o.credit_type,
-            term_months: o.term_months,
-            reason_codes: o.reason_codes,
-            created_at: o.created_at,
-            expires_at: o.expires_at,
-            accepted_at: o.accepted_at,
-            applied_at: o.applied_at,
-        }
+    fn from(offer: CreditOffer) -> Self {
+        Self { offer, risk: None }
     }
 }
 

@@ -105,7 +105,8 @@ impl RunningApp {
 /// Starts a replica: HTTP API, broker link, ingest, offer worker and notifier.
 ///
 /// Postgres being down at start is not fatal: the pool connects lazily, `/readyz` says 503, and
-/// every part retries. A missing admin token or an unreadable secret file is fatal.
+/// every part retries (so is a model service being down: the circuit breaker handles it). A
+/// missing admin token, an unreadable secret file or a bad model file is fatal.
 pub async fn spawn(settings: Settings) -> Result<RunningApp> {
     let admin_token = settings
         .admin_token()
@@ -113,6 +114,8 @@ pub async fn spawn(settings: Settings) -> Result<RunningApp> {
         .ok_or_else(|| {
             Error::InvalidInput("ECS_ADMIN_TOKEN (or ECS_ADMIN_TOKEN_FILE) must be set".into())
         })?;
+    // Before anything connects: a bad model file is a configuration error, reported at once.
+    let model = model::build(&settings.model)?;
     let pool = PgPoolOptions::new()
         .max_connections(settings.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -158,7 +161,7 @@ pub async fn spawn(settings: Settings) -> Result<RunningApp> {
 
     let assessor = Arc::new(Assessor {
         pool: pool.clone(),
-        model: Arc::from(model::build(settings.model, settings.model_seed)),
+        model,
         policy: CreditPolicy::default(),
         offer_ttl: Duration::from_secs(u64::from(settings.offer_ttl_hours) * 3600),
     });
@@ -191,7 +194,7 @@ pub async fn spawn(settings: Settings) -> Result<RunningApp> {
         }
         .instrument(info_span!("http_server")),
     );
-    info!(%http_addr, mqtt = %settings.mqtt.url, model = ?settings.model, "cloud started");
+    info!(%http_addr, mqtt = %settings.mqtt.url, model = ?settings.model.kind, "cloud started");
     Ok(RunningApp {
         http_addr,
         pool,

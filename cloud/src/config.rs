@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::model::ModelKind;
+use crate::model::{BreakerSettings, HttpSettings, LocalModelKind, ModelKind};
 
 /// The broker the cloud connects to, as a service (not as a device).
 #[derive(Debug, Clone, Args)]
@@ -104,6 +104,217 @@ impl std::fmt::Display for MqttUrl {
     }
 }
 
+/// Which risk model `ecs-cloud serve` uses, and how it reaches a remote one.
+#[derive(Debug, Clone, Args)]
+pub struct ModelSettings {
+    /// Which risk model scores applicants.
+    #[arg(
+        id = "model_kind",
+        value_name = "KIND",        long = "model",
+        env = "ECS_MODEL",
+        value_enum,
+        default_value_t = ModelKind::Random
+    )]
+    pub kind: ModelKind,
+    /// Seed of the random model (reproducible runs); random when unset.
+    #[arg(
+        id = "model_seed",
+        value_name = "SEED",
+        long = "model-seed",
+        env = "ECS_MODEL_SEED"
+    )]
+    pub seed: Option<u64>,
+    /// Scorecard coefficients (JSON) for ECS_MODEL=scorecard; the built-in scorecard-v1 when
+    /// unset.
+    #[arg(
+        id = "model_file",
+        value_name = "FILE",
+        long = "model-file",
+        env = "ECS_MODEL_FILE"
+    )]
+    pub file: Option<PathBuf>,
+    /// Base URL of the model service (`ecs-cloud model-server`) for ECS_MODEL=http; plain
+    /// http:// (the service belongs on a private network).
+    #[arg(
+        id = "model_url",
+        value_name = "URL",        long = "model-url",
+        env = "ECS_MODEL_URL",
+        default_value = ModelSettings::DEFAULT_URL,
+        value_parser = parse_model_url
+    )]
+    pub url: reqwest::Url,
+    /// Longest wait for one call to the model service, in milliseconds.
+    #[arg(
+        id = "model_timeout_ms",
+        value_name = "MS",        long = "model-timeout-ms",
+        env = "ECS_MODEL_TIMEOUT_MS",
+        default_value_t = ModelSettings::DEFAULT_TIMEOUT_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub timeout_ms: u64,
+    /// Retries of a call that failed without an answer (connect error, 502/503/504, timeout).
+    #[arg(
+        id = "model_retries",
+        value_name = "N",        long = "model-retries",
+        env = "ECS_MODEL_RETRIES",
+        default_value_t = ModelSettings::DEFAULT_RETRIES,
+        value_parser = clap::value_parser!(u32).range(0..=5)
+    )]
+    pub retries: u32,
+    /// Longest wait for a score, all attempts and backoff together, in milliseconds.
+    #[arg(
+        id = "model_deadline_ms",
+        value_name = "MS",        long = "model-deadline-ms",
+        env = "ECS_MODEL_DEADLINE_MS",
+        default_value_t = ModelSettings::DEFAULT_DEADLINE_MS,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub deadline_ms: u64,
+    /// Consecutive failed calls after which the circuit breaker opens (calls then fail fast).
+    #[arg(
+        id = "model_breaker_failures",
+        value_name = "N",        long = "model-breaker-failures",
+        env = "ECS_MODEL_BREAKER_FAILURES",
+        default_value_t = ModelSettings::DEFAULT_BREAKER_FAILURES,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub breaker_failures: u32,
+    /// How long an open circuit breaker waits before one trial call, in milliseconds.
+    #[arg(
+        id = "model_breaker_open_ms",
+        value_name = "MS",        long = "model-breaker-open-ms",
+        env = "ECS_MODEL_BREAKER_OPEN_MS",
+        default_value_t = ModelSettings::DEFAULT_BREAKER_OPEN_MS
+    )]
+    pub breaker_open_ms: u64,
+}
+
+impl ModelSettings {
+    pub const DEFAULT_URL: &str = "http://127.0.0.1:8090";
+    pub const DEFAULT_TIMEOUT_MS: u64 = 800;
+    pub const DEFAULT_RETRIES: u32 = 1;
+    /// Room for two attempts at the default timeout plus a backoff.
+    pub const DEFAULT_DEADLINE_MS: u64 = 2_000;
+    pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+    pub const DEFAULT_BREAKER_OPEN_MS: u64 = 10_000;
+
+    /// The HTTP model's settings.
+    pub fn http(&self) -> HttpSettings {
+        HttpSettings {
+            base_url: self.url.clone(),
+            timeout: Duration::from_millis(self.timeout_ms),
+            retries: self.retries,
+            deadline: Duration::from_millis(self.deadline_ms),
+        }
+    }
+
+    /// The circuit breaker's settings.
+    pub fn breaker(&self) -> BreakerSettings {
+        BreakerSettings {
+            failure_threshold: self.breaker_failures,
+            open_for: Duration::from_millis(self.breaker_open_ms),
+        }
+    }
+}
+
+/// The same values as the flags' defaults, for code that builds [`Settings`] by hand.
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            kind: ModelKind::Random,
+            seed: None,
+            file: None,
+            // A constant, checked by the tests: not outside input.
+            url: reqwest::Url::parse(Self::DEFAULT_URL).expect("DEFAULT_URL is a valid URL"),
+            timeout_ms: Self::DEFAULT_TIMEOUT_MS,
+            retries: Self::DEFAULT_RETRIES,
+            deadline_ms: Self::DEFAULT_DEADLINE_MS,
+            breaker_failures: Self::DEFAULT_BREAKER_FAILURES,
+            breaker_open_ms: Self::DEFAULT_BREAKER_OPEN_MS,
+        }
+    }
+}
+
+fn parse_model_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if url.scheme() != "http" || url.host_str().is_none() {
+        return Err(format!("{s:?}: expected http://host:port"));
+    }
+    Ok(url)
+}
+
+/// Everything `ecs-cloud model-server` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ModelServerSettings {
+    /// Address the model service listens on.
+    #[arg(
+        id = "model_addr",
+        value_name = "ADDR",
+        long = "model-addr",
+        env = "ECS_MODEL_ADDR",
+        default_value = "0.0.0.0:8090"
+    )]
+    pub addr: SocketAddr,
+    /// Which model it serves.
+    #[arg(
+        id = "model_kind",
+        value_name = "KIND",        long = "model",
+        env = "ECS_MODEL",
+        value_enum,
+        default_value_t = LocalModelKind::Scorecard
+    )]
+    pub kind: LocalModelKind,
+    /// Scorecard coefficients (JSON); the built-in scorecard-v1 when unset.
+    #[arg(
+        id = "model_file",
+        value_name = "FILE",
+        long = "model-file",
+        env = "ECS_MODEL_FILE"
+    )]
+    pub file: Option<PathBuf>,
+    /// Seed of the random model (reproducible runs); random when unset.
+    #[arg(
+        id = "model_seed",
+        value_name = "SEED",
+        long = "model-seed",
+        env = "ECS_MODEL_SEED"
+    )]
+    pub seed: Option<u64>,
+    /// Fault injection: share of scoring requests answered 503, 0.0-1.0.
+    #[arg(
+        id = "model_fail_rate",
+        value_name = "RATE",        long = "model-fail-rate",
+        env = "ECS_MODEL_FAIL_RATE",
+        default_value_t = 0.0,
+        value_parser = parse_rate
+    )]
+    pub fail_rate: f64,
+    /// Fault injection: delay added to every scoring request, in milliseconds.
+    #[arg(
+        id = "model_latency_ms",
+        value_name = "MS",
+        long = "model-latency-ms",
+        env = "ECS_MODEL_LATENCY_MS",
+        default_value_t = 0
+    )]
+    pub latency_ms: u64,
+}
+
+impl ModelServerSettings {
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms)
+    }
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let rate: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("{s} is not between 0.0 and 1.0"))
+    }
+}
+
 /// Everything `ecs-cloud serve` needs.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
@@ -128,12 +339,8 @@ pub struct Settings {
     pub admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub mqtt: MqttSettings,
-    /// Which risk model scores applicants.
-    #[arg(long, env = "ECS_MODEL", value_enum, default_value_t = ModelKind::Random)]
-    pub model: ModelKind,
-    /// Seed of the random model (reproducible runs); random when unset.
-    #[arg(long, env = "ECS_MODEL_SEED")]
-    pub model_seed: Option<u64>,
+    #[command(flatten)]
+    pub model: ModelSettings,
     /// How many uplink messages ingest processes at once.
     #[arg(long, env = "ECS_INGEST_CONCURRENCY", default_value_t = 8)]
     pub ingest_concurrency: usize,
@@ -187,5 +394,71 @@ mod tests {
         assert!("mqtt://x".parse::<MqttUrl>().is_err());
         assert!("mqtt://x:99999".parse::<MqttUrl>().is_err());
         assert!("mqtt://:1884".parse::<MqttUrl>().is_err());
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct Serve {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn serve_settings_have_distinct_flags() {
+        use clap::CommandFactory;
+        Serve::command().debug_assert();
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct ServeModel {
+        #[command(flatten)]
+        model: ModelSettings,
+    }
+
+    #[derive(clap::Parser, Debug)]
+    struct ServeModelServer {
+        #[command(flatten)]
+        server: ModelServerSettings,
+    }
+
+    #[test]
+    fn model_settings_default_to_what_the_flags_default_to() {
+        use clap::Parser;
+        let parsed = ServeModel::try_parse_from(["serve"]).unwrap();
+        assert_eq!(
+            format!("{:?}", parsed.model),
+            format!("{:?}", ModelSettings::default())
+        );
+        let http = parsed.model.http();
+        assert_eq!(http.timeout, Duration::from_millis(800));
+        assert_eq!(http.retries, 1);
+        let breaker = parsed.model.breaker();
+        assert_eq!(breaker.failure_threshold, 5);
+        assert_eq!(breaker.open_for, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn model_settings_refuse_nonsense() {
+        use clap::Parser;
+        for args in [
+            &["serve", "--model-url", "ftp://x:1"][..],
+            &["serve", "--model-url", "not a url"],
+            &["serve", "--model-timeout-ms", "0"],
+            &["serve", "--model-retries", "50"],
+            &["serve", "--model-breaker-failures", "0"],
+            &["serve", "--model", "oracle"],
+        ] {
+            assert!(ServeModel::try_parse_from(args).is_err(), "{args:?}");
+        }
+        for args in [
+            &["model-server", "--model-fail-rate", "1.5"][..],
+            &["model-server", "--model-fail-rate", "lots"],
+            &["model-server", "--model", "http"],
+        ] {
+            assert!(ServeModelServer::try_parse_from(args).is_err(), "{args:?}");
+        }
+        let s = ServeModelServer::try_parse_from(["model-server", "--model-fail-rate", "0.25"])
+            .unwrap();
+        assert_eq!(s.server.fail_rate, 0.25);
+        assert_eq!(s.server.kind, LocalModelKind::Scorecard);
     }
 }

@@ -44,13 +44,15 @@ pub const HIGH_STRESS: u8 = 70;
 /// Means keep the sensor's units (valence −100..=100, arousal and stress 0..=100); shares and
 /// intent rates are 0..=1. [`EmotionFeatures::as_named_vector`] is the normalised view a risk
 /// model consumes.
-#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow, utoipa::ToSchema)]
 pub struct EmotionFeatures {
     /// Readings folded in so far (a plain count, not decayed).
     pub readings_count: i64,
     /// Total decayed weight of those readings, relative to `last_reading_at` (≥ 1 once a reading
     /// exists: the newest reading alone weighs 1). Kept so the next fold can weigh new readings
-    /// against the past correctly.
+    /// against the past correctly. Internal bookkeeping: not shown in the API.
+    #[serde(skip_serializing)]
+    #[schema(ignore)]
     pub ew_weight: f64,
     /// Weighted mean valence, −100..=100.
     pub mean_valence: f64,

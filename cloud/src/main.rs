@@ -1,7 +1,12 @@
-//! `ecs-cloud`: migrate the database, or serve the cloud (API, ingest, worker, notifier).
+//! `ecs-cloud`: migrate the database, serve the cloud (API, ingest, worker, notifier), or serve
+//! the risk model on its own (`model-server`, the remote end of `ECS_MODEL=http`).
 
 use clap::{Parser, Subcommand};
-use ecs_cloud::{app, config::Settings};
+use ecs_cloud::{
+    app,
+    config::{ModelServerSettings, Settings},
+    model::server,
+};
 use ecs_telemetry::LogFormat;
 
 #[derive(Parser)]
@@ -38,6 +43,12 @@ enum Command {
         #[arg(long, env = "ECS_MIGRATE_ON_START")]
         migrate: bool,
     },
+    /// Run the risk model service: a local model (the scorecard by default) at POST /v1/score,
+    /// with fault injection for chaos tests and demos.
+    ModelServer {
+        #[command(flatten)]
+        settings: ModelServerSettings,
+    },
 }
 
 #[tokio::main]
@@ -58,6 +69,25 @@ async fn main() -> anyhow::Result<()> {
             }
             running.stop().await;
         }
+        Command::ModelServer { settings } => {
+            let mut running = server::spawn(&settings).await?;
+            tokio::select! {
+                _ = ecs_telemetry::shutdown_signal() => tracing::info!("shutdown requested"),
+                _ = running.wait() => tracing::error!("the model server stopped unexpectedly"),
+            }
+            running.stop().await;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks flags for clashes only when they are parsed; check them all here instead.
+    #[test]
+    fn every_subcommand_has_well_formed_flags() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -30,18 +30,23 @@ use crate::{
 /// Postgres channel the accept path NOTIFYs and the worker LISTENs on.
 pub const OUTBOX_CHANNEL: &str = "ecs_outbox";
 
-/// A credit offer as stored.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+/// A credit offer as stored, and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CreditOffer {
     pub offer_id: Uuid,
     pub user_id: Uuid,
+    /// The model evaluation behind the offer (inputs, version, contributions are stored).
     pub assessment_id: Uuid,
     pub approved: bool,
+    /// offered, declined, accepted, applied or expired.
     pub status: String,
     pub credit_limit_cents: i64,
+    /// Annual rate in basis points (1 bp = 0.01 %).
     pub interest_rate_bps: i32,
+    /// short_term or long_term.
     pub credit_type: String,
     pub term_months: i32,
+    /// Why the policy decided as it did (see `policy::ReasonCode`).
     pub reason_codes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,

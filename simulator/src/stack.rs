@@ -7,7 +7,7 @@ use anyhow::Context;
 use ecs_broker::{BrokerSettings, PkiDir, RunningBroker, Secret};
 use ecs_cloud::{
     app::{self, RunningApp},
-    config::{MqttSettings, MqttUrl, Settings},
+    config::{ModelSettings, MqttSettings, MqttUrl, Settings},
     model::ModelKind,
 };
 use ecs_edge_agent::{BrokerUrl, TlsFiles};
@@ -116,8 +116,11 @@ impl Stack {
             admin_token: Some(admin_token.clone()),
             admin_token_file: None,
             mqtt,
-            model: ModelKind::Random,
-            model_seed: options.model_seed,
+            model: ModelSettings {
+                kind: ModelKind::Random,
+                seed: options.model_seed,
+                ..ModelSettings::default()
+            },
             ingest_concurrency: 8,
             worker_poll_ms: 500,
             notify_resend_ms: 2_000,

@@ -110,10 +110,11 @@ pub struct ModelSettings {
     /// Which risk model scores applicants.
     #[arg(
         id = "model_kind",
-        value_name = "KIND",        long = "model",
+        value_name = "KIND",
+        long = "model",
         env = "ECS_MODEL",
         value_enum,
-        default_value_t = ModelKind::Random
+        default_value_t = ModelKind::Scorecard
     )]
     pub kind: ModelKind,
     /// Seed of the random model (reproducible runs); random when unset.
@@ -221,7 +222,7 @@ impl ModelSettings {
 impl Default for ModelSettings {
     fn default() -> Self {
         Self {
-            kind: ModelKind::Random,
+            kind: ModelKind::Scorecard,
             seed: None,
             file: None,
             // A constant, checked by the tests: not outside input.
@@ -258,7 +259,8 @@ pub struct ModelServerSettings {
     /// Which model it serves.
     #[arg(
         id = "model_kind",
-        value_name = "KIND",        long = "model",
+        value_name = "KIND",
+        long = "model",
         env = "ECS_MODEL",
         value_enum,
         default_value_t = LocalModelKind::Scorecard

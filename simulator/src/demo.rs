@@ -179,19 +179,7 @@ async fn story(
     for p in &mut people {
         let offer = p.api.request_offer(p.user_id).await?;
         report.offers_created += 1;
-        let risk = offer
-            .risk
-            .as_ref()
-            .map(|r| {
-                format!(
-                    "PD {:.1}% (score {}, {} v{})",
-                    r.probability_of_default * 100.0,
-                    r.risk_score,
-                    r.model_name,
-                    r.model_version
-                )
-            })
-            .unwrap_or_default();
+        let risk = offer.risk.as_ref().map(describe_risk).unwrap_or_default();
         if offer.approved {
             report.offers_approved += 1;
             say(format!(
@@ -283,4 +271,27 @@ async fn story(
     }
     report.ok = report.problems.is_empty();
     Ok(report)
+}
+
+/// "PD 7.2% (score 928, scorecard v1; most weight: months_with_inflow −0.41, …)".
+fn describe_risk(r: &crate::mobile::Risk) -> String {
+    let mut top: Vec<_> = r.contributions.iter().collect();
+    top.sort_by(|a, b| b.value.abs().total_cmp(&a.value.abs()));
+    let why: Vec<String> = top
+        .iter()
+        .take(3)
+        .map(|c| format!("{} {:+.2}", c.name, c.value))
+        .collect();
+    let why = if why.is_empty() {
+        String::new()
+    } else {
+        format!("; most weight: {}", why.join(", "))
+    };
+    format!(
+        "PD {:.1}% (score {}, {} v{}{why})",
+        r.probability_of_default * 100.0,
+        r.risk_score,
+        r.model_name,
+        r.model_version
+    )
 }

@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use ecs_cloud::model::ModelKind;
 use ecs_edge_agent::BrokerUrl;
 use ecs_simulator::{
     demo::{self, DemoOptions},
@@ -50,6 +51,9 @@ enum Command {
         /// Seed for histories, sensors and the random risk model.
         #[arg(long, env = "ECS_DEMO_SEED", default_value_t = 7)]
         seed: u64,
+        /// The risk model: the explainable scorecard, or the brief's random mock.
+        #[arg(long, env = "ECS_MODEL", value_enum, default_value_t = ModelKind::Scorecard)]
+        model: ModelKind,
         /// Use a running third-party broker in plain MQTT (e.g. mqtt://127.0.0.1:1883 for
         /// Mosquitto) instead of the embedded one.
         #[arg(long, env = "ECS_DEMO_EXTERNAL_BROKER")]
@@ -126,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration,
             sample_hz,
             seed,
+            model,
             external_broker,
             json,
         } => {
@@ -139,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Some(url) => BrokerChoice::External(url),
                         None => BrokerChoice::Embedded,
                     },
+                    model,
                     model_seed: Some(seed),
                 },
                 devices,

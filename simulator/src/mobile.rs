@@ -44,9 +44,18 @@ pub struct DeviceRegistered {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Risk {
     pub probability_of_default: f64,
+    /// Per-feature contributions (log-odds for the scorecard), empty for the random mock.
+    #[serde(default)]
+    pub contributions: Vec<Contribution>,
     pub risk_score: i32,
     pub model_name: String,
     pub model_version: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Contribution {
+    pub name: String,
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

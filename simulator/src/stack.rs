@@ -30,6 +30,8 @@ pub enum BrokerChoice {
 pub struct StackOptions {
     pub database_url: String,
     pub broker: BrokerChoice,
+    pub model: ModelKind,
+    /// Seed of the random model, when that is the one in use.
     pub model_seed: Option<u64>,
 }
 
@@ -117,7 +119,7 @@ impl Stack {
             admin_token_file: None,
             mqtt,
             model: ModelSettings {
-                kind: ModelKind::Random,
+                kind: options.model,
                 seed: options.model_seed,
                 ..ModelSettings::default()
             },

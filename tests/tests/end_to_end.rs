@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use ecs_cloud::model::ModelKind;
 use ecs_simulator::{
     demo::{self, DemoOptions, DemoReport},
     stack::{BrokerChoice, StackOptions},
@@ -19,7 +20,8 @@ async fn run_story(broker: BrokerChoice) -> (DemoReport, Vec<(String, i64, i64, 
         stack: StackOptions {
             database_url: db.url.clone(),
             broker,
-            model_seed: Some(7),
+            model: ModelKind::Scorecard,
+            model_seed: None,
         },
         devices: 3,
         duration: Duration::from_secs(3),

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ecs_cloud::model::ModelKind;
 use ecs_edge_agent::{Agent, AgentConfig};
 use ecs_protocol::DeviceId;
 use ecs_simulator::{
@@ -20,7 +21,8 @@ async fn no_reading_is_lost_or_doubled_when_the_cloud_crashes_mid_stream() {
     let mut stack = Stack::start(&StackOptions {
         database_url: db.url.clone(),
         broker: BrokerChoice::Embedded,
-        model_seed: Some(1),
+        model: ModelKind::Scorecard,
+        model_seed: None,
     })
     .await
     .expect("stack starts");

@@ -70,7 +70,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/users/{user_id}/emotional-profile",
             get(get_emotional_profile),
         )
+        .route(
+            "/v1/users/{user_id}/consent",
+            axum::routing::put(set_consent),
+        )
+        .route("/v1/users/{user_id}/tokens", post(rotate_token))
         .route("/v1/users/{user_id}/devices", post(register_device))
+        .route(
+            "/v1/users/{user_id}/devices/{device_id}",
+            axum::routing::delete(revoke_device),
+        )
         .route(
             "/v1/users/{user_id}/transactions",
             post(record_transactions),
@@ -155,6 +164,13 @@ where
             .map(|p| Self(p.0))
             .map_err(|e| Error::BadRequest(e.body_text()))
     }
+}
+
+/// 1..=`max` characters and no control characters: Postgres text cannot hold NUL (it would be a
+/// 500), and the others have no place in a name or a reference.
+fn is_clean_text(value: &str, max: usize) -> bool {
+    let len = value.chars().count();
+    (1..=max).contains(&len) && !value.chars().any(char::is_control)
 }
 
 async fn not_found() -> Error {
@@ -245,9 +261,9 @@ async fn create_user(
 ) -> Result<(StatusCode, Json<UserCreated>)> {
     principal.ensure_admin()?;
     let name = body.display_name.trim();
-    if name.is_empty() || name.chars().count() > 200 {
+    if !is_clean_text(name, 200) {
         return Err(Error::InvalidInput(
-            "display_name must be 1-200 characters".into(),
+            "display_name must be 1-200 characters, without control characters".into(),
         ));
     }
     let user_id = Uuid::new_v4();
@@ -366,6 +382,128 @@ pub struct EmotionalProfile {
     pub user_id: Uuid,
     #[serde(flatten)]
     pub features: EmotionFeatures,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentChange {
+    pub emotional_data_consent: bool,
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct ConsentView {
+    pub user_id: Uuid,
+    pub emotional_data_consent: bool,
+    pub consent_recorded_at: Option<DateTime<Utc>>,
+    pub consent_withdrawn_at: Option<DateTime<Utc>>,
+}
+
+/// Give or withdraw consent to the use of emotional data (LGPD Art. 8 §5, 11). Withdrawing stops
+/// collection at once (ingest discards the phone's readings) and removes the derived emotional
+/// profile, so no later decision uses it; erasing what was collected is `DELETE /v1/users/{id}`.
+#[utoipa::path(put, path = "/v1/users/{user_id}/consent", request_body = ConsentChange,
+    responses((status = 200, body = ConsentView), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn set_consent(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<ConsentChange>,
+) -> Result<Json<ConsentView>> {
+    principal.ensure_can_access(user_id)?;
+    let mut tx = state.pool.begin().await?;
+    let view: Option<ConsentView> = sqlx::query_as(
+        "UPDATE users SET
+             emotional_data_consent = $2,
+             consent_recorded_at = CASE WHEN $2 AND NOT emotional_data_consent THEN now()
+                                        ELSE consent_recorded_at END,
+             consent_withdrawn_at = CASE WHEN NOT $2 AND emotional_data_consent THEN now()
+                                         ELSE consent_withdrawn_at END
+         WHERE user_id = $1
+         RETURNING user_id, emotional_data_consent, consent_recorded_at, consent_withdrawn_at",
+    )
+    .bind(user_id)
+    .bind(body.emotional_data_consent)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let view = view.ok_or(Error::NotFound("user"))?;
+    if !view.emotional_data_consent {
+        sqlx::query("DELETE FROM emotion_features WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(%user_id, consent = view.emotional_data_consent, "consent recorded");
+    Ok(Json(view))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenIssued {
+    pub user_id: Uuid,
+    /// The new token. Shown only now; every earlier token of the user no longer works.
+    pub api_token: String,
+}
+
+/// Rotate a user's API token: every existing token of the user is revoked and a new one issued
+/// (a lost phone, a leaked token).
+#[utoipa::path(post, path = "/v1/users/{user_id}/tokens",
+    responses((status = 201, body = TokenIssued), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn rotate_token(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<(StatusCode, Json<TokenIssued>)> {
+    principal.ensure_can_access(user_id)?;
+    let mut tx = state.pool.begin().await?;
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    exists.ok_or(Error::NotFound("user"))?;
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(&mut *tx)
+    .await?;
+    let api_token = issue_user_token(&mut *tx, user_id).await?;
+    tx.commit().await?;
+    tracing::info!(%user_id, "API token rotated");
+    Ok((
+        StatusCode::CREATED,
+        Json(TokenIssued { user_id, api_token }),
+    ))
+}
+
+/// Revoke a phone: from now on ingest accepts nothing from it and no notification goes to it.
+/// (Its certificate still opens a connection to the broker until it expires; what it sends is
+/// refused.)
+#[utoipa::path(delete, path = "/v1/users/{user_id}/devices/{device_id}",
+    responses((status = 204), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+async fn revoke_device(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath((user_id, device_id)): ApiPath<(Uuid, String)>,
+) -> Result<StatusCode> {
+    principal.ensure_can_access(user_id)?;
+    let revoked = sqlx::query(
+        "UPDATE devices SET revoked_at = COALESCE(revoked_at, now())
+         WHERE user_id = $1 AND device_id = $2",
+    )
+    .bind(user_id)
+    .bind(&device_id)
+    .execute(&state.pool)
+    .await?
+    .rows_affected();
+    if revoked == 0 {
+        return Err(Error::NotFound("device"));
+    }
+    tracing::info!(%user_id, %device_id, "device revoked");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize, ToSchema, Default)]
@@ -493,12 +631,12 @@ async fn record_transactions(
     }
     let latest_allowed = Utc::now() + chrono::Duration::minutes(5);
     for (i, t) in txs.iter().enumerate() {
-        let fault = if !(1..=100).contains(&t.external_ref.chars().count()) {
-            Some("external_ref must be 1-100 characters")
+        let fault = if !is_clean_text(&t.external_ref, 100) {
+            Some("external_ref must be 1-100 characters, without control characters")
         } else if t.amount_cents <= 0 || t.amount_cents > 1_000_000_000_000 {
             Some("amount_cents must be between 1 and 1e12")
-        } else if !(1..=50).contains(&t.category.chars().count()) {
-            Some("category must be 1-50 characters")
+        } else if !is_clean_text(&t.category, 50) {
+            Some("category must be 1-50 characters, without control characters")
         } else if t.occurred_at > latest_allowed {
             Some("occurred_at is in the future")
         } else {
@@ -614,7 +752,10 @@ async fn get_offer(
     ApiPath(offer_id): ApiPath<Uuid>,
 ) -> Result<Json<OfferView>> {
     let offer = offers::find(&state.pool, offer_id).await?;
-    principal.ensure_can_access(offer.user_id)?;
+    // Someone else's offer is "not found", not "forbidden": ids are not to be probed.
+    if principal.ensure_can_access(offer.user_id).is_err() {
+        return Err(Error::NotFound("offer"));
+    }
     Ok(Json(offer.into()))
 }
 
@@ -679,7 +820,7 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "Empathic Credit System API", version = "1"),
     paths(healthz, readyz, create_user, get_user, erase_user, get_emotional_profile,
-          register_device, record_transactions,
+          set_consent, rotate_token, register_device, revoke_device, record_transactions,
           create_offer, get_offer, accept_offer, get_credit_limit),
     modifiers(&BearerAuth)
 )]

@@ -2,12 +2,13 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Args;
+use clap::{Args, builder::TypedValueParser};
 
 use crate::model::{BreakerSettings, HttpSettings, LocalModelKind, ModelKind};
 
 /// The broker the cloud connects to, as a service (not as a device).
-#[derive(Debug, Clone, Args)]
+/// `Debug` redacts the password.
+#[derive(Clone, Args)]
 pub struct MqttSettings {
     /// Broker address: mqtt://host:port (plain) or mqtts://host:port (TLS).
     #[arg(
@@ -317,18 +318,20 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-/// Everything `ecs-cloud serve` needs.
-#[derive(Debug, Clone, Args)]
+/// Everything `ecs-cloud serve` needs. `Debug` redacts the secrets (see below).
+#[derive(Clone, Args)]
 pub struct Settings {
-    /// Postgres connection string.
+    /// Postgres connection string (it may hold a password: never printed).
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/ecs"
     )]
     pub database_url: String,
     /// Largest number of Postgres connections this replica opens.
-    #[arg(long, env = "ECS_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "ECS_DB_MAX_CONNECTIONS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub db_max_connections: u32,
     /// Address the REST API listens on.
     #[arg(long, env = "ECS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
@@ -344,17 +347,55 @@ pub struct Settings {
     #[command(flatten)]
     pub model: ModelSettings,
     /// How many uplink messages ingest processes at once.
-    #[arg(long, env = "ECS_INGEST_CONCURRENCY", default_value_t = 8)]
+    #[arg(long, env = "ECS_INGEST_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     pub ingest_concurrency: usize,
     /// How often the offer worker polls the outbox when no NOTIFY wakes it, in milliseconds.
-    #[arg(long, env = "ECS_WORKER_POLL_MS", default_value_t = 1_000)]
+    #[arg(long, env = "ECS_WORKER_POLL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub worker_poll_ms: u64,
     /// How long an undelivered notification waits before it is published again, in milliseconds.
-    #[arg(long, env = "ECS_NOTIFY_RESEND_MS", default_value_t = 10_000)]
+    #[arg(long, env = "ECS_NOTIFY_RESEND_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub notify_resend_ms: u64,
     /// How long an offer stays open, in hours.
-    #[arg(long, env = "ECS_OFFER_TTL_HOURS", default_value_t = 72)]
+    #[arg(long, env = "ECS_OFFER_TTL_HOURS", default_value_t = 72,
+          value_parser = clap::value_parser!(u32).range(1..=8_760))]
     pub offer_ttl_hours: u32,
+}
+
+const REDACTED: &str = "[redacted]";
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &REDACTED)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("http_addr", &self.http_addr)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| REDACTED))
+            .field("admin_token_file", &self.admin_token_file)
+            .field("mqtt", &self.mqtt)
+            .field("model", &self.model)
+            .field("ingest_concurrency", &self.ingest_concurrency)
+            .field("worker_poll_ms", &self.worker_poll_ms)
+            .field("notify_resend_ms", &self.notify_resend_ms)
+            .field("offer_ttl_hours", &self.offer_ttl_hours)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .field("client_id", &self.client_id)
+            .field("group", &self.group)
+            .finish()
+    }
 }
 
 impl Settings {
@@ -378,6 +419,49 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "x",
+            "--database-url",
+            "postgres://u:db-secret@h/db",
+            "--admin-token",
+            "admin-secret-0123456789",
+            "--mqtt-password",
+            "mqtt-secret",
+        ])
+        .unwrap();
+        let shown = format!("{:?}", cli.settings);
+        for secret in ["db-secret", "admin-secret", "mqtt-secret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn nonsensical_intervals_are_refused() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        for args in [
+            ["x", "--offer-ttl-hours", "0"],
+            ["x", "--worker-poll-ms", "0"],
+            ["x", "--ingest-concurrency", "0"],
+            ["x", "--db-max-connections", "0"],
+        ] {
+            assert!(
+                <Cli as clap::Parser>::try_parse_from(args).is_err(),
+                "{args:?}"
+            );
+        }
+    }
 
     #[test]
     fn mqtt_urls_parse_scheme_host_and_port() {

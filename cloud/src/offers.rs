@@ -55,11 +55,14 @@ pub struct CreditOffer {
 }
 
 /// The columns of [`CreditOffer`], as a literal so queries stay static strings (`concat!`).
+/// An open offer past its expiry reads as `expired` whether or not a write has recorded it yet.
 macro_rules! offer_columns {
     () => {
-        "offer_id, user_id, assessment_id, approved, status, credit_limit_cents, \
-         interest_rate_bps, credit_type, term_months, reason_codes, created_at, expires_at, \
-         accepted_at, applied_at"
+        "offer_id, user_id, assessment_id, approved, \
+         CASE WHEN status = 'offered' AND expires_at <= now() THEN 'expired' ELSE status END \
+             AS status, \
+         credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes, \
+         created_at, expires_at, accepted_at, applied_at"
     };
 }
 
@@ -123,6 +126,22 @@ impl Assessor {
             + chrono::Duration::from_std(self.offer_ttl)
                 .map_err(|e| Error::Internal(format!("offer ttl: {e}")))?;
         let mut tx = self.pool.begin().await?;
+        // One assessment of a person at a time, and the newest decision is the only open one:
+        // the open offer it replaces is superseded (or recorded as expired).
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        exists.ok_or(Error::NotFound("user"))?;
+        sqlx::query(
+            "UPDATE credit_offers
+             SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'superseded' END
+             WHERE user_id = $1 AND status = 'offered'",
+        )
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
                  probability_of_default, features, contributions, created_at)
@@ -224,20 +243,30 @@ pub async fn accept(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(Error::NotFound("offer"))?;
-    principal.ensure_can_access(offer.user_id)?;
+    // Someone else's offer is "not found", not "forbidden": ids are not to be probed.
+    if principal.ensure_can_access(offer.user_id).is_err() {
+        return Err(Error::NotFound("offer"));
+    }
     match offer.status.as_str() {
         "accepted" | "applied" => return Ok(offer),
         "declined" => return Err(Error::Conflict("the offer was declined".into())),
-        "expired" => return Err(Error::Conflict("the offer has expired".into())),
-        _ => {}
-    }
-    if offer.expires_at <= Utc::now() {
-        sqlx::query("UPDATE credit_offers SET status = 'expired' WHERE offer_id = $1")
+        "superseded" => {
+            return Err(Error::Conflict(
+                "the offer was replaced by a newer assessment".into(),
+            ));
+        }
+        "expired" => {
+            // Record what reads already show.
+            sqlx::query(
+                "UPDATE credit_offers SET status = 'expired' WHERE offer_id = $1 AND status = 'offered'",
+            )
             .bind(offer_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        return Err(Error::Conflict("the offer has expired".into()));
+            tx.commit().await?;
+            return Err(Error::Conflict("the offer has expired".into()));
+        }
+        _ => {}
     }
     let accepted: CreditOffer = sqlx::query_as(concat!(
         "UPDATE credit_offers SET status = 'accepted', accepted_at = now()
@@ -370,6 +399,17 @@ impl OfferWorker {
 
 /// Applies one accepted offer inside `tx`. Returns false when it was already applied.
 async fn apply(tx: &mut Transaction<'_, Postgres>, offer_id: Uuid) -> Result<bool> {
+    // The person's row serialises every change of their credit line (two replicas applying two
+    // offers of one person; `credit_limits` may have no row yet to lock). It is locked first,
+    // as assessments do, so the two never wait on each other in opposite orders.
+    let owner: Option<Uuid> = sqlx::query_scalar(
+        "SELECT u.user_id FROM users u JOIN credit_offers o ON o.user_id = u.user_id
+         WHERE o.offer_id = $1 FOR UPDATE OF u",
+    )
+    .bind(offer_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    owner.ok_or(Error::NotFound("offer"))?;
     let offer: CreditOffer = sqlx::query_as(concat!(
         "SELECT ",
         offer_columns!(),
@@ -389,12 +429,11 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, offer_id: Uuid) -> Result<boo
             )));
         }
     }
-    let previous: Option<i64> = sqlx::query_scalar(
-        "SELECT credit_limit_cents FROM credit_limits WHERE user_id = $1 FOR UPDATE",
-    )
-    .bind(offer.user_id)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let previous: Option<i64> =
+        sqlx::query_scalar("SELECT credit_limit_cents FROM credit_limits WHERE user_id = $1")
+            .bind(offer.user_id)
+            .fetch_optional(&mut **tx)
+            .await?;
     sqlx::query(
         "INSERT INTO credit_limits (user_id, credit_limit_cents, interest_rate_bps, credit_type, offer_id, updated_at)
          VALUES ($1, $2, $3, $4, $5, now())

@@ -311,7 +311,20 @@ async fn tokens_decide_who_reaches_what(pool: PgPool) {
         None,
     )
     .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "someone else's offer is not confirmed to exist"
+    );
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/credit-offers/{offer_id}"),
+        Some(&bia_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 /// Method, path, token, body, expected status, a fragment the error message must contain.
@@ -914,4 +927,315 @@ async fn a_person_can_be_erased_completely(pool: PgPool) {
         .status,
         StatusCode::OK
     );
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn a_newer_assessment_supersedes_the_open_offer(pool: PgPool) {
+    let generous = app(&pool, Arc::new(FixedModel(0.02)), true);
+    let (user, token) = person(&generous).await;
+    let r = call(
+        &generous,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let first = r.body["offer_id"].as_str().unwrap().to_owned();
+    let first_limit = r.body["credit_limit_cents"].as_i64().unwrap();
+
+    // Things got worse: the new decision is smaller, and it is the only one that can be taken.
+    let cautious = app(&pool, Arc::new(FixedModel(0.15)), true);
+    let r = call(
+        &cautious,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let second = r.body["offer_id"].as_str().unwrap().to_owned();
+    assert!(r.body["credit_limit_cents"].as_i64().unwrap() < first_limit);
+
+    let r = call(
+        &cautious,
+        Method::GET,
+        &format!("/v1/credit-offers/{first}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["status"], "superseded");
+    let r = call(
+        &cautious,
+        Method::POST,
+        &format!("/v1/credit-offers/{first}/accept"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body["message"].as_str().unwrap().contains("newer"));
+    let r = call(
+        &cautious,
+        Method::POST,
+        &format!("/v1/credit-offers/{second}/accept"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_offers WHERE status = 'offered'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(open, 0);
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn concurrent_assessments_leave_exactly_one_open_offer(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, token) = person(&app).await;
+    let path = format!("/v1/users/{user}/credit-offers");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, path, token) = (app.clone(), path.clone(), token.clone());
+            tokio::spawn(async move {
+                call(&app, Method::POST, &path, Some(&token), None)
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::CREATED);
+    }
+    let open: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM credit_offers WHERE status = 'offered'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(open, 1);
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn an_offer_past_its_expiry_reads_as_expired(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, token) = person(&app).await;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let offer = r.body["offer_id"].as_str().unwrap().to_owned();
+    sqlx::query("UPDATE credit_offers SET created_at = now() - interval '2 days', expires_at = now() - interval '1 day'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/credit-offers/{offer}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.body["status"], "expired", "before any write recorded it");
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn consent_can_be_withdrawn_and_given_again(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, token) = person(&app).await;
+    sqlx::query(
+        "INSERT INTO emotion_features (user_id, readings_count, ew_weight, mean_valence, valence_variance,
+             mean_arousal, mean_stress, stress_share, impulsivity, purchase_intent, financial_worry,
+             saving_intent, first_reading_at, last_reading_at)
+         VALUES ($1::uuid, 10, 1, 5, 1, 50, 80, 0.9, 0, 0, 0.8, 0, now(), now())",
+    )
+    .bind(&user)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let path = format!("/v1/users/{user}/consent");
+    let r = call(
+        &app,
+        Method::PUT,
+        &path,
+        Some(&token),
+        Some(r#"{"emotional_data_consent":false}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["emotional_data_consent"], false);
+    assert!(r.body["consent_withdrawn_at"].is_string());
+    // The derived profile is gone and no new phone can be registered.
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/{user}/emotional-profile"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/devices"),
+        Some(&token),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert!(
+        r.body["reason_codes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("emotional_data_not_used"))
+    );
+
+    let r = call(
+        &app,
+        Method::PUT,
+        &path,
+        Some(&token),
+        Some(r#"{"emotional_data_consent":true}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["emotional_data_consent"], true);
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/devices"),
+        Some(&token),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn a_rotated_token_stops_working(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, old) = person(&app).await;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/tokens"),
+        Some(&old),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let new = r.body["api_token"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let path = format!("/v1/users/{user}");
+    assert_eq!(
+        call(&app, Method::GET, &path, Some(&old), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&app, Method::GET, &path, Some(&new), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn a_phone_can_be_revoked_by_its_owner_only(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (ana, ana_token) = person(&app).await;
+    let (bia, bia_token) = person(&app).await;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{ana}/devices"),
+        Some(&ana_token),
+        Some(r#"{"device_id":"anaphone"}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    // Bia cannot revoke Ana's phone, not even through her own path.
+    let r = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/users/{bia}/devices/anaphone"),
+        Some(&bia_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/users/{ana}/devices/anaphone"),
+        Some(&bia_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/users/{ana}/devices/anaphone"),
+        Some(&ana_token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let revoked: bool = sqlx::query_scalar(
+        "SELECT revoked_at IS NOT NULL FROM devices WHERE device_id = 'anaphone'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(revoked);
+    let r = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/users/{ana}/devices/anaphone"),
+        Some(&ana_token),
+        None,
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NO_CONTENT,
+        "revoking twice is harmless"
+    );
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn control_characters_are_refused_not_a_500(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let r = call(
+        &app,
+        Method::POST,
+        "/v1/users",
+        Some(ADMIN),
+        Some(r#"{"display_name":"Ana\u0000","emotional_data_consent":true}"#),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    let (user, _) = person(&app).await;
+    let r = call(&app, Method::POST, &format!("/v1/users/{user}/transactions"), Some(ADMIN),
+        Some(r#"{"transactions":[{"external_ref":"a\u0000","direction":"inflow","amount_cents":5,"category":"salary","occurred_at":"2026-01-01T00:00:00Z"}]}"#)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
 }

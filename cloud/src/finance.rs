@@ -26,12 +26,8 @@ pub const DISCRETIONARY: [&str; 4] = ["entertainment", "gambling", "shopping", "
 impl FinancialFeatures {
     /// Average monthly inflow over the window.
     pub fn monthly_inflow_cents(&self) -> i64 {
-        self.inflow_cents * 30 / i64::from(WINDOW_DAYS)
-    }
-
-    /// Net flow over the window (inflow − outflow).
-    pub fn net_cents(&self) -> i64 {
-        self.inflow_cents - self.outflow_cents
+        // Saturating: a sum of up to 1e12-cent transactions can approach i64's range.
+        self.inflow_cents.saturating_mul(30) / i64::from(WINDOW_DAYS)
     }
 
     /// Model inputs, with stable names.

@@ -8,7 +8,8 @@ use super::{FeatureVector, RiskModel, RiskScore, ScoreFuture};
 
 /// The brief's mock: ignores the features and draws a probability of default uniformly from
 /// `[MIN_PD, MAX_PD)`. Seedable so that demos and tests are reproducible. It reports no
-/// contributions, because it has none: decisions it drives say so in their reason codes.
+/// contributions, because it has none: a decision it drives shows `model_name: "random"` and an
+/// empty contribution list, and the stored assessment says the same.
 pub struct RandomModel {
     rng: Mutex<StdRng>,
 }

@@ -110,11 +110,13 @@ impl Agent {
         counters
             .dropped_total
             .store(buffer.dropped_total(), Ordering::Relaxed);
-        let newest_recorded = buffer.next_seq().saturating_sub(1);
+        // Every stored seq is below this run's first one (which jumps to the clock: see
+        // `buffer`), so this bounds what is stored; the uplink only uses it to skip reads.
+        let newest_recorded = buffer.first_seq().saturating_sub(1);
         info!(
             device_id = %device_id,
             buffered = buffer.len(),
-            next_seq = buffer.next_seq(),
+            first_seq = buffer.first_seq(),
             "agent starting"
         );
         let buffer = Shared::new(buffer);

@@ -1,9 +1,11 @@
 //! Store-and-forward: readings wait on disk until the cloud says they are committed.
 //!
 //! Guarantees:
-//! - Every appended reading gets the next per-device sequence number; `next_seq` is persisted in
-//!   the same transaction as the readings, so numbers are never reused, even across restarts or
-//!   a crash mid-append.
+//! - Every appended reading gets a per-device sequence number that no earlier reading of the
+//!   device had, even if this file was lost or rolled back (limits below). It matters because
+//!   the cloud's only duplicate check is the key `(device_id, seq)`: it acknowledges a reading
+//!   whose seq it already holds without storing it, and the phone then deletes it. A reused seq
+//!   would make a *new* reading vanish silently.
 //! - The buffer never holds more than its capacity. Appending to a full buffer deletes the
 //!   *oldest* readings in the same transaction (the sensor is never blocked) and adds them to a
 //!   persisted dropped counter, so data loss is always visible.
@@ -12,15 +14,59 @@
 //! - Only readings that pass the protocol's range checks are stored, so every batch built here
 //!   passes [`ReadingBatch::validate`].
 //!
+//! # Sequence numbers
+//!
+//! Each [`Buffer::open`] starts an *incarnation* of the buffer, which numbers its readings
+//! consecutively from [`starting_seq`]:
+//!
+//! ```text
+//! next_seq = max(stored next_seq, highest stored seq + 1, now in µs since the Unix epoch)
+//! ```
+//!
+//! Two mechanisms, for two ways of losing the stored counter:
+//!
+//! - **The file survives.** `next_seq` is persisted in the same transaction as the readings it
+//!   numbered, and that transaction commits with `synchronous=FULL`: once a reading can have
+//!   been sent, the counter past it survives a crash *and* a power loss (with
+//!   `synchronous=NORMAL` a power loss could roll back the last commits, counter included).
+//! - **The file is gone or older than what was sent**: app data cleared, the app reinstalled
+//!   with the same device id and certificate, or storage that lost synced writes. Then the
+//!   clock term takes over. The agent never issues more than one seq per microsecond
+//!   ([`MAX_SEQS_PER_SECOND`]; the configured sample rate is capped well below it), so an
+//!   incarnation that started from the clock never gets ahead of the clock: each seq it issues is
+//!   at most the wall-clock time, in µs, at which it is issued. A later incarnation starting from
+//!   a later clock reading therefore starts above all of them.
+//!
+//! **Limit.** The clock term protects only if the clock at the new opening reads later than the
+//! highest seq the lost file had issued. An incarnation that started from its own clock reading
+//! `C` and issued `n` readings issued seqs up to `C + n - 1`, so the new opening is safe if the
+//! wall clock has been set back, in total since `C`, by less than the time that really passed
+//! since `C` minus `n` µs. In particular it is safe if the clock went back by less than the time
+//! the previous incarnation ran minus `n` µs (at the 10 Hz default, `n` µs is 10 µs per second
+//! run; at the 1-per-µs bound it is the whole run: the clock must not go back at all). A clock
+//! already behind the stored counter when that incarnation opened (it had been set back
+//! earlier) shrinks the margin by that lag. Phone clocks are network-synchronised and rarely
+//! step back by more than seconds, but a user who sets the date back by days and then clears
+//! the app's data defeats the rule: the cloud would absorb the new readings as duplicates until
+//! the clock passes the old seqs.
+//!
+//! Consequences: seqs jump at every opening (by the time the agent was not running, in µs), so
+//! they have gaps; batches are contiguous runs and simply end at a gap. A microsecond count fits
+//! in `i64` until the year 294 000, and seqs must stay at or below `i64::MAX` (the cloud stores
+//! them as `BIGINT` and validates that): [`Buffer::append`] refuses to go beyond, and a clock
+//! reading beyond it (or before 1970) is ignored.
+//!
 //! Readings are stored as columns, not as an encoded blob: the rows stay readable with the
 //! `sqlite3` tool, and a change of the wire format does not invalidate what is on the phone.
 
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use ecs_protocol::{
     DeviceId, Emotions, Intent, MAX_READINGS_PER_BATCH, Reading, ReadingBatch, Thought,
 };
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use tracing::info;
 
 use crate::error::{Error, Result};
 use crate::sqlite::{self, Durability};
@@ -49,8 +95,42 @@ const META_DEVICE_ID: &str = "device_id";
 const META_NEXT_SEQ: &str = "next_seq";
 const META_DROPPED: &str = "dropped_total";
 
-/// The first sequence number a fresh buffer hands out.
-pub const FIRST_SEQ: u64 = 1;
+/// The most sequence numbers the agent may hand out per second: one per microsecond. The
+/// numbering rule (see the module docs and [`starting_seq`]) relies on it, so the configured
+/// sample rate is capped below it (`AgentConfig::MAX_SAMPLE_RATE_HZ`, checked at compile time
+/// and by `AgentConfig::validate`).
+pub const MAX_SEQS_PER_SECOND: u64 = 1_000_000;
+
+/// The lowest sequence number ever handed out: what a fresh buffer starts from if the clock
+/// reads before 1970.
+pub const MIN_SEQ: u64 = 1;
+
+/// The first sequence number an incarnation of the buffer hands out, given the `next_seq` its
+/// file remembers (counter and highest stored seq + 1 combined; 0 for a fresh file) and the
+/// wall-clock time of the opening in microseconds since the Unix epoch:
+///
+/// `max(stored_next_seq, now_unix_micros, MIN_SEQ)`.
+///
+/// Starting at the clock puts a buffer whose file was lost above every seq an earlier
+/// incarnation issued, as long as the clock has not gone backwards by more than the time that
+/// incarnation ran (module docs, "Limit"). A clock reading above `i64::MAX` µs (the year
+/// 294 000; seqs must stay storable as `i64`) is taken as broken and ignored.
+pub fn starting_seq(stored_next_seq: u64, now_unix_micros: u64) -> u64 {
+    let clock = if now_unix_micros <= i64::MAX as u64 {
+        now_unix_micros
+    } else {
+        0
+    };
+    stored_next_seq.max(clock).max(MIN_SEQ)
+}
+
+/// The system clock in microseconds since the Unix epoch; 0 if it reads before 1970, which
+/// [`starting_seq`] then ignores.
+pub fn now_unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
 
 /// What one [`Buffer::append`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -67,16 +147,34 @@ pub struct Buffer {
     conn: Connection,
     device_id: DeviceId,
     capacity: u64,
+    /// The seq this incarnation started numbering from.
+    first_seq: u64,
     next_seq: u64,
     len: u64,
     dropped_total: u64,
+    /// How the connection syncs its next commit (see [`Buffer::set_durability`]).
+    durability: Durability,
 }
 
 impl Buffer {
-    /// Opens (or creates) the buffer in `path`. Fails if the file belongs to another device:
-    /// its readings must never be sent under a different identity.
+    /// Opens (or creates) the buffer in `path`, numbering new readings from the system clock or
+    /// the file's counter, whichever is higher (see [`Buffer::open_at`]). Fails if the file
+    /// belongs to another device: its readings must never be sent under a different identity.
     pub fn open(path: &Path, device_id: &DeviceId, capacity: u64) -> Result<Self> {
-        let conn = sqlite::open(path, Durability::Normal)?;
+        Self::open_at(path, device_id, capacity, now_unix_micros())
+    }
+
+    /// [`Buffer::open`] with the wall-clock time given: `now_unix_micros` is microseconds since
+    /// the Unix epoch (0 ignores the clock). The readings appended from now on are numbered
+    /// consecutively from [`starting_seq`] of the file's counter and this time.
+    pub fn open_at(
+        path: &Path,
+        device_id: &DeviceId,
+        capacity: u64,
+        now_unix_micros: u64,
+    ) -> Result<Self> {
+        // FULL until a write says otherwise: the first writes (the device id) are rare.
+        let conn = sqlite::open(path, Durability::Full)?;
         conn.execute_batch(SCHEMA)?;
         let stored: Option<String> = conn
             .query_row(
@@ -97,22 +195,34 @@ impl Buffer {
             }
             Some(_) => {}
         }
-        // `next_seq` is authoritative; the maximum stored seq is a cross-check that costs one
-        // b-tree descent and keeps numbers unique even if the meta row were lost.
+        // The stored counter is authoritative for the file; the maximum stored seq is a
+        // cross-check that costs one b-tree descent and keeps numbers unique even if the meta
+        // row were lost. Nothing is written here: a seq only matters once a reading carrying it
+        // is committed, and that commit persists the counter past it.
         let max_seq: Option<u64> =
             conn.query_row("SELECT MAX(seq) FROM readings", [], |r| r.get(0))?;
-        let next_seq = meta_u64(&conn, META_NEXT_SEQ)?
-            .unwrap_or(FIRST_SEQ)
-            .max(max_seq.map_or(FIRST_SEQ, |s| s + 1));
+        let stored_next = meta_u64(&conn, META_NEXT_SEQ)?
+            .unwrap_or(0)
+            .max(max_seq.map_or(0, |s| s + 1));
+        let first_seq = starting_seq(stored_next, now_unix_micros);
+        if stored_next > now_unix_micros && now_unix_micros != 0 {
+            // Harmless while this file lives, but the margin that protects a lost file shrinks.
+            info!(
+                stored_next_seq = stored_next,
+                now_unix_micros, "the clock is behind the stored sequence; counting on from it"
+            );
+        }
         let len = conn.query_row("SELECT COUNT(*) FROM readings", [], |r| r.get(0))?;
         let dropped_total = meta_u64(&conn, META_DROPPED)?.unwrap_or(0);
         Ok(Self {
             conn,
             device_id: device_id.clone(),
             capacity: capacity.max(1),
-            next_seq,
+            first_seq,
+            next_seq: first_seq,
             len,
             dropped_total,
+            durability: Durability::Full,
         })
     }
 
@@ -130,6 +240,13 @@ impl Buffer {
             .filter(|next| *next <= i64::MAX as u64)
             .ok_or_else(|| Error::InvalidConfig("sequence numbers exhausted".into()))?;
 
+        // This transaction advances `next_seq`, so it must survive power loss (see
+        // `sqlite::Durability::Normal` for what a rollback would cost). The price is one sync
+        // of the WAL per append. The recorder lingers ~100 ms per transaction whatever the
+        // sample rate, so that is at most ~10 syncs per second, each a few milliseconds on
+        // phone flash, paid on the blocking pool with a queue of hours in front of the sensor;
+        // the pages written are the same as with NORMAL, only sooner.
+        self.set_durability(Durability::Full)?;
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(&format!(
@@ -256,6 +373,11 @@ impl Buffer {
         if from > up_to {
             return Ok(0);
         }
+        // A delete rolled back by a power loss only brings acknowledged readings back; they are
+        // sent again under the same seqs and the cloud acknowledges them again. Not worth a
+        // sync per ack (up to ~100 per second at the highest sample rate). The next append's
+        // sync makes it durable anyway: the WAL is synced as a whole.
+        self.set_durability(Durability::Normal)?;
         let deleted = self.conn.execute(
             "DELETE FROM readings WHERE seq BETWEEN ?1 AND ?2",
             [from, up_to],
@@ -278,6 +400,12 @@ impl Buffer {
         self.next_seq
     }
 
+    /// The seq this incarnation (this [`Buffer::open`]) started numbering from: the first
+    /// appended reading got it. Every seq stored by earlier incarnations is below it.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
     /// Readings dropped by the capacity policy since this file was created.
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total
@@ -285,6 +413,16 @@ impl Buffer {
 
     pub fn capacity(&self) -> u64 {
         self.capacity
+    }
+
+    /// Sets how the next commits are synced, if that changes anything. Between transactions
+    /// only.
+    fn set_durability(&mut self, durability: Durability) -> Result<()> {
+        if self.durability != durability {
+            sqlite::set_durability(&self.conn, durability)?;
+            self.durability = durability;
+        }
+        Ok(())
     }
 
     /// Moves everything from the write-ahead log into the main file and truncates the log, so
@@ -400,7 +538,53 @@ fn set_meta(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::offset;
+    use super::{Buffer, MIN_SEQ, now_unix_micros, offset, starting_seq};
+    use crate::sensor::Sensor;
+    use ecs_protocol::DeviceId;
+
+    #[test]
+    fn appends_commit_with_full_sync_and_deletes_with_normal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buffer =
+            Buffer::open(&dir.path().join("edge.db"), &DeviceId::random(), 100).unwrap();
+        let synchronous = |b: &Buffer| -> i64 {
+            b.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&buffer), 2, "FULL from the start");
+        let mut sensor = Sensor::new(1);
+        let (first, last) = buffer
+            .append(&[(0, sensor.sample()), (100, sensor.sample())])
+            .unwrap()
+            .seqs
+            .unwrap();
+        assert_eq!(synchronous(&buffer), 2);
+        buffer.delete_range(first, first).unwrap();
+        assert_eq!(synchronous(&buffer), 1, "NORMAL for deletes");
+        buffer.append(&[(200, sensor.sample())]).unwrap();
+        assert_eq!(synchronous(&buffer), 2, "FULL again for the append");
+        assert_eq!(buffer.delete_range(last, last + 1).unwrap(), 2);
+    }
+
+    #[test]
+    fn an_incarnation_starts_at_the_later_of_the_clock_and_the_counter() {
+        const NOW: u64 = 1_700_000_000_000_000;
+        assert_eq!(starting_seq(0, NOW), NOW, "fresh file: the clock");
+        assert_eq!(starting_seq(42, NOW), NOW, "restart: jump to the clock");
+        assert_eq!(
+            starting_seq(NOW + 5, NOW),
+            NOW + 5,
+            "clock behind: the counter"
+        );
+        assert_eq!(starting_seq(0, 0), MIN_SEQ, "no clock, fresh file");
+        assert_eq!(starting_seq(7, 0), 7, "no clock");
+        let broken = i64::MAX as u64 + 1;
+        assert_eq!(starting_seq(7, broken), 7, "a clock beyond i64 is ignored");
+        assert_eq!(starting_seq(0, i64::MAX as u64), i64::MAX as u64);
+        let now = now_unix_micros();
+        assert!(now > NOW && now < i64::MAX as u64, "{now}");
+    }
 
     #[test]
     fn offsets_never_go_backwards_and_never_overflow() {

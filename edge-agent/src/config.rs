@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use ecs_protocol::{DeviceId, MAX_READINGS_PER_BATCH};
 
+use crate::buffer::MAX_SEQS_PER_SECOND;
 use crate::error::{Error, Result};
+
+// One seq per sample: the sampler must never issue seqs faster than the microsecond clock.
+const _: () = assert!(AgentConfig::MAX_SAMPLE_RATE_HZ <= MAX_SEQS_PER_SECOND as f64);
 
 /// Configuration of one edge agent. Build it with [`AgentConfig::new`], then adjust the public
 /// fields; [`crate::Agent::start`] checks the whole value before anything runs.
@@ -47,6 +51,11 @@ impl AgentConfig {
     /// Lowest accepted sample rate (one reading every ~17 minutes).
     pub const MIN_SAMPLE_RATE_HZ: f64 = 0.001;
     /// Highest accepted sample rate: beyond it the simulation is a load generator, not a phone.
+    ///
+    /// It must stay at or below one reading per microsecond ([`MAX_SEQS_PER_SECOND`]): the
+    /// buffer numbers a restarted or reinstalled device from the wall clock in microseconds, which
+    /// is above every earlier seq only if seqs never outrun the clock (see [`crate::buffer`]).
+    /// Checked at compile time below; [`AgentConfig::validate`] enforces it on the configured rate.
     pub const MAX_SAMPLE_RATE_HZ: f64 = 10_000.0;
 
     /// Defaults everywhere, with the database at `./ecs-edge-<device>.db`.
@@ -86,7 +95,8 @@ impl AgentConfig {
     /// Rejects values the agent cannot run with, naming the first one.
     pub fn validate(&self) -> Result<()> {
         let invalid = |what: String| Err(Error::InvalidConfig(what));
-        // `contains` is false for NaN too.
+        // `contains` is false for NaN too. The upper bound keeps seqs behind the microsecond
+        // clock (see `MAX_SAMPLE_RATE_HZ`), which the buffer's numbering relies on.
         if !(Self::MIN_SAMPLE_RATE_HZ..=Self::MAX_SAMPLE_RATE_HZ).contains(&self.sample_rate_hz) {
             return invalid(format!(
                 "sample rate {} Hz is outside {}..={}",
@@ -275,6 +285,30 @@ mod tests {
             let mut config = AgentConfig::new(DeviceId::random(), url("mqtt://localhost"));
             config.sample_rate_hz = hz;
             assert!(config.validate().is_err(), "{hz} Hz was accepted");
+        }
+    }
+
+    #[test]
+    fn the_sample_rate_never_outruns_one_seq_per_microsecond() {
+        let limit = MAX_SEQS_PER_SECOND as f64;
+        assert!(AgentConfig::MAX_SAMPLE_RATE_HZ <= limit);
+        let with_rate = |hz| {
+            let mut config = AgentConfig::new(DeviceId::random(), url("mqtt://localhost"));
+            config.sample_rate_hz = hz;
+            config.validate()
+        };
+        assert!(with_rate(AgentConfig::MAX_SAMPLE_RATE_HZ).is_ok());
+        assert!(with_rate(AgentConfig::DEFAULT_SAMPLE_RATE_HZ).is_ok());
+        for hz in [
+            AgentConfig::MAX_SAMPLE_RATE_HZ * 1.000_001,
+            limit,
+            limit + 1.0,
+            f64::MAX,
+        ] {
+            assert!(
+                matches!(with_rate(hz), Err(Error::InvalidConfig(_))),
+                "{hz} Hz was accepted"
+            );
         }
     }
 

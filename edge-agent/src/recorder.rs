@@ -1,10 +1,11 @@
 //! Sensor → buffer: two tasks joined by a bounded queue.
 //!
 //! The sampling task only samples and enqueues; it never waits for the disk or the network.
-//! The recorder task drains the queue into the buffer, many readings per transaction (one
-//! transaction per reading would cost an fsync-ish WAL commit each). If the disk stalls long
-//! enough for the queue to fill, new readings are counted as lost rather than blocking the
-//! sensor; at 10 Hz that takes hours.
+//! The recorder task drains the queue into the buffer, many readings per transaction: every
+//! append commits with `synchronous=FULL` (a sync of the WAL, see `buffer`), and lingering
+//! `LINGER` before each transaction keeps that at ~10 syncs per second whatever the sample
+//! rate. If the disk stalls long enough for the queue to fill, new readings are counted as lost
+//! rather than blocking the sensor; at 10 Hz that takes hours.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,7 +35,9 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 pub(crate) type Sample = (i64, Reading);
 
 /// Samples every `period` until `stop`. Missed ticks are skipped, not caught up: a burst of
-/// readings stamped with the same instant would describe nothing.
+/// readings stamped with the same instant would describe nothing. So `t` after the start at
+/// most `t / period + 1` readings exist, and with `period` at least 1 µs (the configured rate
+/// is capped) seqs never outrun the microsecond clock, which the buffer's numbering relies on.
 pub(crate) async fn sample(
     mut sensor: Sensor,
     period: Duration,

@@ -13,15 +13,22 @@ use rusqlite::Connection;
 
 use crate::error::{Error, Result};
 
-/// How hard a commit works to survive power loss.
-#[derive(Debug, Clone, Copy)]
+/// How hard a commit works to survive power loss. A connection starts with the level given to
+/// [`open`]; [`set_durability`] changes it between transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Durability {
-    /// `synchronous=NORMAL`: in WAL mode a commit survives a crash of the process but the last
-    /// transactions may roll back on power loss. Right for readings: tens per second, and the
-    /// worst case is losing the last moments of a sensor stream.
+    /// `synchronous=NORMAL`: in WAL mode a commit survives a crash of the process, but on power
+    /// loss the transactions committed since the last sync (the last checkpoint, or the last
+    /// `Full` commit on the file) may roll back. Only for writes whose rollback is harmless:
+    /// deleting readings the cloud acknowledged (a resurrected reading is sent again, the cloud
+    /// has it under the same seq and acknowledges it again). Never for a write that advances the
+    /// buffer's `next_seq`: rolled back, it would hand out again seqs whose readings the cloud may
+    /// already hold, and the cloud would discard the *new* readings as duplicates and
+    /// acknowledge them: silent loss of any amount of new data, not just the last moments.
     Normal,
-    /// `synchronous=FULL`: a commit survives power loss. Right for the inbox, because the agent
-    /// tells the cloud "stored" right after the commit and the cloud then stops re-sending.
+    /// `synchronous=FULL`: a commit survives power loss (the WAL is synced at every commit).
+    /// Right for the inbox, because the agent tells the cloud "stored" right after the commit
+    /// and the cloud then stops re-sending; and for the buffer's appends (see `buffer`).
     Full,
 }
 
@@ -36,12 +43,20 @@ pub(crate) fn open(path: &Path, durability: Durability) -> Result<Connection> {
             path.display()
         )));
     }
+    set_durability(&conn, durability)?;
+    Ok(conn)
+}
+
+/// Sets how the connection's following commits are synced. SQLite applies the pragma when it is
+/// prepared and refuses it inside a transaction, so call it between transactions, and never
+/// through a cached statement.
+pub(crate) fn set_durability(conn: &Connection, durability: Durability) -> Result<()> {
     let synchronous = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
     };
     conn.pragma_update(None, "synchronous", synchronous)?;
-    Ok(conn)
+    Ok(())
 }
 
 /// A store used from async tasks. SQLite calls block, so every call runs on tokio's blocking

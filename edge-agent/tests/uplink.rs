@@ -7,20 +7,44 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ecs_edge_agent::Agent;
-use ecs_edge_agent::buffer::{Buffer, FIRST_SEQ};
+use ecs_edge_agent::buffer::{Buffer, now_unix_micros};
 use ecs_protocol::{
-    CreditType, DeviceId, Downlink, Notification, NotificationKind, NotificationReceipt, Uplink,
+    CreditType, DeviceId, Downlink, MAX_READINGS_PER_BATCH, Notification, NotificationKind,
+    NotificationReceipt, Uplink,
 };
 use support::{PhoneNetwork, TestCloud, agent_config, eventually, seqs};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The seqs of every reading in the buffer.
+fn buffered_seqs(buffer: &Buffer) -> BTreeSet<u64> {
+    let mut all = BTreeSet::new();
+    let mut after = None;
+    while let Some(batch) = buffer.next_batch(after, MAX_READINGS_PER_BATCH).unwrap() {
+        all.extend(batch.first_seq..=batch.last_seq());
+        after = Some(batch.last_seq());
+    }
+    all
+}
+
+/// `seqs` is one run without gaps, `first..=last`.
+fn run(seqs: &BTreeSet<u64>) -> (u64, u64) {
+    let (first, last) = (*seqs.first().unwrap(), *seqs.last().unwrap());
+    assert_eq!(
+        seqs.len() as u64,
+        last - first + 1,
+        "a gap in {first}..={last}"
+    );
+    (first, last)
+}
+
 #[tokio::test]
 async fn acknowledged_readings_leave_the_buffer_until_it_is_drained() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceId::random();
     let mut cloud = TestCloud::connect(&device, true).await;
+    let started = now_unix_micros();
     let agent = Agent::start(agent_config(&device, &dir.path().join("edge.db")))
         .await
         .unwrap();
@@ -39,9 +63,15 @@ async fn acknowledged_readings_leave_the_buffer_until_it_is_drained() {
     assert!(stats.connected);
     let batches = cloud.batches_for(Duration::from_millis(300)).await;
     assert!(!batches.is_empty());
-    // Everything the cloud received, in order of arrival: exactly the produced seqs.
-    let all: BTreeSet<u64> = (FIRST_SEQ..FIRST_SEQ + stats.readings_produced).collect();
-    assert_eq!(seqs(&batches), all);
+    // Everything the cloud received: exactly the produced readings, numbered consecutively
+    // from the clock at the start.
+    let received = seqs(&batches);
+    let (first, last) = run(&received);
+    assert!(
+        first >= started,
+        "{first} numbered from the clock ({started})"
+    );
+    assert_eq!(last - first + 1, stats.readings_produced);
     agent.shutdown().await.unwrap();
 }
 
@@ -132,7 +162,7 @@ async fn a_notification_is_stored_once_and_receipted_every_time() {
 }
 
 #[tokio::test]
-async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
+async fn a_restarted_agent_numbers_above_the_last_run_and_sends_what_was_left() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("edge.db");
     let device = DeviceId::random();
@@ -142,6 +172,7 @@ async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
     let deaf = PhoneNetwork::start(true).await;
     let mut config = agent_config(&device, &db);
     config.broker = deaf.url();
+    let first_started = now_unix_micros();
     let first_run = Agent::start(config).await.unwrap();
     cloud.next_batch(WAIT).await;
     eventually(WAIT, "40 readings buffered", || {
@@ -149,22 +180,17 @@ async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
     })
     .await;
     first_run.shutdown().await.unwrap();
-    let left = {
-        let buffer = Buffer::open(&db, &device, 1_000_000).unwrap();
-        assert_eq!(
-            buffer.len(),
-            buffer.next_seq() - FIRST_SEQ,
-            "nothing was deleted"
-        );
-        buffer.len()
-    };
-    assert!(left >= 40);
+    let left = buffered_seqs(&Buffer::open(&db, &device, 1_000_000).unwrap());
+    let (old_first, old_last) = run(&left);
+    assert!(left.len() >= 40, "nothing was deleted: {}", left.len());
+    assert!(old_first >= first_started);
 
     // Second run on the same file, connected directly, with a cloud that acknowledges.
     cloud.auto_ack.store(true, Ordering::SeqCst);
+    let second_started = now_unix_micros();
     let second_run = Agent::start(agent_config(&device, &db)).await.unwrap();
     eventually(WAIT, "the first run's readings acknowledged", || {
-        second_run.stats().readings_acked >= left
+        second_run.stats().readings_acked >= left.len() as u64
     })
     .await;
     second_run.stop_sensor();
@@ -174,20 +200,30 @@ async fn a_restarted_agent_continues_the_sequence_and_sends_what_was_left() {
         second_run.stats()
     );
     let stats = second_run.stats();
-    assert_eq!(stats.readings_acked, left + stats.readings_produced);
+    assert_eq!(
+        stats.readings_acked,
+        left.len() as u64 + stats.readings_produced
+    );
     second_run.shutdown().await.unwrap();
 
-    let batches = cloud.batches_for(Duration::from_millis(300)).await;
-    let last = FIRST_SEQ + left + stats.readings_produced - 1;
-    // The second run re-sent the first run's readings and continued after them.
-    assert_eq!(seqs(&batches), (FIRST_SEQ..=last).collect::<BTreeSet<_>>());
+    // The second run re-sent the first run's readings, and numbered its own as one run above
+    // them, from the clock at its start.
+    let received = seqs(&cloud.batches_for(Duration::from_millis(300)).await);
+    assert!(
+        received.is_superset(&left),
+        "the first run's readings were sent"
+    );
+    let new: BTreeSet<u64> = received.difference(&left).copied().collect();
+    let (new_first, new_last) = run(&new);
+    assert!(
+        new_first > old_last,
+        "{new_first} after {old_first}..={old_last}"
+    );
+    assert!(new_first >= second_started);
+    assert_eq!(new.len() as u64, stats.readings_produced);
     let buffer = Buffer::open(&db, &device, 1_000_000).unwrap();
     assert!(buffer.is_empty());
-    assert_eq!(
-        buffer.next_seq(),
-        last + 1,
-        "the second run continued the sequence"
-    );
+    assert!(buffer.first_seq() > new_last);
 }
 
 #[tokio::test]

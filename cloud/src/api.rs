@@ -338,6 +338,18 @@ async fn erase_user(
 ) -> Result<StatusCode> {
     principal.ensure_can_access(user_id)?;
     let mut tx = state.pool.begin().await?;
+    // Lock order, as everywhere: the person, then their devices. Holding the devices keeps ingest
+    // from writing a dead letter for them between the two deletes below.
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    exists.ok_or(Error::NotFound("user"))?;
+    sqlx::query("SELECT 1 FROM devices WHERE user_id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
     // Dead letters are not linked to a person by a key; the person's devices name them.
     sqlx::query(
         "DELETE FROM dead_letters WHERE device_id IN (SELECT device_id FROM devices WHERE user_id = $1)",

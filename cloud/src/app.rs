@@ -4,6 +4,8 @@
 //! they exercise is what production runs.
 
 use std::{
+    collections::HashMap,
+    future::Future,
     net::SocketAddr,
     sync::{Arc, OnceLock},
     time::Duration,
@@ -11,9 +13,12 @@ use std::{
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::{PgPool, migrate::MigrateDatabase, postgres::PgPoolOptions};
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::mpsc,
+    task::{self, JoinSet},
+};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
     Error,
@@ -69,37 +74,148 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// A running cloud replica.
+/// How long [`RunningApp::stop`] lets the components finish before aborting them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`RunningApp::kill`] waits for the database connections to close.
+const KILL_POOL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running cloud replica. Every long-running part of it (HTTP server, broker link, ingest,
+/// offer worker, notifier) is one task here: none lives on its own. End it with
+/// [`stop`](Self::stop); dropping it aborts every component without waiting.
 pub struct RunningApp {
     pub http_addr: SocketAddr,
     pub pool: PgPool,
     shutdown: CancellationToken,
-    tasks: JoinSet<()>,
+    components: Components,
 }
 
+/// A component ended while the replica was meant to be running.
+#[derive(Debug)]
+pub struct ComponentStopped {
+    /// Which one: `http_server`, `mqtt_link`, `ingest`, `offer_worker` or `notifier`.
+    pub component: &'static str,
+    /// The panic message, when it panicked.
+    pub panic: Option<String>,
+}
+
+impl std::fmt::Display for ComponentStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "component {} stopped unexpectedly", self.component)?;
+        match &self.panic {
+            Some(panic) => write!(f, ": it panicked: {panic}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for ComponentStopped {}
+
 impl RunningApp {
-    /// Resolves when any task ends by itself (which only happens on shutdown or a fatal error).
-    pub async fn wait(&mut self) {
-        let _ = self.tasks.join_next().await;
+    /// Resolves when a component ends by itself, and names it. Before [`stop`](Self::stop) that
+    /// is always a failure (a panic, or a component that gave up): the replica no longer does all
+    /// of its work, and the process should stop and be restarted.
+    pub async fn wait(&mut self) -> ComponentStopped {
+        match self.components.next().await {
+            Some((component, Err(e))) if e.is_panic() => ComponentStopped {
+                component,
+                panic: Some(panic_message(e)),
+            },
+            Some((component, _)) => ComponentStopped {
+                component,
+                panic: None,
+            },
+            None => std::future::pending().await,
+        }
     }
 
-    /// Stops every task gracefully: in-flight requests and messages finish first.
+    /// Stops every component gracefully: in-flight requests and messages finish (and are acked),
+    /// the broker link leaves the broker last, after ingest's last acks. Components still running
+    /// after 10 s are aborted.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
-        let drained = tokio::time::timeout(Duration::from_secs(10), async {
-            while self.tasks.join_next().await.is_some() {}
+        let drained = tokio::time::timeout(STOP_TIMEOUT, async {
+            while let Some((component, done)) = self.components.next().await {
+                if let Err(e) = done
+                    && e.is_panic()
+                {
+                    error!(component, panic = %panic_message(e), "a component panicked while stopping");
+                }
+            }
         })
         .await;
         if drained.is_err() {
-            warn!("tasks did not stop within 10 s; aborting them");
-            self.tasks.abort_all();
+            warn!(still_running = ?self.components.running(), "components did not stop within 10 s; aborting them");
+            self.components.abort_all().await;
         }
         self.pool.close().await;
+    }
+
+    /// Ends the replica the way a crash would, **for tests and chaos experiments only** (a
+    /// process that must stop calls [`stop`](Self::stop)).
+    ///
+    /// Every component is aborted at once, with nothing drained or finished: batches committed
+    /// but not yet acked stay unacked, messages queued between the broker link and ingest are
+    /// lost, notifications being published are not. The broker connection is dropped without a
+    /// DISCONNECT (the broker sees the TCP connection close, and its clean session, subscription
+    /// included, goes with it: no half-alive client keeps taking a share of the uplinks). Returns
+    /// once every component is gone; the database pool is then closed.
+    ///
+    /// Only the HTTP connections already accepted may outlive it briefly (axum serves each on a
+    /// task of its own); they find the pool closed.
+    pub async fn kill(mut self) {
+        self.components.abort_all().await;
+        // Nothing of ours is left to react to it; a helper a component spawned on its own (the
+        // offer worker's outbox listener) ends on it.
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(KILL_POOL_TIMEOUT, self.pool.close()).await;
     }
 
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// The replica's tasks, by name.
+#[derive(Default)]
+struct Components {
+    tasks: JoinSet<()>,
+    names: HashMap<task::Id, &'static str>,
+}
+
+impl Components {
+    fn spawn(&mut self, name: &'static str, component: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.tasks.spawn(component);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// The next component to end, and how it ended.
+    async fn next(&mut self) -> Option<(&'static str, Result<(), task::JoinError>)> {
+        let (id, done) = match self.tasks.join_next_with_id().await? {
+            Ok((id, ())) => (id, Ok(())),
+            Err(e) => (e.id(), Err(e)),
+        };
+        Some((self.names.remove(&id).unwrap_or("component"), done))
+    }
+
+    fn running(&self) -> Vec<&'static str> {
+        self.names.values().copied().collect()
+    }
+
+    /// Aborts every task and returns once all of them are gone (their futures dropped).
+    async fn abort_all(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.names.clear();
+    }
+}
+
+fn panic_message(e: task::JoinError) -> String {
+    let panic = e.into_panic();
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".to_owned())
 }
 
 /// Starts a replica: HTTP API, broker link, ingest, offer worker and notifier.
@@ -108,6 +224,15 @@ impl RunningApp {
 /// every part retries (so is a model service being down: the circuit breaker handles it). A
 /// missing admin token, an unreadable secret file or a bad model file is fatal.
 pub async fn spawn(settings: Settings) -> Result<RunningApp> {
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy(&settings.database_url)?;
+    start(settings, pool).await
+}
+
+/// [`spawn`] on a pool of the caller's (`settings.database_url` is not used).
+async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     let admin_token = settings
         .admin_token()
         .map_err(|e| Error::InvalidInput(format!("cannot read the admin token file: {e}")))?
@@ -116,28 +241,35 @@ pub async fn spawn(settings: Settings) -> Result<RunningApp> {
         })?;
     // Before anything connects: a bad model file is a configuration error, reported at once.
     let model = model::build(&settings.model)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&settings.database_url)?;
     let auth = Arc::new(Authenticator::new(&admin_token, pool.clone())?);
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .map_err(|e| {
+            Error::InvalidInput(format!("cannot listen on {}: {e}", settings.http_addr))
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
     let shutdown = CancellationToken::new();
-    let mut tasks = JoinSet::new();
+    let mut components = Components::default();
 
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-    let link = BrokerLink::start(&settings.mqtt, inbound_tx, shutdown.clone()).await?;
+    let (link, driver) = BrokerLink::new(&settings.mqtt, inbound_tx, shutdown.clone())?;
     let client = link.client();
+    components.spawn("mqtt_link", driver.run());
 
     let notifier = Notifier::new(pool.clone(), client.clone(), settings.notify_resend());
     let notifier_wake = notifier.wake_handle();
-    tasks.spawn(
+    components.spawn(
+        "notifier",
         notifier
             .run(shutdown.clone())
             .instrument(info_span!("notifier")),
     );
 
     let ingest = Ingest::new(pool.clone()).with_device_seen(notifier_wake.clone());
-    tasks.spawn(
+    components.spawn(
+        "ingest",
         ingest
             .run(
                 client,
@@ -153,7 +285,8 @@ pub async fn spawn(settings: Settings) -> Result<RunningApp> {
         notifier: notifier_wake,
         poll_interval: settings.worker_poll(),
     };
-    tasks.spawn(
+    components.spawn(
+        "offer_worker",
         worker
             .run(shutdown.clone())
             .instrument(info_span!("offer_worker")),
@@ -170,26 +303,20 @@ pub async fn spawn(settings: Settings) -> Result<RunningApp> {
         pool: pool.clone(),
         auth,
         assessor,
-        broker_connected: Arc::new(move || link.is_connected()),
+        // Ready means receiving: connected *and* subscribed to the uplinks.
+        broker_connected: Arc::new(move || link.is_subscribed()),
         metrics: metrics_handle(),
     };
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
-        .await
-        .map_err(|e| {
-            Error::InvalidInput(format!("cannot listen on {}: {e}", settings.http_addr))
-        })?;
-    let http_addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(e.to_string()))?;
     let router = api::router(state);
     let stop = shutdown.clone();
-    tasks.spawn(
+    components.spawn(
+        "http_server",
         async move {
             let served = axum::serve(listener, router)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP server failed");
+                error!(error = %e, "HTTP server failed");
             }
         }
         .instrument(info_span!("http_server")),
@@ -199,6 +326,106 @@ pub async fn spawn(settings: Settings) -> Result<RunningApp> {
         http_addr,
         pool,
         shutdown,
-        tasks,
+        components,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::mqtt::testing::{WAIT, assert_only_subscriber_of, settings as mqtt_settings};
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    /// A replica on the test broker (in a shared-subscription group of its own) and `pool`.
+    async fn replica(pool: PgPool, group: &str) -> RunningApp {
+        let mut settings = Cli::try_parse_from([
+            "ecs-cloud",
+            "--admin-token",
+            "admin-secret-0123456789",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap()
+        .settings;
+        settings.mqtt = mqtt_settings(group);
+        start(settings, pool).await.unwrap()
+    }
+
+    /// Polls `/readyz` until it answers 200, and returns its body.
+    async fn ready(app: &RunningApp) -> serde_json::Value {
+        let url = format!("http://{}/readyz", app.http_addr);
+        let http = reqwest::Client::new();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let Ok(response) = http.get(&url).send().await
+                    && response.status().is_success()
+                {
+                    return response.json().await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the replica never became ready")
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_killed_replica_is_gone_from_the_broker_at_once(pool: PgPool) {
+        let group = format!("test{}", uuid::Uuid::new_v4().simple());
+        let app = replica(pool, &group).await;
+        let readiness = ready(&app).await;
+        assert_eq!(readiness["broker"], true, "{readiness}");
+        let addr = app.http_addr;
+
+        tokio::time::timeout(WAIT, app.kill())
+            .await
+            .expect("kill did not return");
+        // No half-alive connection keeps taking a share of the group's uplinks, and the API no
+        // longer listens.
+        assert_only_subscriber_of(&group).await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_stopped_replica_has_left_the_broker_when_stop_returns(pool: PgPool) {
+        let group = format!("test{}", uuid::Uuid::new_v4().simple());
+        let app = replica(pool, &group).await;
+        ready(&app).await;
+        tokio::time::timeout(Duration::from_secs(15), app.stop())
+            .await
+            .expect("stop did not return");
+        assert_only_subscriber_of(&group).await;
+    }
+
+    #[test]
+    fn a_stopped_component_is_named_and_its_panic_told() {
+        let stopped = ComponentStopped {
+            component: "ingest",
+            panic: Some("boom".into()),
+        };
+        assert_eq!(
+            stopped.to_string(),
+            "component ingest stopped unexpectedly: it panicked: boom"
+        );
+    }
+
+    #[tokio::test]
+    async fn components_are_named_when_they_end() {
+        let mut components = Components::default();
+        components.spawn("quiet", std::future::pending());
+        components.spawn("crashing", async { panic!("boom") });
+        let (name, done) = components.next().await.unwrap();
+        assert_eq!(name, "crashing");
+        assert_eq!(panic_message(done.unwrap_err()), "boom");
+        assert_eq!(components.running(), vec!["quiet"]);
+        components.abort_all().await;
+        assert!(components.running().is_empty());
+    }
 }

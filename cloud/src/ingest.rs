@@ -12,17 +12,29 @@
 //!   returned*, and the device's `last_seen_at`. A resent batch therefore changes nothing twice.
 //! * **Ack after commit.** The ack names the batch's exact range `first_seq..=last_seq`, and is
 //!   produced only after the commit, so a device deletes nothing the cloud does not hold.
-//! * **Ingest never stops for a bad payload.** Anything that can never be stored (undecodable,
-//!   invalid, on the wrong topic, implausibly timed, refused by a database constraint) goes to
-//!   `dead_letters` with a readable reason and the raw payload.
+//! * **Who before what.** A message on a device's uplink topic is judged by its sender first:
+//!   an undecodable payload, or a batch, is looked at only after the registration (and the
+//!   person's consent) allows it. What is decided below about bad payloads therefore only ever
+//!   concerns registered devices of consenting people.
+//! * **Unregistered and revoked devices are not accepted at all**: no storage, no dead letter, no
+//!   ack ([`Outcome::NotAccepted`]) — whatever they send, valid or not. The phone keeps its
+//!   readings (its buffer is bounded) — a device whose registration is still on its way delivers
+//!   them later — and the cloud keeps no emotional data of someone it has no registration (and
+//!   so no consent) for. On a shared broker, a cloud never makes another cloud's devices forget
+//!   their data. A person erased while their batch is being processed counts as unregistered:
+//!   the batch's insert then fails on the foreign key to the erased device, and nothing is kept.
+//! * **Without consent, nothing is kept**: a batch of a person who has not consented to
+//!   emotional data is discarded — valid or not, it is neither stored nor dead-lettered — and
+//!   acked when its range is known, so the phone forgets it ([`Outcome::DiscardedWithoutConsent`]).
+//! * **Ingest never stops for a bad payload.** Anything from an accepted device that can never be
+//!   stored (undecodable, invalid, implausibly timed, refused by a database constraint) goes to
+//!   `dead_letters` with a readable reason and the raw payload, as does anything on a topic that
+//!   is not a device's uplink topic. The dead letter is written only while the device is still
+//!   registered, not revoked and its person consenting (checked in the same statement, with the
+//!   device row locked against a concurrent erasure).
 //!   When the payload reveals its range, the range is **acked once the dead letter is committed**:
 //!   the payload is kept there for an operator, and without the ack the device would resend the
 //!   same poison batch forever and keep it in its bounded buffer.
-//! * **Unregistered and revoked devices are not accepted at all**: no storage, no dead letter, no
-//!   ack ([`Outcome::NotAccepted`]). The phone keeps its readings (its buffer is bounded) — a
-//!   device whose registration is still on its way delivers them later — and the cloud keeps no
-//!   emotional data of someone it has no registration (and so no consent) for. On a shared
-//!   broker, a cloud never makes another cloud's devices forget their data.
 //! * **Transient failures are not acked.** When Postgres is unavailable, [`Ingest::handle`]
 //!   returns `Err`, nothing is acked and the device resends later.
 
@@ -107,13 +119,14 @@ pub enum Outcome {
         readings: usize,
         ack: Ack,
     },
-    /// The person has withdrawn consent to emotional data: the readings are not stored (not even
-    /// as a dead letter) and are acked so the phone forgets them.
+    /// The person has not consented (or has withdrawn consent) to emotional data: the payload is
+    /// not stored, not even as a dead letter, valid or not. `readings` is how many it held (0 when
+    /// it could not be decoded); `ack` is its range when known, so the phone forgets it.
     DiscardedWithoutConsent {
         device_id: DeviceId,
         user_id: Uuid,
         readings: usize,
-        ack: Ack,
+        ack: Option<Ack>,
     },
     /// Stored in `dead_letters` with `reason`; `ack` is the batch's range when it is known.
     DeadLettered {
@@ -136,14 +149,19 @@ impl Outcome {
     pub fn ack(&self) -> Option<(&DeviceId, Ack)> {
         match self {
             Outcome::Stored { device_id, ack, .. }
-            | Outcome::AllDuplicates { device_id, ack, .. }
-            | Outcome::DiscardedWithoutConsent { device_id, ack, .. } => Some((device_id, *ack)),
-            Outcome::DeadLettered {
+            | Outcome::AllDuplicates { device_id, ack, .. } => Some((device_id, *ack)),
+            Outcome::DiscardedWithoutConsent {
+                device_id,
+                ack: Some(ack),
+                ..
+            }
+            | Outcome::DeadLettered {
                 device_id: Some(device_id),
                 ack: Some(ack),
                 ..
             } => Some((device_id, *ack)),
-            Outcome::DeadLettered { .. }
+            Outcome::DiscardedWithoutConsent { .. }
+            | Outcome::DeadLettered { .. }
             | Outcome::NotAccepted { .. }
             | Outcome::ReceiptApplied { .. } => None,
         }
@@ -179,14 +197,14 @@ impl Ingest {
     #[tracing::instrument(name = "uplink", skip_all, fields(device_id = field::Empty, user_id = field::Empty))]
     pub async fn handle(&self, topic: &str, payload: &[u8]) -> Result<Outcome> {
         let Some(device) = topic::device_of_uplink(topic) else {
-            return self
-                .dead_letter(topic, None, payload, Rejection::NotUplinkTopic, None)
-                .await;
+            return self.dead_letter_foreign(topic, payload).await;
         };
         Span::current().record("device_id", field::display(&device));
         match decode_uplink(payload) {
+            // Nothing tells whose data this is but the topic: the dead letter is kept only for
+            // a registered device of a consenting person.
             Err(e) => {
-                self.dead_letter(topic, Some(device), payload, e.into(), None)
+                self.dead_letter(topic, device, payload, e.into(), None, 0)
                     .await
             }
             Ok(Uplink::ReadingBatchV1(batch)) => {
@@ -203,63 +221,46 @@ impl Ingest {
         payload: &[u8],
         batch: ReadingBatch,
     ) -> Result<Outcome> {
+        let readings = batch.readings.len();
+        // Who first: the registration and the consent decide whether this batch may be looked at
+        // at all; only then is it validated (and, if invalid, kept as a dead letter).
+        let user_id = match self.standing(&device).await? {
+            Standing::NotAccepted(reason) => return Ok(not_accepted(device, reason)),
+            Standing::WithoutConsent(user_id) => {
+                return Ok(discarded(device, user_id, readings, known_range(&batch)));
+            }
+            Standing::Accepted(user_id) => user_id,
+        };
+        Span::current().record("user_id", field::display(user_id));
         let checked = match check_batch(&device, &batch, Utc::now()) {
             Ok(checked) => checked,
             Err(rejection) => {
                 let ack = known_range(&batch);
                 return self
-                    .dead_letter(topic, Some(device), payload, rejection, ack)
+                    .dead_letter(topic, device, payload, rejection, ack, readings)
                     .await;
             }
         };
         let ack = checked.ack;
-        let registration: Option<Registration> = sqlx::query_as(
-            "SELECT d.user_id, d.revoked_at IS NOT NULL AS revoked, u.emotional_data_consent
-             FROM devices d JOIN users u ON u.user_id = d.user_id
-             WHERE d.device_id = $1",
-        )
-        .bind(device.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        let registration = match registration {
-            None => Err(Rejection::UnknownDevice),
-            Some(r) if r.revoked => Err(Rejection::RevokedDevice),
-            Some(r) => Ok(r),
-        };
-        let Registration {
-            user_id,
-            emotional_data_consent,
-            ..
-        } = match registration {
-            Ok(r) => r,
-            Err(reason) => {
-                warn!(%reason, "uplink from a device that is not accepted");
-                return Ok(Outcome::NotAccepted {
-                    device_id: device,
-                    reason,
-                });
-            }
-        };
-        Span::current().record("user_id", field::display(user_id));
-        let readings = batch.readings.len();
-        if !emotional_data_consent {
-            // LGPD Art. 11: without consent, emotional data is not collected at all.
-            debug!(readings, "no consent to emotional data; batch discarded");
-            return Ok(Outcome::DiscardedWithoutConsent {
-                device_id: device,
-                user_id,
-                readings,
-                ack,
-            });
-        }
         let stored =
             match store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await
             {
-                Ok(stored) => stored,
+                Ok(store::StoreOutcome::Stored(stored)) => stored,
+                Ok(store::StoreOutcome::WithoutConsent) => {
+                    return Ok(discarded(device, user_id, readings, Some(ack)));
+                }
+                Ok(store::StoreOutcome::RegistrationGone) => {
+                    return Ok(not_accepted(device, Rejection::UnknownDevice));
+                }
+                // The registration read above is not part of the batch's transaction: the person
+                // was erased (or the device deleted) in between. Nothing of theirs is kept.
+                Err(Error::Database(e)) if store::registration_gone(&e) => {
+                    return Ok(not_accepted(device, Rejection::UnknownDevice));
+                }
                 Err(Error::Database(e)) if store::refused_by_database(&e) => {
                     let rejection = Rejection::RefusedByDatabase(e.to_string());
                     return self
-                        .dead_letter(topic, Some(device), payload, rejection, Some(ack))
+                        .dead_letter(topic, device, payload, rejection, Some(ack), readings)
                         .await;
                 }
                 Err(e) => return Err(e),
@@ -288,6 +289,24 @@ impl Ingest {
         })
     }
 
+    /// Whether uplinks of `device` are accepted now, and whose they are.
+    async fn standing(&self, device: &DeviceId) -> Result<Standing> {
+        let registration: Option<Registration> = sqlx::query_as(
+            "SELECT d.user_id, d.revoked_at IS NOT NULL AS revoked, u.emotional_data_consent
+             FROM devices d JOIN users u ON u.user_id = d.user_id
+             WHERE d.device_id = $1",
+        )
+        .bind(device.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match registration {
+            None => Standing::NotAccepted(Rejection::UnknownDevice),
+            Some(r) if r.revoked => Standing::NotAccepted(Rejection::RevokedDevice),
+            Some(r) if !r.emotional_data_consent => Standing::WithoutConsent(r.user_id),
+            Some(r) => Standing::Accepted(r.user_id),
+        })
+    }
+
     async fn apply_receipt(
         &self,
         device: DeviceId,
@@ -312,34 +331,104 @@ impl Ingest {
         })
     }
 
+    /// Keeps a payload from `device` that can never be stored, with `reason` — if, at that very
+    /// moment, the device is registered, not revoked and its person consenting. The device row is
+    /// locked (`FOR KEY SHARE`) by the statement, so an erasure either happens before (and
+    /// nothing is kept) or waits for it (and then finds the dead letter to delete).
+    ///
+    /// When the device is no longer accepted, the outcome says why instead, exactly as if that
+    /// had been known from the start: nothing kept, and an ack only for a person without consent.
     async fn dead_letter(
         &self,
         topic: &str,
-        device: Option<DeviceId>,
+        device: DeviceId,
         payload: &[u8],
         reason: Rejection,
         ack: Option<Ack>,
+        readings: usize,
     ) -> Result<Outcome> {
+        let kept = sqlx::query(
+            "INSERT INTO dead_letters (topic, device_id, reason, payload)
+             SELECT $1, d.device_id, $3, $4
+             FROM devices d JOIN users u ON u.user_id = d.user_id
+             WHERE d.device_id = $2 AND d.revoked_at IS NULL AND u.emotional_data_consent
+             FOR KEY SHARE OF d",
+        )
+        .bind(topic)
+        .bind(device.as_str())
+        .bind(reason.to_string())
+        .bind(payload)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if kept == 0 {
+            return match self.standing(&device).await? {
+                Standing::NotAccepted(reason) => Ok(not_accepted(device, reason)),
+                Standing::WithoutConsent(user_id) => Ok(discarded(device, user_id, readings, ack)),
+                // Registered again between the two statements: let the device send it again.
+                Standing::Accepted(_) => Err(Error::Conflict(
+                    "the device's registration changed while its uplink was processed".into(),
+                )),
+            };
+        }
+        warn!(%reason, %topic, bytes = payload.len(), "uplink dead-lettered");
+        // An ack goes to the topic's device: that is who publishes (the broker confines a device
+        // to its own topic) and who would otherwise resend.
+        Ok(Outcome::DeadLettered {
+            device_id: Some(device),
+            reason,
+            ack,
+        })
+    }
+
+    /// Keeps a message that arrived on a topic that is not a device's uplink topic: it names no
+    /// device, so it can be neither attributed nor acked.
+    async fn dead_letter_foreign(&self, topic: &str, payload: &[u8]) -> Result<Outcome> {
         // Postgres text cannot hold NUL, and a topic that is not ours was never validated.
         let topic = topic.replace('\0', "\u{fffd}");
+        let reason = Rejection::NotUplinkTopic;
         sqlx::query(
-            "INSERT INTO dead_letters (topic, device_id, reason, payload) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO dead_letters (topic, device_id, reason, payload) VALUES ($1, NULL, $2, $3)",
         )
         .bind(&topic)
-        .bind(device.as_ref().map(DeviceId::as_str))
         .bind(reason.to_string())
         .bind(payload)
         .execute(&self.pool)
         .await?;
         warn!(%reason, %topic, bytes = payload.len(), "uplink dead-lettered");
-        // An ack goes to the topic's device: that is who publishes (the broker confines a device
-        // to its own topic) and who would otherwise resend.
-        let ack = device.as_ref().and(ack);
         Ok(Outcome::DeadLettered {
-            device_id: device,
+            device_id: None,
             reason,
-            ack,
+            ack: None,
         })
+    }
+}
+
+/// Whether a device's uplinks are taken, as its registration says now.
+enum Standing {
+    NotAccepted(Rejection),
+    /// Registered, but its person has not consented to emotional data.
+    WithoutConsent(Uuid),
+    Accepted(Uuid),
+}
+
+fn not_accepted(device: DeviceId, reason: Rejection) -> Outcome {
+    warn!(%reason, "uplink from a device that is not accepted");
+    Outcome::NotAccepted {
+        device_id: device,
+        reason,
+    }
+}
+
+fn discarded(device: DeviceId, user_id: Uuid, readings: usize, ack: Option<Ack>) -> Outcome {
+    Span::current().record("user_id", field::display(user_id));
+    // LGPD Art. 11: without consent, emotional data is not collected at all.
+    debug!(readings, "no consent to emotional data; uplink discarded");
+    Outcome::DiscardedWithoutConsent {
+        device_id: device,
+        user_id,
+        readings,
+        ack,
     }
 }
 
@@ -491,6 +580,8 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use ecs_protocol::encode_uplink;
 
     use super::{fixtures::*, *};
@@ -798,6 +889,181 @@ mod tests {
         );
         assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
         assert_eq!(features::load(&pool, user_id).await.unwrap(), None);
+    }
+
+    /// An invalid batch (valence out of range) whose range is known.
+    fn invalid_batch(device: &DeviceId) -> Vec<u8> {
+        let mut invalid = batch(device, 40, 3);
+        invalid.readings[2].valence = 120;
+        encode(invalid)
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn nothing_a_device_that_is_not_accepted_sends_is_kept_valid_or_not(pool: PgPool) {
+        let (_, revoked) = user_with_device(&pool).await;
+        sqlx::query("UPDATE devices SET revoked_at = now() WHERE device_id = $1")
+            .bind(revoked.as_str())
+            .execute(&pool)
+            .await
+            .unwrap();
+        let stranger = DeviceId::random();
+        let ingest = Ingest::new(pool.clone());
+        for (device, expected) in [(&stranger, "unknown_device"), (&revoked, "revoked_device")] {
+            let up = topic::uplink(device);
+            for payload in [invalid_batch(device), b"\xff\xffnot postcard".to_vec()] {
+                let outcome = ingest.handle(&up, &payload).await.unwrap();
+                assert!(
+                    matches!(&outcome, Outcome::NotAccepted { reason, .. } if reason.code() == expected),
+                    "{outcome:?}"
+                );
+                assert_eq!(outcome.ack(), None);
+            }
+        }
+        assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn without_consent_not_even_an_invalid_payload_is_kept(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        sqlx::query("UPDATE users SET emotional_data_consent = false WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let ingest = Ingest::new(pool.clone());
+        let up = topic::uplink(&device);
+
+        // Invalid, with a known range: discarded and acked like a valid batch.
+        let invalid = ingest.handle(&up, &invalid_batch(&device)).await.unwrap();
+        assert!(
+            matches!(
+                invalid,
+                Outcome::DiscardedWithoutConsent { readings: 3, .. }
+            ),
+            "{invalid:?}"
+        );
+        assert_eq!(
+            invalid.ack(),
+            Some((
+                &device,
+                Ack {
+                    first_seq: 40,
+                    up_to_seq: 42
+                }
+            ))
+        );
+        // Undecodable: discarded; its range is unknown, so there is nothing to ack.
+        let garbage = ingest.handle(&up, b"\xff\xffnot postcard").await.unwrap();
+        assert!(
+            matches!(
+                garbage,
+                Outcome::DiscardedWithoutConsent {
+                    readings: 0,
+                    ack: None,
+                    ..
+                }
+            ),
+            "{garbage:?}"
+        );
+        assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM emotion_readings").await,
+            0
+        );
+    }
+
+    /// Erases `user_id` in a transaction left open (its rows stay locked, its deletion invisible
+    /// to others), runs `uplink` until it waits for those locks, then commits the erasure.
+    async fn erase_during(
+        pool: &PgPool,
+        user_id: Uuid,
+        uplink: impl Future<Output = Outcome>,
+    ) -> Outcome {
+        let mut erasure = pool.begin().await.unwrap();
+        sqlx::query("DELETE FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&mut *erasure)
+            .await
+            .unwrap();
+        let blocked = async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(pool)
+                .await
+                .unwrap();
+                if waiting > 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let commit_once_blocked = async move {
+            tokio::time::timeout(Duration::from_secs(10), blocked)
+                .await
+                .expect("the uplink never waited for the erasure");
+            erasure.commit().await.unwrap();
+        };
+        tokio::join!(uplink, commit_once_blocked).0
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_person_erased_while_their_batch_is_stored_is_not_accepted(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let ingest = Ingest::new(pool.clone());
+        let payload = encode(batch(&device, 0, 3));
+        // The registration is read before the erasure commits; the insert waits for it, then
+        // fails on the foreign key: nothing kept, not even a dead letter, and no ack.
+        let outcome = erase_during(&pool, user_id, async {
+            ingest
+                .handle(&topic::uplink(&device), &payload)
+                .await
+                .unwrap()
+        })
+        .await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::NotAccepted {
+                    reason: Rejection::UnknownDevice,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.ack(), None);
+        assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
+        assert_eq!(
+            count(&pool, "SELECT count(*) FROM emotion_readings").await,
+            0
+        );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_person_erased_while_their_bad_batch_is_dead_lettered_is_not_accepted(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let ingest = Ingest::new(pool.clone());
+        let payload = invalid_batch(&device);
+        let outcome = erase_during(&pool, user_id, async {
+            ingest
+                .handle(&topic::uplink(&device), &payload)
+                .await
+                .unwrap()
+        })
+        .await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::NotAccepted {
+                    reason: Rejection::UnknownDevice,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(count(&pool, "SELECT count(*) FROM dead_letters").await, 0);
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

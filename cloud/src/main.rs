@@ -63,19 +63,40 @@ async fn main() -> anyhow::Result<()> {
                 app::migrate(&settings.database_url).await?;
             }
             let mut running = app::spawn(*settings).await?;
-            tokio::select! {
-                _ = ecs_telemetry::shutdown_signal() => tracing::info!("shutdown requested"),
-                _ = running.wait() => tracing::error!("a component stopped unexpectedly"),
-            }
+            let stopped = tokio::select! {
+                _ = ecs_telemetry::shutdown_signal() => {
+                    tracing::info!("shutdown requested");
+                    None
+                }
+                stopped = running.wait() => {
+                    tracing::error!(component = stopped.component, panic = stopped.panic.as_deref(),
+                        "a component stopped unexpectedly; stopping the others");
+                    Some(stopped)
+                }
+            };
             running.stop().await;
+            // A replica missing a part must not look like one that was asked to stop: the exit
+            // status tells the supervisor (Compose, Kubernetes) to restart it.
+            if let Some(stopped) = stopped {
+                return Err(stopped.into());
+            }
         }
         Command::ModelServer { settings } => {
             let mut running = server::spawn(&settings).await?;
-            tokio::select! {
-                _ = ecs_telemetry::shutdown_signal() => tracing::info!("shutdown requested"),
-                _ = running.wait() => tracing::error!("the model server stopped unexpectedly"),
-            }
+            let unexpected = tokio::select! {
+                _ = ecs_telemetry::shutdown_signal() => {
+                    tracing::info!("shutdown requested");
+                    false
+                }
+                _ = running.wait() => {
+                    tracing::error!("the model server stopped unexpectedly");
+                    true
+                }
+            };
             running.stop().await;
+            if unexpected {
+                anyhow::bail!("the model server stopped unexpectedly");
+            }
         }
     }
     Ok(())

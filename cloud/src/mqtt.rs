@@ -3,8 +3,14 @@
 //!
 //! rumqttc's [`EventLoop`] does nothing unless polled, gives up nothing on errors and retries
 //! nothing by itself: polling it again after an error reconnects at once, in a hot loop. So the
-//! link polls it in its own task, waits with exponential backoff and jitter between failed
-//! attempts, and subscribes again on every ConnAck (a clean session forgets subscriptions).
+//! link's [`LinkDriver`] polls it continuously, waits with exponential backoff and jitter between
+//! failed attempts, and subscribes again on every ConnAck (a clean session forgets
+//! subscriptions). A subscription the broker refuses, or that cannot be queued, is requested
+//! again with backoff until it is granted: only then is the replica ready.
+//!
+//! The driver owns the connection. It is a task of the replica like any other (the caller spawns
+//! it and keeps its handle); when it ends, or is aborted, the connection is dropped with it, so no
+//! half-alive client keeps receiving its share of the uplinks.
 //!
 //! Delivery guarantees come from the application, not from MQTT: rumqttc acknowledges an incoming
 //! QoS 1 publish (PUBACK) as soon as it reads it, and a clean session drops whatever was queued
@@ -24,9 +30,12 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use tokio::sync::{mpsc, watch};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
 use crate::{Error, config::MqttSettings, error::Result};
 
@@ -58,42 +67,53 @@ enum LinkState {
     Subscribed,
 }
 
-/// A running connection to the broker. Cheap to query from any task; the connection itself lives
-/// in a background task that ends when the shutdown token is cancelled.
+/// The cloud's connection to the broker, as seen by the rest of the replica: query its state,
+/// publish through it. The connection itself lives in the [`LinkDriver`].
 pub struct BrokerLink {
     client: AsyncClient,
     state: watch::Receiver<LinkState>,
 }
 
+/// The task that owns the broker connection: polls the event loop until shutdown, then leaves the
+/// broker gracefully. Nothing reaches the broker unless it runs; dropping or aborting it drops the
+/// connection (the broker then forgets this replica's clean session and its subscription).
+#[must_use = "the broker link does nothing until its driver runs"]
+pub struct LinkDriver {
+    eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    inbound: mpsc::Sender<Inbound>,
+    state: watch::Sender<LinkState>,
+    shutdown: CancellationToken,
+    span: Span,
+}
+
 impl BrokerLink {
-    /// Builds the client from `settings` and starts polling it in the background.
+    /// Builds the client from `settings`: the link, and the driver that must run (in a task of
+    /// its own, polled continuously) for anything to happen.
     ///
-    /// Returns at once: the broker being down is not an error (the link keeps retrying); settings
-    /// that can never work (an unreadable CA or password file, a password without a username)
-    /// are. Every uplink received goes into `inbound`; when that queue is full the link stops
-    /// reading from the broker until there is room.
-    pub async fn start(
+    /// The broker being down is not an error (the driver keeps retrying); settings that can never
+    /// work (an unreadable CA or password file, a password without a username) are. Every uplink
+    /// received goes into `inbound`; when that queue is full the driver stops reading from the
+    /// broker until there is room. Cancelling `shutdown` makes the driver leave the broker and end.
+    pub fn new(
         settings: &MqttSettings,
         inbound: mpsc::Sender<Inbound>,
         shutdown: CancellationToken,
-    ) -> Result<BrokerLink> {
+    ) -> Result<(BrokerLink, LinkDriver)> {
         let options = mqtt_options(settings)?;
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         let (state_tx, state) = watch::channel(LinkState::Disconnected);
-        let filter = topic::shared_uplinks(&settings.group);
-        let span = info_span!("mqtt_link", client_id = %settings.client_id, url = %settings.url);
-        tokio::spawn(
-            drive(
-                eventloop,
-                client.clone(),
-                filter,
-                inbound,
-                state_tx,
-                shutdown,
-            )
-            .instrument(span),
-        );
-        Ok(BrokerLink { client, state })
+        let driver = LinkDriver {
+            eventloop,
+            client: client.clone(),
+            filter: topic::shared_uplinks(&settings.group),
+            inbound,
+            state: state_tx,
+            shutdown,
+            span: info_span!("mqtt_link", client_id = %settings.client_id, url = %settings.url),
+        };
+        Ok((BrokerLink { client, state }, driver))
     }
 
     /// A handle for publishing through this connection. Publishing only queues the message; while
@@ -104,27 +124,66 @@ impl BrokerLink {
         self.client.clone()
     }
 
-    /// Whether the broker has accepted the connection (for `/readyz`).
-    pub fn is_connected(&self) -> bool {
-        matches!(
-            *self.state.borrow(),
-            LinkState::Connected | LinkState::Subscribed
-        )
+    /// Where the link stands; `Disconnected` once the driver is gone, whatever it last said.
+    fn current(&self) -> LinkState {
+        if self.state.has_changed().is_err() {
+            return LinkState::Disconnected;
+        }
+        *self.state.borrow()
     }
 
-    /// Whether the broker has also confirmed the uplink subscription: this replica is receiving.
+    /// Whether the broker has accepted the connection.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.current(), LinkState::Connected | LinkState::Subscribed)
+    }
+
+    /// Whether the broker has also granted the uplink subscription: this replica is receiving
+    /// uplinks. This is the link's part of readiness (`/readyz`).
     pub fn is_subscribed(&self) -> bool {
-        *self.state.borrow() == LinkState::Subscribed
+        self.current() == LinkState::Subscribed
     }
 
     /// Waits until the link is connected *and* subscribed, so that an uplink published from now on
-    /// reaches this replica's group. `Unavailable` after `timeout`, or when the link has stopped.
+    /// reaches this replica's group. `Unavailable` after `timeout`, or when the driver has ended.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let mut state = self.state.clone();
         match tokio::time::timeout(timeout, state.wait_for(|s| *s == LinkState::Subscribed)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(Error::Unavailable("broker")),
         }
+    }
+}
+
+impl LinkDriver {
+    /// Runs the connection until shutdown (or until ingest stops taking messages), then leaves
+    /// the broker: stops receiving, lets ingest's last acks out, disconnects.
+    pub async fn run(self) {
+        let LinkDriver {
+            eventloop,
+            client,
+            filter,
+            inbound,
+            state,
+            shutdown,
+            span,
+        } = self;
+        // When the next subscription request is due (`None`: none is, because the link is
+        // subscribed or not connected). The event loop's side sets it, the subscriber acts on it.
+        let (plan_tx, plan_rx) = watch::channel(None);
+        let subscriber = keep_subscription(client.clone(), filter.clone(), plan_rx);
+        let connection = drive(eventloop, client, filter, inbound, state, plan_tx, shutdown);
+        // One task, two futures: the subscriber may wait for room in the request queue, which
+        // only the event loop drains, so it must not run inside the event loop's iteration. It
+        // never ends by itself; it is dropped when the connection ends.
+        async {
+            tokio::select! {
+                biased;
+                () = connection => {}
+                () = subscriber => {}
+            }
+        }
+        .instrument(span)
+        .await;
     }
 }
 
@@ -188,16 +247,18 @@ fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// The link's task: polls the event loop until shutdown, then leaves the broker gracefully.
+/// The event loop's side of the link: polls it until shutdown, then leaves the broker.
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
     inbound: mpsc::Sender<Inbound>,
     state: watch::Sender<LinkState>,
+    plan: watch::Sender<Option<Instant>>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
+    let mut refusals = Backoff::default();
     loop {
         let event = tokio::select! {
             biased;
@@ -209,18 +270,8 @@ async fn drive(
                 // poll() turns a refused ConnAck into an error, so this one is a success.
                 backoff.reset();
                 state.send_replace(LinkState::Connected);
+                plan.send_replace(Some(Instant::now()));
                 info!("connected to the broker");
-                // Subscribing from another task: the request queue may be full of publishes
-                // made while disconnected, and only this task drains it.
-                let (client, filter) = (client.clone(), filter.clone());
-                tokio::spawn(
-                    async move {
-                        if let Err(e) = client.subscribe(filter, QoS::AtLeastOnce).await {
-                            warn!(error = %e, "could not queue the uplink subscription");
-                        }
-                    }
-                    .in_current_span(),
-                );
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 let granted = ack
@@ -228,11 +279,18 @@ async fn drive(
                     .iter()
                     .all(|code| matches!(code, SubscribeReasonCode::Success(_)));
                 if granted {
+                    refusals.reset();
+                    plan.send_replace(None);
                     state.send_replace(LinkState::Subscribed);
                     info!(%filter, "subscribed to device uplinks");
                 } else {
-                    // Usually an ACL: retrying would not help. Readiness stays false.
-                    error!(%filter, "the broker refused the uplink subscription");
+                    // Often an ACL, fixed by an operator while this keeps asking (without
+                    // hammering the broker). Readiness stays false meanwhile.
+                    let delay = refusals.next_delay();
+                    state.send_replace(LinkState::Connected);
+                    plan.send_replace(Some(Instant::now() + delay));
+                    error!(%filter, retry_in_ms = delay.as_millis() as u64,
+                        "the broker refused the uplink subscription");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -256,6 +314,7 @@ async fn drive(
             Ok(event) => debug!(?event, "mqtt event"),
             Err(e) => {
                 state.send_replace(LinkState::Disconnected);
+                plan.send_replace(None);
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection failed");
                 tokio::select! {
@@ -265,12 +324,59 @@ async fn drive(
             }
         }
     }
+    plan.send_replace(None);
     let connected = *state.borrow() != LinkState::Disconnected;
     if connected {
         leave(&mut eventloop, &client, &filter, &inbound).await;
     }
     state.send_replace(LinkState::Disconnected);
     info!("broker link stopped");
+}
+
+/// The subscription's side of the link: queues a subscription request whenever `plan` says one
+/// is due. A request that cannot be queued is tried again with backoff; what the broker answers
+/// is the event loop's business, which sets the next plan (none when granted, a later one when
+/// refused). Never ends: it is dropped with the connection.
+async fn keep_subscription(
+    client: AsyncClient,
+    filter: String,
+    mut plan: watch::Receiver<Option<Instant>>,
+) {
+    let mut failures = Backoff::default();
+    loop {
+        let due = *plan.borrow_and_update();
+        let request = async {
+            let Some(at) = due else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep_until(at).await;
+            loop {
+                match client.subscribe(filter.as_str(), QoS::AtLeastOnce).await {
+                    Ok(()) => {
+                        failures.reset();
+                        debug!(%filter, "uplink subscription requested");
+                        // The answer arrives as a SubAck, and with it the next plan.
+                        return std::future::pending().await;
+                    }
+                    Err(e) => {
+                        let delay = failures.next_delay();
+                        warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                            "could not queue the uplink subscription");
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            changed = plan.changed() => {
+                if changed.is_err() {
+                    // The connection has ended; so has the need for a subscription.
+                    return std::future::pending().await;
+                }
+            }
+            () = request => {}
+        }
+    }
 }
 
 /// Leaves the broker in order: stop receiving (the group's other replicas take over), keep the
@@ -424,6 +530,29 @@ pub(crate) mod testing {
         }
     }
 
+    /// Joins `group` and checks that it receives every uplink published to the group from now on,
+    /// i.e. no other (half-dead) member is left in the group to take a share of them.
+    pub(crate) async fn assert_only_subscriber_of(group: &str) {
+        let mut member = TestClient::connect(Some(&topic::shared_uplinks(group))).await;
+        let phone = TestClient::connect(None).await;
+        let devices: Vec<ecs_protocol::DeviceId> =
+            (0..6).map(|_| ecs_protocol::DeviceId::random()).collect();
+        for device in &devices {
+            phone
+                .client
+                .publish(topic::uplink(device), QoS::AtLeastOnce, false, vec![1])
+                .await
+                .unwrap();
+        }
+        let mut missing: Vec<String> = devices.iter().map(topic::uplink).collect();
+        while !missing.is_empty() {
+            let Some(m) = member.next_within(Duration::from_secs(2)).await else {
+                panic!("uplinks went to another member of the group: {missing:?}");
+            };
+            missing.retain(|t| *t != m.topic);
+        }
+    }
+
     pub(crate) fn settings(group: &str) -> MqttSettings {
         MqttSettings {
             url: format!("mqtt://{}:{}", TEST_BROKER.0, TEST_BROKER.1)
@@ -479,9 +608,9 @@ mod tests {
         let group = format!("test{}", uuid::Uuid::new_v4().simple());
         let (tx, mut rx) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
-        let link = BrokerLink::start(&settings(&group), tx, shutdown.clone())
-            .await
-            .unwrap();
+        let (link, driver) = BrokerLink::new(&settings(&group), tx, shutdown.clone()).unwrap();
+        assert!(!link.is_connected() && !link.is_subscribed());
+        let driving = tokio::spawn(driver.run());
         link.wait_ready(WAIT).await.unwrap();
         assert!(link.is_connected() && link.is_subscribed());
 
@@ -514,12 +643,11 @@ mod tests {
 
         shutdown.cancel();
         drop(rx);
-        let mut state = link.state.clone();
-        tokio::time::timeout(WAIT, state.wait_for(|s| *s == LinkState::Disconnected))
+        tokio::time::timeout(WAIT, driving)
             .await
             .expect("link did not stop")
             .unwrap();
-        assert!(!link.is_connected());
+        assert!(!link.is_connected() && !link.is_subscribed());
     }
 
     #[tokio::test]
@@ -534,12 +662,126 @@ mod tests {
             .unwrap()
             .port();
         s.url = format!("mqtt://127.0.0.1:{port}").parse().unwrap();
-        let link = BrokerLink::start(&s, tx, shutdown.clone()).await.unwrap();
+        let (link, driver) = BrokerLink::new(&s, tx, shutdown.clone()).unwrap();
+        let driving = tokio::spawn(driver.run());
         assert!(matches!(
             link.wait_ready(Duration::from_millis(500)).await,
             Err(Error::Unavailable(_))
         ));
         assert!(!link.is_connected());
+        assert!(!driving.is_finished(), "the link gave up");
         shutdown.cancel();
+        tokio::time::timeout(WAIT, driving).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_subscription_is_asked_for_again_until_granted() {
+        let broker = FakeBroker::start(2).await;
+        let (tx, _rx) = mpsc::channel(1);
+        let shutdown = CancellationToken::new();
+        let mut s = settings("g");
+        s.url = format!("mqtt://127.0.0.1:{}", broker.port).parse().unwrap();
+        let (link, driver) = BrokerLink::new(&s, tx, shutdown.clone()).unwrap();
+        let driving = tokio::spawn(driver.run());
+
+        // Refused: connected, but not ready.
+        tokio::time::timeout(WAIT, async {
+            while broker.subscriptions() == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the link never subscribed");
+        assert!(link.is_connected());
+        assert!(!link.is_subscribed());
+
+        // Asked again (with backoff) until the third request is granted.
+        link.wait_ready(WAIT).await.unwrap();
+        assert_eq!(broker.subscriptions(), 3);
+        assert!(link.is_subscribed());
+        shutdown.cancel();
+        tokio::time::timeout(WAIT, driving).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_aborted_driver_drops_the_connection_and_its_share_of_uplinks() {
+        let group = format!("test{}", uuid::Uuid::new_v4().simple());
+        let (tx, _rx) = mpsc::channel(16);
+        let (link, driver) =
+            BrokerLink::new(&settings(&group), tx, CancellationToken::new()).unwrap();
+        let driving = tokio::spawn(driver.run());
+        link.wait_ready(WAIT).await.unwrap();
+
+        driving.abort();
+        assert!(driving.await.unwrap_err().is_cancelled());
+        assert!(!link.is_connected() && !link.is_subscribed());
+        assert_only_subscriber_of(&group).await;
+    }
+
+    /// Just enough of an MQTT 3.1.1 broker for one client: accepts the connection, refuses the
+    /// first `refusals` SUBSCRIBEs and grants the rest, answers pings and unsubscribes.
+    struct FakeBroker {
+        port: u16,
+        subscriptions: Arc<std::sync::atomic::AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl FakeBroker {
+        async fn start(refusals: usize) -> FakeBroker {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let subscriptions = Arc::new(AtomicUsize::new(0));
+            let seen = subscriptions.clone();
+            let task = tokio::spawn(async move {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                loop {
+                    let Ok(first) = socket.read_u8().await else {
+                        return;
+                    };
+                    let mut length = 0usize;
+                    for shift in (0..4).map(|i| 7 * i) {
+                        let byte = socket.read_u8().await.unwrap();
+                        length |= usize::from(byte & 0x7f) << shift;
+                        if byte & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    socket.read_exact(&mut body).await.unwrap();
+                    let reply: Vec<u8> = match first >> 4 {
+                        1 => vec![0x20, 2, 0, 0], // CONNECT → CONNACK, accepted
+                        8 => {
+                            // SUBSCRIBE → SUBACK for its packet id
+                            let n = seen.fetch_add(1, Ordering::SeqCst);
+                            let code = if n < refusals { 0x80 } else { 0x01 };
+                            vec![0x90, 3, body[0], body[1], code]
+                        }
+                        10 => vec![0xb0, 2, body[0], body[1]], // UNSUBSCRIBE → UNSUBACK
+                        12 => vec![0xd0, 0],                   // PINGREQ → PINGRESP
+                        14 => return,                          // DISCONNECT
+                        _ => continue,
+                    };
+                    socket.write_all(&reply).await.unwrap();
+                }
+            });
+            FakeBroker {
+                port,
+                subscriptions,
+                task,
+            }
+        }
+
+        fn subscriptions(&self) -> usize {
+            self.subscriptions.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for FakeBroker {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
     }
 }

@@ -11,6 +11,13 @@
 //! not wait for the subscriber), so waiting a full `resend_after` after the phone comes back would
 //! be wasted time. Ingest marks a device's return in `devices.online_since` and wakes the
 //! notifier, which re-publishes at once what it published before that moment.
+//!
+//! The notifier shares the broker link's request queue with ingest's acks, and acks matter more:
+//! a dropped ack costs a device a resend of a whole batch. So the notifier publishes at most
+//! [`PUBLISHES_PER_TICK`] notifications per [`TICK`] (wakes included), and only into free room
+//! of the queue (it never waits for room). A backlog — thousands of notifications for phones that
+//! are offline — drains at that rate instead of flooding the queue; at-least-once is unaffected,
+//! since whatever is not published now is published at a later pass.
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,13 +32,14 @@ use uuid::Uuid;
 
 use crate::{Error, error::Result};
 
-/// Most notifications claimed by one pass. A full pass is followed by another at once.
-pub const PASS_LIMIT: i64 = 500;
+/// Most notifications published (claimed, to be exact) per [`TICK`], by all passes of the tick
+/// together, woken or not. Tune it against the broker link's request queue (1,024 requests):
+/// at 200 a second, notifications alone can never fill it within a tick while the link is up, so
+/// acks always find room; a backlog of 10,000 drains in under a minute.
+pub const PUBLISHES_PER_TICK: usize = 200;
 /// Passes run at least this often, woken or not: the database is the truth, a wake only hurries.
-const TICK: Duration = Duration::from_secs(1);
-/// How long a publish may wait for room in the MQTT client's request queue before the pass gives
-/// up (the rest are retried after `resend_after`).
-const PUBLISH_QUEUE_WAIT: Duration = Duration::from_secs(5);
+/// The publishing budget is renewed at each tick.
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// Creates one notification per non-revoked device of the person, in the caller's transaction.
 ///
@@ -77,6 +85,7 @@ pub struct Notifier {
     client: AsyncClient,
     resend_after: Duration,
     wake: Arc<Notify>,
+    per_tick: usize,
 }
 
 /// One notification claimed for publishing.
@@ -95,6 +104,17 @@ struct Pass {
     published: usize,
 }
 
+/// Why a pass ended early: the rows it claimed but did not publish are due again after
+/// `resend_after` (they count as published once).
+#[derive(Debug)]
+enum PassError {
+    /// The database failed: nothing of the pass happened.
+    Database(Error),
+    /// The broker link's request queue is full (or the link is gone): the pass stopped publishing
+    /// to leave the room to acks.
+    QueueFull { claimed: usize, published: usize },
+}
+
 impl Notifier {
     pub fn new(pool: PgPool, client: AsyncClient, resend_after: Duration) -> Self {
         Self {
@@ -102,7 +122,14 @@ impl Notifier {
             client,
             resend_after,
             wake: Arc::new(Notify::new()),
+            per_tick: PUBLISHES_PER_TICK,
         }
+    }
+
+    /// Publishes at most `n` notifications per tick instead of [`PUBLISHES_PER_TICK`].
+    pub fn with_publishes_per_tick(mut self, n: usize) -> Self {
+        self.per_tick = n.max(1);
+        self
     }
 
     /// A handle that wakes the notifier for an immediate pass (`notify_one`). Cheap to clone; a
@@ -111,47 +138,60 @@ impl Notifier {
         self.wake.clone()
     }
 
-    /// Asks for an immediate pass.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Runs passes on every wake and at least every second until `shutdown`. A failing pass
-    /// (Postgres or the broker down) is logged and retried at the next tick.
+    /// Runs a pass at every tick and on every wake until `shutdown`, within a budget of
+    /// [`PUBLISHES_PER_TICK`] per tick: a wake once the tick's budget is spent is served at the
+    /// next tick (whose pass finds what the wake was for). A failing pass (Postgres down, the
+    /// request queue full) is logged and ends the tick's publishing.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         info!(
             resend_after_ms = self.resend_after.as_millis() as u64,
+            per_tick = self.per_tick,
             "notifier started"
         );
+        let mut budget = 0;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = tick.tick() => budget = self.per_tick,
                 _ = self.wake.notified() => {}
-                _ = tick.tick() => {}
             }
-            loop {
-                match self.pass().await {
-                    Ok(pass) if pass.claimed as i64 >= PASS_LIMIT && !shutdown.is_cancelled() => {}
-                    Ok(_) => break,
-                    Err(e) => {
-                        warn!(error = %e, "notification pass failed; retrying");
-                        break;
-                    }
+            if budget == 0 {
+                continue;
+            }
+            match self.pass(budget).await {
+                Ok(pass) => budget -= pass.claimed.min(budget),
+                Err(PassError::QueueFull { claimed, published }) => {
+                    budget = 0;
+                    warn!(
+                        claimed,
+                        published,
+                        "MQTT request queue full; the rest of the pass waits for its resend"
+                    );
+                }
+                Err(PassError::Database(e)) => {
+                    budget = 0;
+                    warn!(error = %e, "notification pass failed; retrying at the next tick");
                 }
             }
         }
         info!("notifier stopped");
     }
 
-    /// One pass: publishes every notification that is due, returns how many it published.
+    /// One pass of at most [`PUBLISHES_PER_TICK`] (or the configured number): publishes the
+    /// notifications that are due, returns how many it published.
     pub async fn deliver_pending(&self) -> Result<usize> {
-        Ok(self.pass().await?.published)
+        match self.pass(self.per_tick).await {
+            Ok(pass) => Ok(pass.published),
+            Err(PassError::Database(e)) => Err(e),
+            Err(PassError::QueueFull { .. }) => Err(Error::Unavailable("broker")),
+        }
     }
 
-    async fn pass(&self) -> Result<Pass> {
+    /// Claims at most `limit` due notifications and publishes them.
+    async fn pass(&self, limit: usize) -> Result<Pass, PassError> {
         // Due: never published; or published longer than `resend_after` ago; or published before
         // the device came back online (that publish went nowhere).
         let claimed: Vec<Claimed> = sqlx::query_as(
@@ -174,18 +214,31 @@ impl Notifier {
              RETURNING n.notification_id, n.device_id, n.body, n.created_at, n.publish_attempts",
         )
         .bind(self.resend_after.as_secs_f64())
-        .bind(PASS_LIMIT)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| PassError::Database(e.into()))?;
         let mut published = 0;
+        let mut queue_full = false;
         for notification in &claimed {
-            if self.publish(notification).await? {
-                published += 1;
+            match self.publish(notification) {
+                Ok(true) => published += 1,
+                Ok(false) => {}
+                Err(()) => {
+                    queue_full = true;
+                    break;
+                }
             }
         }
         if published > 0 {
             metrics::counter!("ecs_notifications_published_total").increment(published as u64);
             debug!(published, "notifications published");
+        }
+        if queue_full {
+            return Err(PassError::QueueFull {
+                claimed: claimed.len(),
+                published,
+            });
         }
         Ok(Pass {
             claimed: claimed.len(),
@@ -193,10 +246,10 @@ impl Notifier {
         })
     }
 
-    /// Publishes one claimed notification. `Ok(false)` for a row that can never be published (it
-    /// is logged and left to an operator); `Err` when the broker link is unusable, which ends the
-    /// pass.
-    async fn publish(&self, claimed: &Claimed) -> Result<bool> {
+    /// Queues one claimed notification for publishing, without waiting for room. `Ok(false)` for
+    /// a row that can never be published (it is logged and left to an operator); `Err` when the
+    /// request queue is full or the link is gone, which ends the pass.
+    fn publish(&self, claimed: &Claimed) -> Result<bool, ()> {
         let id = claimed.notification_id;
         let device = match DeviceId::parse(claimed.device_id.as_str()) {
             Ok(device) => device,
@@ -217,15 +270,20 @@ impl Notifier {
             created_at_ms: claimed.created_at.timestamp_millis(),
             kind,
         });
-        let payload = encode_downlink(&message)
-            .map_err(|e| Error::Internal(format!("cannot encode a notification: {e}")))?;
-        tokio::time::timeout(
-            PUBLISH_QUEUE_WAIT,
+        let payload = match encode_downlink(&message) {
+            Ok(payload) => payload,
+            Err(e) => {
+                error!(notification_id = %id, error = %e, "cannot encode a notification");
+                return Ok(false);
+            }
+        };
+        if let Err(e) =
             self.client
-                .publish(topic::downlink(&device), QoS::AtLeastOnce, false, payload),
-        )
-        .await
-        .map_err(|_| Error::Unavailable("broker"))??;
+                .try_publish(topic::downlink(&device), QoS::AtLeastOnce, false, payload)
+        {
+            debug!(notification_id = %id, error = %e, "notification not queued");
+            return Err(());
+        }
         let attempts = claimed.publish_attempts;
         if attempts >= 10 && is_power_of_ten(attempts) {
             warn!(notification_id = %id, device_id = %device, attempts, "notification still undelivered");
@@ -466,6 +524,75 @@ mod tests {
             .await
             .expect("notifier did not stop")
             .unwrap();
+    }
+
+    async fn published_so_far(pool: &PgPool) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE last_published_at IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_backlog_drains_at_the_budget_per_tick_however_often_woken(pool: PgPool) {
+        // One offer (a person has one open offer at most), one notification per device.
+        let (user_id, _device) = user_with_device(&pool).await;
+        for _ in 1..7 {
+            add_device(&pool, user_id).await;
+        }
+        notify_offer(&pool, user_id).await;
+        let cloud = TestClient::connect(None).await;
+        let notifier = Notifier::new(
+            pool.clone(),
+            cloud.client.clone(),
+            Duration::from_secs(3600),
+        )
+        .with_publishes_per_tick(3);
+        let wake = notifier.wake_handle();
+        let shutdown = CancellationToken::new();
+        let started = tokio::time::Instant::now();
+        let running = tokio::spawn(notifier.run(shutdown.clone()));
+        let wake_often = async {
+            loop {
+                wake.notify_one();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let at = |ms: u64| tokio::time::sleep_until(started + Duration::from_millis(ms));
+        // Ticks at 0 s, 1 s, 2 s: 3, then 3 more, then the last one.
+        let counts = tokio::select! {
+            () = wake_often => unreachable!(),
+            counts = async {
+                let mut counts = Vec::new();
+                for ms in [500, 1_500, 2_500] {
+                    at(ms).await;
+                    counts.push(published_so_far(&pool).await);
+                }
+                counts
+            } => counts,
+        };
+        assert_eq!(counts, vec![3, 6, 7]);
+        shutdown.cancel();
+        tokio::time::timeout(WAIT, running).await.unwrap().unwrap();
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_full_request_queue_ends_the_pass_without_waiting(pool: PgPool) {
+        let (user_id, _device) = user_with_device(&pool).await;
+        for _ in 1..3 {
+            add_device(&pool, user_id).await;
+        }
+        notify_offer(&pool, user_id).await;
+        // Room for one request, and nobody draining it.
+        let options = rumqttc::MqttOptions::new("never-connected", "127.0.0.1", 1);
+        let (client, _eventloop) = AsyncClient::new(options, 1);
+        let notifier = Notifier::new(pool.clone(), client, Duration::from_secs(3600));
+        let pass = tokio::time::timeout(Duration::from_secs(1), notifier.deliver_pending())
+            .await
+            .expect("the pass waited for room");
+        assert!(matches!(pass, Err(Error::Unavailable(_))), "{pass:?}");
+        // All three were claimed (and are due again after the resend interval); one is queued.
+        assert_eq!(published_so_far(&pool).await, 3);
     }
 
     #[test]

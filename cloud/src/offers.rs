@@ -317,10 +317,11 @@ pub struct OfferWorker {
 impl OfferWorker {
     pub async fn run(self, shutdown: CancellationToken) {
         let wake = Arc::new(Notify::new());
-        let listener = tokio::spawn(
+        // Owned by the worker: aborted with it, whether it ends or is aborted itself.
+        let _listener = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
             listen(self.pool.clone(), wake.clone(), shutdown.clone())
                 .instrument(info_span!("outbox_listener")),
-        );
+        ));
         loop {
             loop {
                 match self.process_next().await {
@@ -338,7 +339,6 @@ impl OfferWorker {
                 _ = tokio::time::sleep(self.poll_interval) => {}
             }
         }
-        listener.abort();
         info!("offer worker stopped");
     }
 

@@ -195,13 +195,14 @@ impl Stack {
         }
     }
 
-    /// Stops the cloud, waits `downtime` with no cloud at all, and starts a new replica on the
-    /// same database and broker (on a new HTTP port): a crash and a restart, as the phones see it.
-    /// Whatever they publish meanwhile reaches no subscriber and is dropped by the broker; only
-    /// their resends can bring it in.
-    pub async fn restart_cloud(&mut self, downtime: Duration) -> anyhow::Result<()> {
+    /// Kills the cloud (every task aborted at once, as in a crash: batches may be committed but
+    /// not acked, or still queued), waits `downtime` with no cloud at all, and starts a new
+    /// replica on the same database and broker (on a new HTTP port). Whatever the phones publish
+    /// meanwhile reaches no subscriber and is dropped by the broker; only their resends can bring
+    /// it in.
+    pub async fn crash_and_restart_cloud(&mut self, downtime: Duration) -> anyhow::Result<()> {
         if let Some(old) = self.cloud.take() {
-            old.stop().await;
+            old.kill().await;
         }
         tokio::time::sleep(downtime).await;
         let mut settings = self.cloud_settings.clone();

@@ -55,7 +55,7 @@ async fn no_reading_is_lost_or_doubled_when_the_cloud_crashes_mid_stream() {
     // The phones keep sampling and publishing while no cloud is subscribed: the broker drops
     // those batches, and only the phones' resends can bring them in.
     stack
-        .restart_cloud(Duration::from_secs(2))
+        .crash_and_restart_cloud(Duration::from_secs(2))
         .await
         .expect("cloud restarts");
     stack

@@ -82,7 +82,14 @@ impl Ingest {
             Ok(outcome) => outcome,
             Err(e) => {
                 metrics::counter!("ecs_ingest_errors_total").increment(1);
-                warn!(error = %e, topic = %message.topic, "uplink not processed; its device will resend it");
+                // Outside `handle`'s span: name the device here (absent for a foreign topic).
+                let device = topic::device_of_uplink(&message.topic);
+                warn!(
+                    error = %e,
+                    device_id = device.as_ref().map(DeviceId::as_str),
+                    topic = %message.topic,
+                    "uplink not processed; its device will resend it"
+                );
                 return;
             }
         };
@@ -186,9 +193,8 @@ mod tests {
         let (tx, rx) = mpsc::channel(16);
         let shutdown = CancellationToken::new();
         let group = format!("test{}", Uuid::new_v4().simple());
-        let link = BrokerLink::start(&settings(&group), tx, shutdown.clone())
-            .await
-            .unwrap();
+        let (link, driver) = BrokerLink::new(&settings(&group), tx, shutdown.clone()).unwrap();
+        let link_task = tokio::spawn(driver.run());
         link.wait_ready(WAIT).await.unwrap();
         let runner =
             tokio::spawn(Ingest::new(pool.clone()).run(link.client(), rx, 4, shutdown.clone()));
@@ -212,31 +218,66 @@ mod tests {
         let ack = next_ack(phone.next_within(WAIT).await);
         assert_eq!((ack.first_seq, ack.up_to_seq), (10, 14));
 
-        // Shut down with batches in flight: the runner stops, and every ack it still sent names
-        // readings that are committed.
-        for i in 0..20u64 {
-            send(encode(batch(&device, 100 + i * 10, 10)))
-                .await
-                .unwrap();
+        // Shut down with batches in flight, once at least one of them is committed.
+        const BATCHES: u64 = 20;
+        let first = |i: u64| 100 + i * 10;
+        for i in 0..BATCHES {
+            send(encode(batch(&device, first(i), 10))).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let stored_from_100 = || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM emotion_readings WHERE device_id = $1 AND seq >= 100",
+            )
+            .bind(device.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            n
+        };
+        tokio::time::timeout(WAIT, async {
+            while stored_from_100().await == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("no batch of the burst was committed");
         shutdown.cancel();
         tokio::time::timeout(WAIT, runner)
             .await
             .expect("the runner did not stop")
             .unwrap();
-        while let Some(message) = phone.next_within(Duration::from_millis(500)).await {
-            let ack = next_ack(Some(message));
+        // The link leaves only after the runner's last acks are out.
+        tokio::time::timeout(WAIT, link_task)
+            .await
+            .expect("the link did not stop")
+            .unwrap();
+
+        // Each batch is all or nothing; what was committed is exactly what was acked: the batches
+        // in flight were finished and acked, the ones still queued were neither.
+        let mut committed = Vec::new();
+        for i in 0..BATCHES {
             let stored: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM emotion_readings WHERE device_id = $1 AND seq BETWEEN $2 AND $3",
             )
             .bind(device.as_str())
-            .bind(ack.first_seq as i64)
-            .bind(ack.up_to_seq as i64)
+            .bind(first(i) as i64)
+            .bind(first(i) as i64 + 9)
             .fetch_one(&pool)
             .await
             .unwrap();
-            assert_eq!(stored as u64, ack.up_to_seq - ack.first_seq + 1);
+            match stored {
+                0 => {}
+                10 => committed.push((first(i), first(i) + 9)),
+                partial => panic!("batch {i} is partly stored: {partial} of 10 readings"),
+            }
         }
+        let mut acked = Vec::new();
+        while let Some(message) = phone.next_within(Duration::from_millis(500)).await {
+            let ack = next_ack(Some(message));
+            acked.push((ack.first_seq, ack.up_to_seq));
+        }
+        acked.sort_unstable();
+        assert!(!committed.is_empty());
+        assert_eq!(acked, committed);
     }
 }

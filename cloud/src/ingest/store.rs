@@ -1,5 +1,7 @@
 //! The batch's one transaction: readings, features and the device's liveness, committed together.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use ecs_protocol::{DeviceId, Reading, ReadingBatch};
 use sqlx::{PgConnection, PgPool};
@@ -20,8 +22,23 @@ pub(super) async fn store_batch(
     user_id: Uuid,
     batch: &ReadingBatch,
     taken_at: &[DateTime<Utc>],
-) -> Result<StoredBatch> {
+) -> Result<StoreOutcome> {
     let mut tx = pool.begin().await?;
+    // Consent is re-read under the person's row lock, which a withdrawal (an UPDATE of that row)
+    // also takes: a batch either commits before the withdrawal (whose transaction then removes
+    // the derived profile) or sees it and stores nothing. Locking the person first is also the
+    // order assessments, offer applications and erasure use.
+    let consent: Option<bool> = sqlx::query_scalar(
+        "SELECT emotional_data_consent FROM users WHERE user_id = $1 FOR NO KEY UPDATE",
+    )
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match consent {
+        Some(true) => {}
+        Some(false) => return Ok(StoreOutcome::WithoutConsent),
+        None => return Ok(StoreOutcome::RegistrationGone),
+    }
     let inserted = insert_readings(&mut tx, device, user_id, batch, taken_at).await?;
     if !inserted.is_empty() {
         let mut is_new = vec![false; batch.readings.len()];
@@ -48,10 +65,19 @@ pub(super) async fn store_batch(
     }
     let seen = mark_seen(&mut tx, device).await?;
     tx.commit().await?;
-    Ok(StoredBatch {
+    Ok(StoreOutcome::Stored(StoredBatch {
         inserted: inserted.len(),
         came_back_with_mail: seen.is_some_and(|s| s.came_online && s.has_undelivered),
-    })
+    }))
+}
+
+/// What [`store_batch`] found once it held the person's row.
+pub(super) enum StoreOutcome {
+    Stored(StoredBatch),
+    /// Consent was withdrawn after the registration check: nothing was stored.
+    WithoutConsent,
+    /// The person was erased after the registration check: nothing was stored.
+    RegistrationGone,
 }
 
 /// What the batch's transaction did.
@@ -62,14 +88,30 @@ pub(super) struct StoredBatch {
     pub(super) came_back_with_mail: bool,
 }
 
-/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): the database
-/// refuses this content and will refuse it again on every resend, so retrying is pointless.
+/// SQLSTATE 23503 (foreign key violation): the device or its person is gone — erased between the
+/// registration check and this transaction. Every row a batch writes (readings, features)
+/// references them, so no other foreign key can fail.
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// The batch's transaction failed because the device or its person no longer exists: the batch
+/// is not accepted (nothing kept, no ack), exactly as if the device had never been registered.
+pub(super) fn registration_gone(e: &sqlx::Error) -> bool {
+    sqlstate(e).as_deref() == Some(FOREIGN_KEY_VIOLATION)
+}
+
+/// SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation) other than
+/// [`registration_gone`]: the database refuses this content and will refuse it again on every
+/// resend, so retrying is pointless.
 pub(super) fn refused_by_database(e: &sqlx::Error) -> bool {
+    sqlstate(e).is_some_and(|code| {
+        (code.starts_with("22") || code.starts_with("23")) && code != FOREIGN_KEY_VIOLATION
+    })
+}
+
+fn sqlstate(e: &sqlx::Error) -> Option<Cow<'_, str>> {
     match e {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        _ => false,
+        sqlx::Error::Database(db) => db.code(),
+        _ => None,
     }
 }
 

@@ -340,12 +340,7 @@ async fn erase_user(
     let mut tx = state.pool.begin().await?;
     // Lock order, as everywhere: the person, then their devices. Holding the devices keeps ingest
     // from writing a dead letter for them between the two deletes below.
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    exists.ok_or(Error::NotFound("user"))?;
+    crate::people::lock(&mut tx, user_id).await?;
     sqlx::query("SELECT 1 FROM devices WHERE user_id = $1 FOR UPDATE")
         .bind(user_id)
         .execute(&mut *tx)
@@ -469,12 +464,7 @@ async fn rotate_token(
 ) -> Result<(StatusCode, Json<TokenIssued>)> {
     principal.ensure_can_access(user_id)?;
     let mut tx = state.pool.begin().await?;
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
-            .bind(user_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    exists.ok_or(Error::NotFound("user"))?;
+    crate::people::lock(&mut tx, user_id).await?;
     sqlx::query(
         "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
     )

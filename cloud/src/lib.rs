@@ -18,6 +18,7 @@ pub mod model;
 pub mod mqtt;
 pub mod notify;
 pub mod offers;
+pub mod people;
 pub mod policy;
 
 pub use error::Error;

@@ -128,12 +128,7 @@ impl Assessor {
         let mut tx = self.pool.begin().await?;
         // One assessment of a person at a time, and the newest decision is the only open one:
         // the open offer it replaces is superseded (or recorded as expired).
-        let exists: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        exists.ok_or(Error::NotFound("user"))?;
+        crate::people::lock(&mut tx, user_id).await?;
         sqlx::query(
             "UPDATE credit_offers
              SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'superseded' END

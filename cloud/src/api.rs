@@ -88,6 +88,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user_id}/credit-limit", get(get_credit_limit))
         .route("/v1/credit-offers/{offer_id}", get(get_offer))
         .route("/v1/credit-offers/{offer_id}/accept", post(accept_offer))
+        // Only matched routes: the label is the route template, so its cardinality is bounded.
+        .route_layer(axum::middleware::from_fn(record_http_metrics))
         .fallback(not_found)
         .with_state(state)
         .layer(TimeoutLayer::with_status_code(
@@ -121,6 +123,26 @@ pub fn router(state: AppState) -> Router {
                 }),
         )
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Counts requests and their latency per route template, method and status.
+async fn record_http_metrics(
+    path: axum::extract::MatchedPath,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let labels = [
+        ("route", path.as_str().to_owned()),
+        ("method", method),
+        ("status", response.status().as_u16().to_string()),
+    ];
+    metrics::counter!("ecs_http_requests_total", &labels).increment(1);
+    metrics::histogram!("ecs_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 /// `Json` whose rejections speak our error format.

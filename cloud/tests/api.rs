@@ -180,9 +180,12 @@ async fn liveness_readiness_metrics_and_openapi(pool: PgPool) {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.body["broker"], false);
     assert_eq!(r.body["postgres"], true);
-    assert_eq!(
-        call(&up, Method::GET, "/metrics", None, None).await.status,
-        StatusCode::OK
+    let r = call(&up, Method::GET, "/metrics", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.body.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains("ecs_http_requests_total") && text.contains("route=\"/readyz\""),
+        "{text}"
     );
     let r = call(&up, Method::GET, "/openapi.json", None, None).await;
     assert_eq!(r.status, StatusCode::OK);

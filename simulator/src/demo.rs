@@ -180,16 +180,20 @@ async fn story(
         let offer = p.api.request_offer(p.user_id).await?;
         report.offers_created += 1;
         let risk = offer.risk.as_ref().map(describe_risk).unwrap_or_default();
+        let reasons = if offer.reason_codes.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", offer.reason_codes.join(", "))
+        };
         if offer.approved {
             report.offers_approved += 1;
             say(format!(
-                "{}: {risk} → approved, R$ {:.2} {} at {:.2}% a year for {} months [{}]",
+                "{}: {risk} → approved, R$ {:.2} {} at {:.2}% a year for {} months{reasons}",
                 p.name,
                 offer.credit_limit_cents as f64 / 100.0,
                 offer.credit_type.replace('_', "-"),
                 f64::from(offer.interest_rate_bps) / 100.0,
                 offer.term_months,
-                offer.reason_codes.join(", ")
             ));
             let accepted_offer = p.api.accept_offer(offer.offer_id).await?;
             report.offers_accepted += 1;
@@ -199,11 +203,7 @@ async fn story(
                 p.name, accepted_offer.status
             ));
         } else {
-            say(format!(
-                "{}: {risk} → declined [{}]",
-                p.name,
-                offer.reason_codes.join(", ")
-            ));
+            say(format!("{}: {risk} → declined{reasons}", p.name));
         }
         p.offer = Some(offer);
     }

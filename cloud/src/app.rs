@@ -292,6 +292,17 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
             .instrument(info_span!("offer_worker")),
     );
 
+    let retention = crate::retention::Retention {
+        readings_days: settings.reading_retention_days,
+        dead_letters_days: settings.dead_letter_retention_days,
+    };
+    components.spawn(
+        "retention",
+        retention
+            .run(pool.clone(), shutdown.clone())
+            .instrument(info_span!("retention")),
+    );
+
     let assessor = Arc::new(Assessor {
         pool: pool.clone(),
         model,

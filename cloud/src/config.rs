@@ -362,6 +362,14 @@ pub struct Settings {
     #[arg(long, env = "ECS_OFFER_TTL_HOURS", default_value_t = 72,
           value_parser = clap::value_parser!(u32).range(1..=8_760))]
     pub offer_ttl_hours: u32,
+    /// Days raw emotional readings are kept (the per-person features stay).
+    #[arg(long, env = "ECS_READING_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u32).range(1..=3_650))]
+    pub reading_retention_days: u32,
+    /// Days dead letters (undecodable or invalid uplinks) are kept.
+    #[arg(long, env = "ECS_DEAD_LETTER_RETENTION_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3_650))]
+    pub dead_letter_retention_days: u32,
 }
 
 const REDACTED: &str = "[redacted]";
@@ -380,6 +388,11 @@ impl std::fmt::Debug for Settings {
             .field("worker_poll_ms", &self.worker_poll_ms)
             .field("notify_resend_ms", &self.notify_resend_ms)
             .field("offer_ttl_hours", &self.offer_ttl_hours)
+            .field("reading_retention_days", &self.reading_retention_days)
+            .field(
+                "dead_letter_retention_days",
+                &self.dead_letter_retention_days,
+            )
             .finish()
     }
 }

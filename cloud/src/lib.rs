@@ -20,6 +20,7 @@ pub mod notify;
 pub mod offers;
 pub mod people;
 pub mod policy;
+pub mod retention;
 
 pub use error::Error;
 

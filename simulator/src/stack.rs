@@ -127,6 +127,8 @@ impl Stack {
             worker_poll_ms: 500,
             notify_resend_ms: 2_000,
             offer_ttl_hours: 72,
+            reading_retention_days: 90,
+            dead_letter_retention_days: 30,
         };
         let cloud = app::spawn(settings.clone())
             .await

@@ -1,0 +1,160 @@
+//! Retention: raw emotional readings and dead letters are kept for a window, then deleted.
+//!
+//! Raw readings are sensitive personal data (LGPD Art. 11) needed only until they are folded into
+//! the person's features and available for a while for support and audit; the features
+//! themselves (one row a person) stay. Deletion runs in bounded chunks so that it never holds
+//! long locks or bloats one transaction, and several replicas can run it at once harmlessly.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::Result;
+
+/// Rows deleted per statement.
+const CHUNK: i64 = 10_000;
+/// How often a pass runs.
+pub const INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What to keep, in days.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub readings_days: u32,
+    pub dead_letters_days: u32,
+}
+
+/// Rows one pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub readings: u64,
+    pub dead_letters: u64,
+}
+
+impl Retention {
+    /// Deletes everything past the windows, chunk by chunk.
+    pub async fn purge(&self, pool: &PgPool) -> Result<Purged> {
+        let mut purged = Purged::default();
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM emotion_readings WHERE (device_id, seq) IN (
+                     SELECT device_id, seq FROM emotion_readings
+                     WHERE recorded_at < now() - make_interval(days => $1)
+                     LIMIT $2)",
+            )
+            .bind(i32::try_from(self.readings_days).unwrap_or(i32::MAX))
+            .bind(CHUNK)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            purged.readings += n;
+            if n < CHUNK as u64 {
+                break;
+            }
+        }
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM dead_letters WHERE dead_letter_id IN (
+                     SELECT dead_letter_id FROM dead_letters
+                     WHERE received_at < now() - make_interval(days => $1)
+                     LIMIT $2)",
+            )
+            .bind(i32::try_from(self.dead_letters_days).unwrap_or(i32::MAX))
+            .bind(CHUNK)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            purged.dead_letters += n;
+            if n < CHUNK as u64 {
+                break;
+            }
+        }
+        metrics::counter!("ecs_retention_readings_deleted_total").increment(purged.readings);
+        metrics::counter!("ecs_retention_dead_letters_deleted_total")
+            .increment(purged.dead_letters);
+        Ok(purged)
+    }
+
+    /// Purges at start and then every [`INTERVAL`] until `shutdown`. A failed pass (Postgres
+    /// down) is logged and retried at the next interval.
+    pub async fn run(self, pool: PgPool, shutdown: CancellationToken) {
+        let mut ticker = tokio::time::interval(INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            match self.purge(&pool).await {
+                Ok(p) if p != Purged::default() => {
+                    info!(
+                        readings = p.readings,
+                        dead_letters = p.dead_letters,
+                        "retention purge"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "retention purge failed; retrying next interval"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn old_readings_and_dead_letters_go_recent_ones_stay(pool: PgPool) {
+        let user = uuid::Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO users (user_id, display_name, emotional_data_consent, consent_recorded_at)
+             VALUES ($1, 'Ana', true, now())",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO devices (device_id, user_id) VALUES ('phone1', $1)")
+            .bind(user)
+            .execute(&pool)
+            .await
+            .unwrap();
+        // Readings 0..100 days old, one a day; dead letters likewise.
+        sqlx::query(
+            "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, joy, trust, fear,
+                 surprise, sadness, disgust, anger, anticipation, valence, arousal, dominance,
+                 stress, focus)
+             SELECT 'phone1', d, $1, now() - make_interval(days => d), 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 0, 0, 0
+             FROM generate_series(0, 99) AS d",
+        )
+        .bind(user)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO dead_letters (received_at, topic, reason, payload)
+             SELECT now() - make_interval(days => d), 't', 'r', '\\x00'
+             FROM generate_series(0, 99) AS d",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        let retention = Retention {
+            readings_days: 90,
+            dead_letters_days: 30,
+        };
+        let purged = retention.purge(&pool).await.unwrap();
+        // Ages 91..=99 (and the one exactly at the boundary, a hair older than 90 days).
+        assert_eq!(purged.readings, 10);
+        assert_eq!(purged.dead_letters, 70);
+        let oldest: i64 = sqlx::query_scalar("SELECT max(seq) FROM emotion_readings")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(oldest, 89);
+        assert_eq!(retention.purge(&pool).await.unwrap(), Purged::default());
+    }
+}

@@ -533,7 +533,8 @@ async fn revoke_device(
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDevice {
-    /// 1–32 ASCII letters or digits; generated when absent.
+    /// 1–32 ASCII letters or digits; generated when absent. Only the admin/service token may
+    /// choose it (a person's token gets a random id).
     pub device_id: Option<String>,
 }
 
@@ -561,6 +562,12 @@ async fn register_device(
 ) -> Result<(StatusCode, Json<DeviceRegistered>)> {
     principal.ensure_can_access(user_id)?;
     let device_id = match body.device_id {
+        // Choosing an id is for the provisioning service (it issues the certificate with that
+        // id): a person's token gets a random id, so nobody can claim an id meant for a phone
+        // that is still being provisioned.
+        Some(_) if principal != Principal::Admin => {
+            return Err(Error::Forbidden);
+        }
         Some(raw) => DeviceId::parse(raw).map_err(|e| Error::InvalidInput(e.to_string()))?,
         None => DeviceId::random(),
     };

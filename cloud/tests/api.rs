@@ -343,7 +343,7 @@ type Case<'a> = (
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
 async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
     let app = app(&pool, Arc::new(FixedModel(0.05)), true);
-    let (user, token) = person(&app).await;
+    let (user, _) = person(&app).await;
     let cases: Vec<Case> = vec![
         (
             Method::POST,
@@ -442,7 +442,7 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
         (
             Method::POST,
             format!("/v1/users/{user}/devices"),
-            Some(&token),
+            Some(ADMIN),
             Some(r#"{"device_id":"has-dash"}"#),
             StatusCode::UNPROCESSABLE_ENTITY,
             "letters and digits",
@@ -1171,6 +1171,19 @@ async fn a_phone_can_be_revoked_by_its_owner_only(pool: PgPool) {
         Method::POST,
         &format!("/v1/users/{ana}/devices"),
         Some(&ana_token),
+        Some(r#"{"device_id":"anaphone"}"#),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a person cannot choose a device id"
+    );
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{ana}/devices"),
+        Some(ADMIN),
         Some(r#"{"device_id":"anaphone"}"#),
     )
     .await;

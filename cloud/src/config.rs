@@ -139,7 +139,8 @@ pub struct ModelSettings {
     /// http:// (the service belongs on a private network).
     #[arg(
         id = "model_url",
-        value_name = "URL",        long = "model-url",
+        value_name = "URL",
+        long = "model-url",
         env = "ECS_MODEL_URL",
         default_value = ModelSettings::DEFAULT_URL,
         value_parser = parse_model_url
@@ -148,7 +149,8 @@ pub struct ModelSettings {
     /// Longest wait for one call to the model service, in milliseconds.
     #[arg(
         id = "model_timeout_ms",
-        value_name = "MS",        long = "model-timeout-ms",
+        value_name = "MS",
+        long = "model-timeout-ms",
         env = "ECS_MODEL_TIMEOUT_MS",
         default_value_t = ModelSettings::DEFAULT_TIMEOUT_MS,
         value_parser = clap::value_parser!(u64).range(1..)
@@ -157,7 +159,8 @@ pub struct ModelSettings {
     /// Retries of a call that failed without an answer (connect error, 502/503/504, timeout).
     #[arg(
         id = "model_retries",
-        value_name = "N",        long = "model-retries",
+        value_name = "N",
+        long = "model-retries",
         env = "ECS_MODEL_RETRIES",
         default_value_t = ModelSettings::DEFAULT_RETRIES,
         value_parser = clap::value_parser!(u32).range(0..=5)
@@ -166,7 +169,8 @@ pub struct ModelSettings {
     /// Longest wait for a score, all attempts and backoff together, in milliseconds.
     #[arg(
         id = "model_deadline_ms",
-        value_name = "MS",        long = "model-deadline-ms",
+        value_name = "MS",
+        long = "model-deadline-ms",
         env = "ECS_MODEL_DEADLINE_MS",
         default_value_t = ModelSettings::DEFAULT_DEADLINE_MS,
         value_parser = clap::value_parser!(u64).range(1..)
@@ -175,7 +179,8 @@ pub struct ModelSettings {
     /// Consecutive failed calls after which the circuit breaker opens (calls then fail fast).
     #[arg(
         id = "model_breaker_failures",
-        value_name = "N",        long = "model-breaker-failures",
+        value_name = "N",
+        long = "model-breaker-failures",
         env = "ECS_MODEL_BREAKER_FAILURES",
         default_value_t = ModelSettings::DEFAULT_BREAKER_FAILURES,
         value_parser = clap::value_parser!(u32).range(1..)
@@ -184,7 +189,8 @@ pub struct ModelSettings {
     /// How long an open circuit breaker waits before one trial call, in milliseconds.
     #[arg(
         id = "model_breaker_open_ms",
-        value_name = "MS",        long = "model-breaker-open-ms",
+        value_name = "MS",
+        long = "model-breaker-open-ms",
         env = "ECS_MODEL_BREAKER_OPEN_MS",
         default_value_t = ModelSettings::DEFAULT_BREAKER_OPEN_MS
     )]
@@ -286,7 +292,8 @@ pub struct ModelServerSettings {
     /// Fault injection: share of scoring requests answered 503, 0.0-1.0.
     #[arg(
         id = "model_fail_rate",
-        value_name = "RATE",        long = "model-fail-rate",
+        value_name = "RATE",
+        long = "model-fail-rate",
         env = "ECS_MODEL_FAIL_RATE",
         default_value_t = 0.0,
         value_parser = parse_rate

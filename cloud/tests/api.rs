@@ -10,19 +10,17 @@ use axum::{
     http::{Method, Request, StatusCode, header},
 };
 use ecs_cloud::{
-    api::{self, AppState},
-    app::metrics_handle,
-    auth::Authenticator,
     model::{FeatureVector, ModelError, RiskModel, RiskScore, ScoreFuture},
-    offers::{Assessor, ExecutionOutcome, OfferWorker},
-    policy::CreditPolicy,
+    offers::{ExecutionOutcome, OfferWorker},
 };
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
-const ADMIN: &str = "test-admin-token-0123456789";
+mod common;
+
+use common::{ADMIN, app};
 
 /// Always answers the same probability of default.
 struct FixedModel(f64);
@@ -60,21 +58,6 @@ impl RiskModel for DownModel {
             "connection refused".into(),
         ))))
     }
-}
-
-fn app(pool: &PgPool, model: Arc<dyn RiskModel>, broker_up: bool) -> Router {
-    api::router(AppState {
-        pool: pool.clone(),
-        auth: Arc::new(Authenticator::new(ADMIN, pool.clone()).unwrap()),
-        assessor: Arc::new(Assessor {
-            pool: pool.clone(),
-            model,
-            policy: CreditPolicy::default(),
-            offer_ttl: Duration::from_secs(3600),
-        }),
-        broker_connected: Arc::new(move || broker_up),
-        metrics: metrics_handle(),
-    })
 }
 
 struct Reply {

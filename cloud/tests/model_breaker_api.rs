@@ -12,36 +12,20 @@ use axum::{
     body::Body,
     http::{Method, Request, StatusCode, header},
 };
-use ecs_cloud::{
-    api::{self, AppState},
-    app::metrics_handle,
-    auth::Authenticator,
-    model::{
-        Breaker, BreakerSettings, BreakerState, HttpModel, HttpSettings, RiskModel, Scorecard,
-        server::{self, Faults},
-    },
-    offers::Assessor,
-    policy::CreditPolicy,
+use ecs_cloud::model::{
+    Breaker, BreakerSettings, BreakerState, HttpModel, HttpSettings, RiskModel, Scorecard,
+    server::{self, Faults},
 };
 use serde_json::Value;
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-const ADMIN: &str = "test-admin-token-0123456789";
+mod common;
+
+use common::ADMIN;
 
 fn app(pool: &PgPool, model: Arc<dyn RiskModel>) -> Router {
-    api::router(AppState {
-        pool: pool.clone(),
-        auth: Arc::new(Authenticator::new(ADMIN, pool.clone()).unwrap()),
-        assessor: Arc::new(Assessor {
-            pool: pool.clone(),
-            model,
-            policy: CreditPolicy::default(),
-            offer_ttl: Duration::from_secs(3600),
-        }),
-        broker_connected: Arc::new(|| true),
-        metrics: metrics_handle(),
-    })
+    common::app(pool, model, true)
 }
 
 async fn post(app: &Router, path: &str, body: &str) -> (StatusCode, axum::http::HeaderMap, Value) {

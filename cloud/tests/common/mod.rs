@@ -1,0 +1,32 @@
+//! What the API tests share: the app under test, built as production builds it, with the model
+//! and the broker's readiness chosen by the test.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::Router;
+use ecs_cloud::{
+    api::{self, AppState},
+    app::metrics_handle,
+    auth::Authenticator,
+    model::RiskModel,
+    offers::Assessor,
+    policy::CreditPolicy,
+};
+use sqlx::PgPool;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub fn app(pool: &PgPool, model: Arc<dyn RiskModel>, broker_up: bool) -> Router {
+    api::router(AppState {
+        pool: pool.clone(),
+        auth: Arc::new(Authenticator::new(ADMIN, pool.clone()).unwrap()),
+        assessor: Arc::new(Assessor {
+            pool: pool.clone(),
+            model,
+            policy: CreditPolicy::default(),
+            offer_ttl: Duration::from_secs(3600),
+        }),
+        broker_connected: Arc::new(move || broker_up),
+        metrics: metrics_handle(),
+    })
+}

@@ -18,8 +18,9 @@ mod reading;
 pub mod topic;
 
 pub use message::{
-    Ack, CreditType, DecodeError, Downlink, Notification, NotificationKind, NotificationReceipt,
-    Uplink, decode_downlink, decode_uplink, encode_downlink, encode_uplink,
+    Ack, Control, CreditType, DecodeError, Downlink, Notification, NotificationKind,
+    NotificationReceipt, Revocations, Uplink, decode_control, decode_downlink, decode_uplink,
+    encode_control, encode_downlink, encode_uplink,
 };
 pub use reading::{
     DeviceId, DeviceIdError, EMOTION_NAMES, Emotions, Intent, MAX_READINGS_PER_BATCH,

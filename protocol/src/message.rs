@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{MAX_MESSAGE_BYTES, ReadingBatch};
+use crate::{DeviceId, MAX_MESSAGE_BYTES, ReadingBatch};
 
 /// Everything a device publishes, on its uplink topic. Append-only (see the crate docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +17,29 @@ pub enum Uplink {
 pub enum Downlink {
     AckV1(Ack),
     NotificationV1(Notification),
+}
+
+/// What services tell the broker, on [`crate::topic::revocations`]. Append-only.
+///
+/// Devices can never publish there: the broker lets a device publish only on its own uplink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    RevocationsV1(Revocations),
+}
+
+/// Devices whose certificates the broker must refuse from now on, and disconnect if they are
+/// connected. Revocation is permanent, so the broker keeps the union of every list it receives;
+/// the cloud sends new revocations at once and the whole list again now and then (a restarted
+/// broker remembers nothing), split into messages of at most [`Revocations::MAX_PER_MESSAGE`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocations {
+    pub device_ids: Vec<DeviceId>,
+}
+
+impl Revocations {
+    /// Device ids per message: 33 bytes at most each, so a full message stays far below
+    /// [`MAX_MESSAGE_BYTES`].
+    pub const MAX_PER_MESSAGE: usize = 1_000;
 }
 
 /// Application-level acknowledgement: readings `first_seq..=up_to_seq` of this device are
@@ -114,6 +137,14 @@ pub fn encode_uplink(message: &Uplink) -> Result<Vec<u8>, postcard::Error> {
 
 pub fn encode_downlink(message: &Downlink) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(message)
+}
+
+pub fn encode_control(message: &Control) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_stdvec(message)
+}
+
+pub fn decode_control(bytes: &[u8]) -> Result<Control, DecodeError> {
+    decode(bytes)
 }
 
 pub fn decode_uplink(bytes: &[u8]) -> Result<Uplink, DecodeError> {

@@ -22,6 +22,17 @@ pub fn downlink(device: &DeviceId) -> String {
     format!("{PREFIX}{device}{DOWNLINK_SUFFIX}")
 }
 
+/// Filter matching every device's downlink topic.
+pub fn all_downlinks() -> String {
+    format!("{PREFIX}+{DOWNLINK_SUFFIX}")
+}
+
+/// Where services publish [`crate::Control`] messages for the broker (revoked devices). Outside
+/// `/tenants/`, so no device topic can ever match it.
+pub fn revocations() -> String {
+    "/ecs/v1/control/revocations".to_owned()
+}
+
 /// Filter matching every device's uplink topic.
 pub fn all_uplinks() -> String {
     format!("{PREFIX}+{UPLINK_SUFFIX}")

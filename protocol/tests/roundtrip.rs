@@ -221,3 +221,17 @@ fn intent_codes_are_stable_and_reversible() {
     }
     assert_eq!(Intent::from_code(0), None);
 }
+
+#[test]
+fn a_full_revocation_list_round_trips_within_the_message_limit() {
+    use ecs_protocol::{Control, Revocations, decode_control, encode_control};
+    let device_ids = (0..Revocations::MAX_PER_MESSAGE)
+        .map(|i| ecs_protocol::DeviceId::parse(format!("{i:0>32}")).unwrap())
+        .collect();
+    let message = Control::RevocationsV1(Revocations { device_ids });
+    let bytes = encode_control(&message).unwrap();
+    assert!(bytes.len() < ecs_protocol::MAX_MESSAGE_BYTES, "{} bytes", bytes.len());
+    assert_eq!(decode_control(&bytes).unwrap(), message);
+    // The envelope's first variant is index 0: reordering variants breaks this.
+    assert_eq!(bytes[0], 0);
+}

@@ -1,53 +1,59 @@
-//! The ECS MQTT broker: rumqttd embedded, plus the certificate authority that gives devices
-//! their identity.
+//! The ECS MQTT broker: our own doors in front of rumqttd's router, plus the certificate
+//! authority that gives devices their identity.
 //!
 //! Two listeners, because devices and services are trusted differently:
-//! * **devices** connect over TLS with a client certificate from our CA ([`pki`]). rumqttd takes
-//!   the certificate's `O` field as the client's tenant and lets it publish and subscribe only
-//!   under `/tenants/<O>/`; since `O` is the device id, a device can speak only as itself and
-//!   read only its own downlink. A publish outside its prefix disconnects the device.
+//! * **devices** connect over TLS with a client certificate from our CA ([`pki`]). The device
+//!   id comes from the verified certificate; the client id must be that id; the device may
+//!   publish only on its own uplink topic and subscribe only to its own downlink topic, at its
+//!   own bounded rates; revoked devices are refused at the handshake and cut off when revoked.
 //! * **services** (the cloud) connect with a username and password, over plain TCP on a private
-//!   address, and may use every topic.
+//!   address, and may use every topic. Guessing the password is throttled per address.
 //!
 //! rumqttd keeps everything in memory and nothing survives a restart; end-to-end delivery is
 //! the business of the application acks in `ecs_protocol`, not of the broker.
 //!
-//! # Known limits (rumqttd 0.20)
+//! # Behaviour a client sees
 //!
-//! * It cannot be stopped from outside; the process exit ends it ([`RunningBroker`]).
-//! * The TLS handshake runs inline in the device listener's accept loop with no timeout: one
-//!   client that connects and never completes the handshake blocks all new device connections
-//!   until it goes away (`tests/availability.rs`, ignored, shows it). Fixing it needs a patched
-//!   rumqttd or a different broker.
-//! * A refused login (wrong password, no certificate) and a full broker (`max_connections`) get
-//!   no CONNACK: the connection just closes, so a client cannot tell them from a network fault.
-//! * A device that publishes or subscribes outside its tenant prefix is disconnected, its
-//!   offending packet unanswered.
+//! * A refused CONNECT gets a CONNACK that says why (bad client id, bad password, server
+//!   unavailable for caps and rates, not authorised for a last will) and the connection closes.
+//!   Refusals before the handshake (caps, connect rate) just close the connection.
+//! * A device packet against the access rules closes the connection, unanswered.
 //! * A publish matching no subscription is acknowledged and dropped; a new subscription sees only
 //!   messages published after it. A client that reconnects with `clean_session = false` and the
 //!   same client id keeps its subscriptions and gets what was published meanwhile, as far as the
-//!   bounded, lossy in-memory logs still hold it (see the `config` module).
-//! * No certificate revocation: a device certificate is valid until it expires.
+//!   bounded, lossy in-memory logs still hold it (see the `router` module).
 //!
-//! Code map: [`settings`](BrokerSettings) (flags and environment), `config` (rumqttd
-//! configuration and memory limits), `tls` (checking the TLS files at start), [`RunningBroker`]
-//! (thread and readiness), [`pki`] (CA and certificate files).
+//! Code map: [`settings`](BrokerSettings) (flags and environment), `door` (accept paths,
+//! handshakes, CONNECT, access rules, the pump to the router), `router` (rumqttd's router and its
+//! memory limits), `tls` (the device TLS configuration and certificate checks), `revocation`
+//! (the denylist the cloud sends), `credentials` (the service password), [`metrics`] and `admin`
+//! (what an operator sees), [`RunningBroker`] (threads, start, stop), [`status`] (`ecs-broker
+//! status`), [`pki`] (CA and certificate files).
 
-mod config;
+mod admin;
+mod credentials;
+mod door;
 mod error;
+pub mod metrics;
 pub mod pki;
+mod revocation;
+mod router;
 mod running;
 mod settings;
+pub mod status;
 mod tls;
 
-pub use config::MAX_PACKET_BYTES;
+pub use credentials::password_weakness;
 pub use error::{Error, Result};
+pub use metrics::{BrokerMetrics, HandshakeOutcome, Listener, Refused, Violation};
 pub use pki::{CertFiles, CertificateAuthority, IssuedCert, PkiDir};
+pub use revocation::Denylist;
+pub use router::MAX_PACKET_BYTES;
 pub use running::{READY_TIMEOUT, RunningBroker};
-pub use settings::{BrokerSettings, DEFAULT_MAX_CONNECTIONS, DEFAULT_SERVICE_USERNAME, Secret};
+pub use settings::{BrokerSettings, DEFAULT_MAX_DEVICE_CONNECTIONS, DEFAULT_SERVICE_USERNAME, Secret};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for tests and the all-in-one demo, which
-/// start brokers on ephemeral ports (rumqttd cannot report a port it picked itself).
+/// start brokers and clients on ephemeral ports.
 ///
 /// The port is released before returning, so another process may take it first; the broker
 /// then fails to start with [`Error::Bind`] rather than misbehaving.

@@ -29,6 +29,21 @@ struct Cli {
 enum Command {
     /// Run the broker until SIGINT or SIGTERM.
     Serve(BrokerSettings),
+    /// Show a running broker's connections, rates, refusals and top talkers, refreshed.
+    Status {
+        /// The broker's admin address.
+        #[arg(long, env = "ECS_BROKER_ADMIN_ADDR", default_value = "127.0.0.1:8885")]
+        admin_addr: std::net::SocketAddr,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Print one view (no rates) and exit.
+        #[arg(long)]
+        once: bool,
+        /// Print the raw status as JSON and exit.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the certificate authority devices and the broker trust.
     #[command(subcommand)]
     Pki(PkiCommand),
@@ -80,7 +95,7 @@ struct ServerNamesArg {
     names: Vec<String>,
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ecs_telemetry::install_crypto_provider();
     let cli = Cli::parse();
@@ -95,6 +110,12 @@ async fn main() -> anyhow::Result<()> {
             }
             result
         }
+        Command::Status {
+            admin_addr,
+            interval,
+            once,
+            json,
+        } => status(admin_addr, interval, once, json).await,
         Command::Pki(PkiCommand::Init { dir, server_names }) => {
             let pki = PkiDir::init(&dir.path, &server_names.names)
                 .with_context(|| format!("creating a PKI in {}", dir.path.display()))?;
@@ -123,32 +144,72 @@ fn print_files(whose: &str, files: &CertFiles) {
 
 /// Runs until a signal (a clean exit) or until the broker fails (an error exit).
 async fn serve(settings: BrokerSettings) -> anyhow::Result<()> {
-    let broker = RunningBroker::start(&settings).context("starting the broker")?;
+    let broker = tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
+        .await
+        .context("starting the broker")?
+        .context("starting the broker")?;
     tracing::info!(
-        device_addr = %settings.device_addr,
-        service_addr = %settings.service_addr,
-        console_addr = settings.console_addr.map(tracing::field::display),
-        max_connections = settings.max_connections,
+        device_addr = %broker.device_addr(),
+        service_addr = %broker.service_addr(),
+        admin_addr = broker.admin_addr().map(tracing::field::display),
         "broker listening"
     );
-
-    // `wait` blocks for as long as the broker runs, so it gets a plain thread: a blocking task
-    // would keep the tokio runtime from shutting down after a signal.
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("broker-watch".to_owned())
-        .spawn(move || stopped_tx.send(broker.wait()))
-        .context("starting the broker watcher")?;
-
+    let broker = std::sync::Arc::new(std::sync::Mutex::new(Some(broker)));
+    let watched = std::sync::Arc::clone(&broker);
+    let stopped = async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let mut guard = watched.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.as_ref().is_some_and(|b| !b.is_running()) {
+                if let Some(b) = guard.take() {
+                    return b.wait();
+                }
+            }
+        }
+    };
     tokio::select! {
         () = ecs_telemetry::shutdown_signal() => {
-            // rumqttd cannot drain or stop; leaving the process is the shutdown.
-            tracing::info!("shutting down");
+            tracing::info!("shutting down: closing the listeners and every connection");
+            let taken = broker.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(b) = taken {
+                tokio::task::spawn_blocking(move || b.stop()).await.ok();
+            }
             Ok(())
         }
-        stopped = stopped_rx => match stopped {
-            Ok(error) => Err(error).context("the broker failed"),
-            Err(_) => anyhow::bail!("the broker watcher ended without a reason"),
-        },
+        error = stopped => Err(error).context("the broker failed"),
+    }
+}
+
+async fn status(
+    admin_addr: std::net::SocketAddr,
+    interval: u64,
+    once: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let first = ecs_broker::status::fetch(admin_addr)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&first)?);
+        return Ok(());
+    }
+    if once {
+        print!("{}", ecs_broker::status::render(&first, None));
+        return Ok(());
+    }
+    let interval = std::time::Duration::from_secs(interval.max(1));
+    let mut before = (first, std::time::Instant::now());
+    loop {
+        tokio::select! {
+            () = ecs_telemetry::shutdown_signal() => return Ok(()),
+            () = tokio::time::sleep(interval) => {}
+        }
+        let now = ecs_broker::status::fetch(admin_addr)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let elapsed = before.1.elapsed();
+        // Clear the screen and draw the view again.
+        print!("\x1b[2J\x1b[H{}", ecs_broker::status::render(&now, Some((&before.0, elapsed))));
+        before = (now, std::time::Instant::now());
     }
 }

@@ -11,10 +11,10 @@ use crate::pki::PkiDir;
 
 /// The username services (the cloud) log in with when none is configured.
 pub const DEFAULT_SERVICE_USERNAME: &str = "ecs-cloud";
-/// Connections (devices and services together) the broker accepts when none is configured.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Device connections held at once when none is configured.
+pub const DEFAULT_MAX_DEVICE_CONNECTIONS: usize = 10_000;
 
-/// How the broker listens and whom it lets in.
+/// How the broker listens, whom it lets in, and how much any one client may take.
 ///
 /// Devices and services get separate listeners because they authenticate differently: a device
 /// by its client certificate (which also confines it to its own topics), a service by username
@@ -34,12 +34,18 @@ pub struct BrokerSettings {
     )]
     pub service_addr: SocketAddr,
 
-    /// CA certificate (PEM) that device certificates must chain to. Only its first certificate
-    /// is used.
+    /// Address of the admin HTTP endpoint (`/metrics`, `/healthz`, `/status`). It has no
+    /// authentication, so only loopback addresses are accepted.
+    #[arg(long, env = "ECS_BROKER_ADMIN_ADDR", default_value = "127.0.0.1:8885")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// CA certificates (PEM) that device certificates must chain to. Every certificate in the
+    /// file is trusted, so a new CA can be added beside the old one while devices move over.
     #[arg(long, env = "ECS_TLS_CA_FILE")]
     pub tls_ca_file: PathBuf,
 
-    /// The broker's TLS server certificate chain (PEM).
+    /// The broker's TLS server certificate chain (PEM). The three TLS files are re-read when
+    /// they change.
     #[arg(long, env = "ECS_TLS_CERT_FILE")]
     pub tls_cert_file: PathBuf,
 
@@ -51,8 +57,9 @@ pub struct BrokerSettings {
     #[arg(long, env = "ECS_BROKER_SERVICE_USERNAME", default_value = DEFAULT_SERVICE_USERNAME)]
     pub service_username: String,
 
-    /// Password services log in with. Prefer the variable or the password file to the flag,
-    /// which other users can see in the process list.
+    /// Password services log in with (at least 16 characters and about 64 bits, outside
+    /// development mode). Prefer the variable or the password file to the flag, which other
+    /// users can see in the process list.
     #[arg(
         long,
         env = "ECS_BROKER_SERVICE_PASSWORD",
@@ -66,74 +73,157 @@ pub struct BrokerSettings {
     #[arg(long, env = "ECS_BROKER_SERVICE_PASSWORD_FILE")]
     pub service_password_file: Option<PathBuf>,
 
-    /// Most connections, devices and services together, held at once. Further clients get no
-    /// CONNACK.
-    #[arg(long, env = "ECS_BROKER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
-    pub max_connections: usize,
+    /// Development mode: accept a weak service password. Never in production.
+    #[arg(long, env = "ECS_BROKER_DEV_MODE")]
+    pub dev_mode: bool,
 
-    /// Address for rumqttd's HTTP console (router state, for debugging). It has no
-    /// authentication, so only loopback addresses are accepted. Off when unset. Some of its
-    /// endpoints print to stdout, outside the JSON log format.
-    #[arg(long, env = "ECS_BROKER_CONSOLE_ADDR")]
-    pub console_addr: Option<SocketAddr>,
+    /// Most device connections held at once. Past it, new devices are turned away before their
+    /// TLS handshake; services have slots of their own.
+    #[arg(long, env = "ECS_BROKER_MAX_DEVICE_CONNECTIONS", default_value_t = DEFAULT_MAX_DEVICE_CONNECTIONS)]
+    pub max_device_connections: usize,
+
+    /// Most service connections held at once.
+    #[arg(long, env = "ECS_BROKER_MAX_SERVICE_CONNECTIONS", default_value_t = 64)]
+    pub max_service_connections: usize,
+
+    /// Most connections one device certificate may hold at once.
+    #[arg(long, env = "ECS_BROKER_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 2)]
+    pub max_connections_per_device: usize,
+
+    /// Most TLS handshakes under way at once; further connections are closed at once.
+    #[arg(long, env = "ECS_BROKER_MAX_HANDSHAKES", default_value_t = 512)]
+    pub max_handshakes: usize,
+
+    /// Milliseconds a device gets to finish its TLS handshake.
+    #[arg(long, env = "ECS_BROKER_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+
+    /// Milliseconds a client gets, once connected (and past TLS), to send CONNECT.
+    #[arg(long, env = "ECS_BROKER_CONNECT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub connect_timeout_ms: u64,
+
+    /// New device connections accepted per second, over all devices (a burst of as many is
+    /// allowed); past it, connections are closed before the handshake.
+    #[arg(long, env = "ECS_BROKER_CONNECT_RATE", default_value_t = 2_000.0)]
+    pub connect_rate: f64,
+
+    /// Connection attempts per second one device may make after a burst of 10.
+    #[arg(long, env = "ECS_BROKER_DEVICE_CONNECT_RATE", default_value_t = 0.5)]
+    pub device_connect_rate: f64,
+
+    /// PUBLISH packets per second one device connection may send (after a burst of two
+    /// seconds' worth); faster senders are read more slowly.
+    #[arg(long, env = "ECS_BROKER_DEVICE_MESSAGE_RATE", default_value_t = 200.0)]
+    pub device_message_rate: f64,
+
+    /// Payload bytes per second one device connection may send (after a burst of two seconds'
+    /// worth); faster senders are read more slowly.
+    #[arg(long, env = "ECS_BROKER_DEVICE_BYTE_RATE", default_value_t = 2.0 * 1024.0 * 1024.0)]
+    pub device_byte_rate: f64,
 }
 
 impl BrokerSettings {
-    /// A broker for tests and the all-in-one demo: both listeners on free loopback ports, TLS
-    /// from `pki`'s CA and server certificate, and `service_password` for services.
+    /// A broker for tests and the all-in-one demo: both listeners and the admin endpoint on
+    /// free loopback ports, TLS from `pki`'s CA and server certificate, and `service_password`
+    /// for services.
     pub fn loopback(pki: &PkiDir, service_password: Secret) -> std::io::Result<Self> {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let server = pki.server_files();
         Ok(Self {
             device_addr: loopback(crate::free_local_port()?),
             service_addr: loopback(crate::free_local_port()?),
+            admin_addr: Some(loopback(crate::free_local_port()?)),
             tls_ca_file: pki.ca_cert_path(),
             tls_cert_file: server.cert,
             tls_key_file: server.key,
             service_username: DEFAULT_SERVICE_USERNAME.to_owned(),
             service_password: Some(service_password),
             service_password_file: None,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            console_addr: None,
+            dev_mode: false,
+            max_device_connections: DEFAULT_MAX_DEVICE_CONNECTIONS,
+            max_service_connections: 64,
+            max_connections_per_device: 2,
+            max_handshakes: 512,
+            handshake_timeout_ms: 10_000,
+            connect_timeout_ms: 10_000,
+            connect_rate: 2_000.0,
+            device_connect_rate: 0.5,
+            device_message_rate: 200.0,
+            device_byte_rate: 2.0 * 1024.0 * 1024.0,
         })
     }
 
     /// Checks everything that does not need the network, so a mistake is reported at once with
     /// the setting's name rather than as a broker that silently misbehaves.
     pub fn validate(&self) -> Result<()> {
-        check_port("device address", self.device_addr)?;
-        check_port("service address", self.service_addr)?;
-        if self.device_addr == self.service_addr {
+        // Port 0 asks the system for a free port, different for each listener.
+        if self.device_addr == self.service_addr && self.device_addr.port() != 0 {
             return Err(invalid(
                 "service address",
                 format!("{} is also the device address", self.service_addr),
             ));
         }
-        if let Some(console) = self.console_addr {
-            check_port("console address", console)?;
-            if !console.ip().is_loopback() {
+        if let Some(admin) = self.admin_addr {
+            if !admin.ip().is_loopback() {
                 return Err(invalid(
-                    "console address",
+                    "admin address",
                     format!(
-                        "{console} is not a loopback address; the rumqttd console has no \
+                        "{admin} is not a loopback address; the admin endpoint has no \
                          authentication, so it may only listen on 127.0.0.1 or ::1"
                     ),
                 ));
             }
-            if console == self.device_addr || console == self.service_addr {
+            if admin.port() != 0 && (admin == self.device_addr || admin == self.service_addr) {
                 return Err(invalid(
-                    "console address",
-                    format!("{console} is already a listener address"),
+                    "admin address",
+                    format!("{admin} is already a listener address"),
                 ));
             }
         }
-        if self.max_connections == 0 {
-            return Err(invalid("max connections", "must be at least 1".into()));
+        for (setting, value) in [
+            ("max device connections", self.max_device_connections),
+            ("max service connections", self.max_service_connections),
+            ("max connections per device", self.max_connections_per_device),
+            ("max handshakes", self.max_handshakes),
+        ] {
+            if value == 0 {
+                return Err(invalid(setting, "must be at least 1".into()));
+            }
+        }
+        for (setting, value) in [
+            ("handshake timeout", self.handshake_timeout_ms),
+            ("connect timeout", self.connect_timeout_ms),
+        ] {
+            if value == 0 || value > 600_000 {
+                return Err(invalid(setting, format!("{value} ms: must be 1..=600000")));
+            }
+        }
+        for (setting, value) in [
+            ("connect rate", self.connect_rate),
+            ("device connect rate", self.device_connect_rate),
+            ("device message rate", self.device_message_rate),
+            ("device byte rate", self.device_byte_rate),
+        ] {
+            if !value.is_finite() || value <= 0.0 {
+                return Err(invalid(setting, format!("{value}: must be a positive number")));
+            }
         }
         if self.service_username.is_empty() {
             return Err(invalid("service username", "must not be empty".into()));
         }
-        self.service_password().map(drop)
+        let password = self.service_password()?;
+        if !self.dev_mode {
+            if let Some(weakness) = crate::credentials::password_weakness(password.expose()) {
+                return Err(invalid(
+                    "service password",
+                    format!(
+                        "{weakness} (generate one, e.g. `openssl rand -base64 32`; \
+                         ECS_BROKER_DEV_MODE=true accepts a weak one for development)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The service password, from the setting or read from the password file.
@@ -197,17 +287,6 @@ impl FromStr for Secret {
     fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
     }
-}
-
-/// rumqttd would bind port 0 to some port it never reports, so nobody could connect.
-fn check_port(setting: &'static str, addr: SocketAddr) -> Result<()> {
-    if addr.port() == 0 {
-        return Err(invalid(
-            setting,
-            format!("{addr}: port 0 is not supported; pick a port (tests: free_local_port())"),
-        ));
-    }
-    Ok(())
 }
 
 fn invalid(setting: &'static str, reason: String) -> Error {

@@ -8,22 +8,47 @@ fn fresh_settings() -> (tempfile::TempDir, BrokerSettings) {
     ecs_telemetry::install_crypto_provider();
     let dir = tempfile::tempdir().unwrap();
     let pki = PkiDir::init(dir.path(), &["127.0.0.1".to_owned()]).unwrap();
-    let settings = BrokerSettings::loopback(&pki, Secret::new("pw")).unwrap();
+    let settings = BrokerSettings::loopback(&pki, Secret::new("startup-test-password")).unwrap();
     (dir, settings)
 }
 
 #[test]
 fn a_started_broker_accepts_connections_on_every_listener() {
-    let (_dir, mut settings) = fresh_settings();
-    let console_port = ecs_broker::free_local_port().unwrap();
-    settings.console_addr = Some(([127, 0, 0, 1], console_port).into());
+    let (_dir, settings) = fresh_settings();
 
     let broker = RunningBroker::start(&settings).unwrap();
 
     assert!(broker.is_running());
     assert_eq!(broker.device_addr(), settings.device_addr);
     assert_eq!(broker.service_addr(), settings.service_addr);
-    assert_eq!(broker.console_addr(), settings.console_addr);
+    assert_eq!(broker.admin_addr(), settings.admin_addr);
+    for addr in [broker.device_addr(), broker.service_addr()] {
+        std::net::TcpStream::connect(addr).unwrap();
+    }
+}
+
+#[test]
+fn a_stopped_broker_closes_its_listeners() {
+    let (_dir, settings) = fresh_settings();
+    let broker = RunningBroker::start(&settings).unwrap();
+    let device = broker.device_addr();
+
+    broker.stop();
+
+    assert!(std::net::TcpStream::connect(device).is_err());
+}
+
+#[test]
+fn port_zero_gets_a_port_and_reports_it() {
+    let (_dir, mut settings) = fresh_settings();
+    settings.device_addr = "127.0.0.1:0".parse().unwrap();
+    settings.service_addr = "127.0.0.1:0".parse().unwrap();
+    settings.admin_addr = None;
+
+    let broker = RunningBroker::start(&settings).unwrap();
+
+    assert_ne!(broker.device_addr().port(), 0);
+    assert_ne!(broker.service_addr().port(), 0);
 }
 
 #[test]

@@ -14,7 +14,7 @@ const TLS_FLAGS: [&str; 7] = [
     "--tls-ca-file=ca.pem",
     "--tls-cert-file=server.pem",
     "--tls-key-file=server.key",
-    "--service-password=hunter2",
+    "--service-password=hunter2-hunter2-hunter2",
     "--device-addr=0.0.0.0:18883",
     "--service-addr=127.0.0.1:11884",
 ];
@@ -28,10 +28,15 @@ fn parse(extra: &[&str]) -> std::result::Result<BrokerSettings, clap::Error> {
 fn flags_parse_into_valid_settings_with_documented_defaults() {
     let settings = parse(&[]).unwrap();
     assert_eq!(settings.service_username, "ecs-cloud");
-    assert_eq!(settings.max_connections, 10_000);
-    assert_eq!(settings.console_addr, None);
+    assert_eq!(settings.max_device_connections, 10_000);
+    assert_eq!(settings.admin_addr, Some("127.0.0.1:8885".parse().unwrap()));
+    assert_eq!(settings.handshake_timeout_ms, 10_000);
+    assert!(!settings.dev_mode);
     settings.validate().unwrap();
-    assert_eq!(settings.service_password().unwrap().expose(), "hunter2");
+    assert_eq!(
+        settings.service_password().unwrap().expose(),
+        "hunter2-hunter2-hunter2"
+    );
 }
 
 #[test]
@@ -67,16 +72,16 @@ fn an_empty_password_is_refused() {
 }
 
 #[test]
-fn the_console_may_only_listen_on_loopback() {
-    let loopback = parse(&["--console-addr=127.0.0.1:13030"]).unwrap();
+fn the_admin_endpoint_may_only_listen_on_loopback() {
+    let loopback = parse(&["--admin-addr=127.0.0.1:13030"]).unwrap();
     loopback.validate().unwrap();
 
-    let public = parse(&["--console-addr=0.0.0.0:3030"]).unwrap();
+    let public = parse(&["--admin-addr=0.0.0.0:3030"]).unwrap();
     let error = public.validate().unwrap_err();
     assert!(matches!(
         error,
         Error::InvalidSetting {
-            setting: "console address",
+            setting: "admin address",
             ..
         }
     ));
@@ -84,17 +89,34 @@ fn the_console_may_only_listen_on_loopback() {
 }
 
 #[test]
-fn port_zero_and_shared_addresses_are_refused() {
-    let mut settings = parse(&[]).unwrap();
-    settings.device_addr = "127.0.0.1:0".parse().unwrap();
-    assert!(settings.validate().is_err());
+fn a_weak_service_password_is_refused_outside_development_mode() {
+    let mut weak = parse(&[]).unwrap();
+    weak.service_password = Some(Secret::new("change-me"));
+    let error = weak.validate().unwrap_err();
+    assert!(error.to_string().contains("at least 16"), "{error}");
+    assert!(error.to_string().contains("ECS_BROKER_DEV_MODE"), "{error}");
 
+    let mut dev = parse(&["--dev-mode"]).unwrap();
+    dev.service_password = Some(Secret::new("change-me"));
+    dev.validate().unwrap();
+}
+
+#[test]
+fn shared_addresses_zero_caps_and_silly_rates_are_refused() {
     let mut settings = parse(&[]).unwrap();
     settings.service_addr = settings.device_addr;
     assert!(settings.validate().is_err());
 
     let mut settings = parse(&[]).unwrap();
-    settings.max_connections = 0;
+    settings.max_device_connections = 0;
+    assert!(settings.validate().is_err());
+
+    let mut settings = parse(&[]).unwrap();
+    settings.handshake_timeout_ms = 0;
+    assert!(settings.validate().is_err());
+
+    let mut settings = parse(&[]).unwrap();
+    settings.device_message_rate = f64::NAN;
     assert!(settings.validate().is_err());
 }
 

@@ -53,7 +53,8 @@ pub enum HandshakeOutcome {
     BadCertificate,
     Expired,
     Revoked,
-    /// Refused before the handshake: too many handshakes in flight or connections held.
+    /// Refused before the handshake: too many handshakes in flight (over all, or from the
+    /// client's address).
     OverCap,
     /// Refused before the handshake: the listener's connect rate was exceeded.
     RateLimited,
@@ -112,12 +113,14 @@ pub enum Refused {
     DeviceConnectRate,
     /// The service listener holds its cap of connections.
     ServiceConnectionCap,
+    /// The device listener holds its cap of connections.
+    DeviceListenerFull,
     /// The router would not take the connection.
     RouterRefused,
 }
 
 impl Refused {
-    pub const ALL: [Refused; 11] = [
+    pub const ALL: [Refused; 12] = [
         Self::ConnectTimeout,
         Self::NotConnect,
         Self::ClientIdMismatch,
@@ -128,6 +131,7 @@ impl Refused {
         Self::DeviceConnectionCap,
         Self::DeviceConnectRate,
         Self::ServiceConnectionCap,
+        Self::DeviceListenerFull,
         Self::RouterRefused,
     ];
 
@@ -143,6 +147,7 @@ impl Refused {
             Self::DeviceConnectionCap => "device_connection_cap",
             Self::DeviceConnectRate => "device_connect_rate",
             Self::ServiceConnectionCap => "service_connection_cap",
+            Self::DeviceListenerFull => "device_listener_full",
             Self::RouterRefused => "router_refused",
         }
     }

@@ -91,8 +91,14 @@ pub struct BrokerSettings {
     pub max_connections_per_device: usize,
 
     /// Most TLS handshakes under way at once; further connections are closed at once.
+    /// Unauthenticated connections hold only these slots, never a connection slot.
     #[arg(long, env = "ECS_BROKER_MAX_HANDSHAKES", default_value_t = 512)]
     pub max_handshakes: usize,
+
+    /// Most TLS handshakes under way at once from one IP address, so one address cannot take
+    /// every handshake slot (phones behind a carrier NAT share addresses: keep it generous).
+    #[arg(long, env = "ECS_BROKER_MAX_HANDSHAKES_PER_IP", default_value_t = 256)]
+    pub max_handshakes_per_ip: usize,
 
     /// Milliseconds a device gets to finish its TLS handshake.
     #[arg(long, env = "ECS_BROKER_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
@@ -144,6 +150,7 @@ impl BrokerSettings {
             max_service_connections: 64,
             max_connections_per_device: 2,
             max_handshakes: 512,
+            max_handshakes_per_ip: 256,
             handshake_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
             connect_rate: 2_000.0,
@@ -185,6 +192,7 @@ impl BrokerSettings {
             ("max service connections", self.max_service_connections),
             ("max connections per device", self.max_connections_per_device),
             ("max handshakes", self.max_handshakes),
+            ("max handshakes per IP", self.max_handshakes_per_ip),
         ] {
             if value == 0 {
                 return Err(invalid(setting, "must be at least 1".into()));

@@ -27,8 +27,8 @@ pub(crate) mod limits;
 mod session;
 mod wire;
 
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ pub(crate) struct Door {
     guesses: GuessThrottle,
     connect_rate: Mutex<TokenBucket>,
     handshakes: Arc<Semaphore>,
+    handshakes_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    max_handshakes_per_ip: usize,
     device_slots: Arc<Semaphore>,
     service_slots: Arc<Semaphore>,
     link_builds: Semaphore,
@@ -110,6 +112,8 @@ impl Door {
                 now,
             )),
             handshakes: Arc::new(Semaphore::new(settings.max_handshakes)),
+            handshakes_by_ip: Arc::default(),
+            max_handshakes_per_ip: settings.max_handshakes_per_ip,
             device_slots: Arc::new(Semaphore::new(settings.max_device_connections)),
             service_slots: Arc::new(Semaphore::new(settings.max_service_connections)),
             link_builds: Semaphore::new(LINK_BUILDS),
@@ -141,11 +145,49 @@ impl Door {
         }
     }
 
+    /// A handshake slot for a connection from `ip`: one of the listener's, and one of the
+    /// address's, so one address cannot take every slot.
+    fn handshake_slot(&self, ip: IpAddr) -> Result<HandshakeSlot, &'static str> {
+        let global = Arc::clone(&self.handshakes)
+            .try_acquire_owned()
+            .map_err(|_| "handshakes in flight")?;
+        let mut by_ip = self.handshakes_by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= self.max_handshakes_per_ip {
+            return Err("handshakes in flight from this address");
+        }
+        *count += 1;
+        Ok(HandshakeSlot {
+            _global: global,
+            ip,
+            by_ip: Arc::clone(&self.handshakes_by_ip),
+        })
+    }
+
     fn take_connect_token(&self) -> bool {
         self.connect_rate
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .try_take(1.0, Instant::now())
+    }
+}
+
+/// A handshake under way: its slot in the listener's cap and in its address's.
+struct HandshakeSlot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    ip: IpAddr,
+    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -176,22 +218,39 @@ pub(crate) async fn accept_devices(door: Arc<Door>, listener: TcpListener) {
             refuse(HandshakeOutcome::RateLimited, "connect rate");
             continue;
         }
-        let Ok(slot) = Arc::clone(&door.device_slots).try_acquire_owned() else {
-            refuse(HandshakeOutcome::OverCap, "device connections");
-            continue;
-        };
-        let Ok(handshake) = Arc::clone(&door.handshakes).try_acquire_owned() else {
-            refuse(HandshakeOutcome::OverCap, "handshakes in flight");
-            continue;
+        // Unauthenticated connections hold only a handshake slot; a connection slot is
+        // taken once the certificate says which device it is.
+        let handshake = match door.handshake_slot(addr.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse(HandshakeOutcome::OverCap, why);
+                continue;
+            }
         };
         let door = Arc::clone(&door);
         let tasks = door.tasks.clone();
         tasks.spawn(async move {
-            let _slot = slot;
             let Some((tls, device)) = handshake_device(&door, stream, addr, handshake).await else {
                 return;
             };
-            session::run(door, tls, addr, Peer::Device(device)).await;
+            let Ok(_slot) = Arc::clone(&door.device_slots).try_acquire_owned() else {
+                door.metrics.refused(Listener::Device, Refused::DeviceListenerFull);
+                tracing::warn!(peer = %addr, device_id = %device, "device connection refused: the device listener is full");
+                return;
+            };
+            let registration = match door.devices.register(&device, Instant::now()) {
+                Ok(registration) => registration,
+                Err(refusal) => {
+                    let reason = match refusal {
+                        limits::Refusal::TooManyConnections => Refused::DeviceConnectionCap,
+                        limits::Refusal::RateLimited => Refused::DeviceConnectRate,
+                    };
+                    door.metrics.refused(Listener::Device, reason);
+                    tracing::warn!(peer = %addr, device_id = %device, reason = reason.as_str(), "device connection refused");
+                    return;
+                }
+            };
+            session::run(door, tls, addr, Peer::Device(device, registration)).await;
         });
     }
     door.metrics.accepting(Listener::Device, false);
@@ -202,7 +261,7 @@ async fn handshake_device(
     door: &Door,
     stream: TcpStream,
     addr: SocketAddr,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: HandshakeSlot,
 ) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ecs_protocol::DeviceId)> {
     let _ = stream.set_nodelay(true);
     let started = Instant::now();

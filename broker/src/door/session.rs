@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Door;
 use super::acl::Policy;
-use super::limits::{Refusal, Registration, TokenBucket};
+use super::limits::{Registration, TokenBucket};
 use super::wire::{Wire, WireError};
 use crate::metrics::{Listener, Refused, SessionGuard, Violation};
 
@@ -33,7 +33,8 @@ const MAX_PACKETS_PER_ROUND: usize = 100;
 
 /// Who is at the other end, as far as the transport told us.
 pub(crate) enum Peer {
-    Device(DeviceId),
+    /// A device, its connection already counted against its caps.
+    Device(DeviceId, Registration),
     Service,
 }
 
@@ -44,7 +45,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let listener = match peer {
-        Peer::Device(_) => Listener::Device,
+        Peer::Device(..) => Listener::Device,
         Peer::Service => Listener::Service,
     };
     let mut wire = Wire::new(stream, super::acl::CONNECT_MAX_PACKET_BYTES, door.write_timeout);
@@ -69,13 +70,13 @@ where
     let client = connect.client_id.clone();
 
     // Our rules for CONNECT, before anything reaches rumqttd.
-    let (policy, tenant, registration) = match &peer {
-        Peer::Device(device) => {
+    let (policy, tenant) = match &peer {
+        Peer::Device(device, _) => {
             if client != device.as_str() {
                 let code = Some(ConnectReturnCode::ClientIdentifierNotValid);
                 return refuse(&door, wire, listener, addr, Some(&client), Refused::ClientIdMismatch, code).await;
             }
-            (Policy::device(device), Some(device.to_string()), None)
+            (Policy::device(device), Some(device.to_string()))
         }
         Peer::Service => {
             if client.is_empty()
@@ -89,7 +90,7 @@ where
                 let code = Some(ConnectReturnCode::BadUserNamePassword);
                 return refuse(&door, wire, listener, addr, Some(&client), reason, code).await;
             }
-            (Policy::Service, None, None::<Registration>)
+            (Policy::Service, None)
         }
     };
     if connect.keep_alive == 0 || connect.keep_alive > MAX_KEEP_ALIVE_SECS {
@@ -100,21 +101,6 @@ where
         let code = Some(ConnectReturnCode::NotAuthorized);
         return refuse(&door, wire, listener, addr, Some(&client), Refused::LastWill, code).await;
     }
-    let registration = match (&peer, registration) {
-        (Peer::Device(device), _) => match door.devices.register(device, std::time::Instant::now()) {
-            Ok(registration) => Some(registration),
-            Err(refusal) => {
-                let reason = match refusal {
-                    Refusal::TooManyConnections => Refused::DeviceConnectionCap,
-                    Refusal::RateLimited => Refused::DeviceConnectRate,
-                };
-                let code = Some(ConnectReturnCode::ServiceUnavailable);
-                return refuse(&door, wire, listener, addr, Some(&client), reason, code).await;
-            }
-        },
-        (Peer::Service, registration) => registration,
-    };
-
     // The router's registration blocks until the router thread answers; a bounded number at
     // a time, so a reconnect storm cannot take every blocking thread.
     let link = {
@@ -143,7 +129,10 @@ where
     wire.set_max_packet(policy.max_packet_bytes());
     tracing::info!(peer = %addr, listener = listener.as_str(), client, keep_alive = connect.keep_alive, "connected");
 
-    let closed = registration.as_ref().map(|r| r.closed().clone()).unwrap_or_default();
+    let (closed, is_device) = match &peer {
+        Peer::Device(_, registration) => (registration.closed().clone(), true),
+        Peer::Service => (CancellationToken::new(), false),
+    };
     let pump = Pump {
         door: Arc::clone(&door),
         listener,
@@ -151,10 +140,11 @@ where
         session,
         subscriptions: HashSet::new(),
         keep_alive: keep_alive_deadline(&connect),
-        device_rate: matches!(peer, Peer::Device(_)).then(|| DeviceRate::new(&door)),
+        device_rate: is_device.then(|| DeviceRate::new(&door)),
     };
     let end = pump.run(&mut wire, link_tx, link_rx, &closed).await;
-    drop(registration);
+    // Only now does the device get its connection slot back.
+    drop(peer);
     match &end {
         End::ClientDisconnected | End::Shutdown => {
             tracing::info!(peer = %addr, client, reason = end.as_str(), "disconnected")

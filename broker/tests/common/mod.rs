@@ -35,12 +35,18 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// A broker whose settings `adjust` changed first (smaller caps, faster timeouts).
+    pub fn start_with(adjust: impl FnOnce(&mut BrokerSettings)) -> Self {
         ecs_telemetry::install_crypto_provider();
         let dir = tempfile::tempdir().expect("temporary directory");
         let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
         let pki = PkiDir::init(dir.path(), &names).expect("PKI");
-        let settings =
+        let mut settings =
             BrokerSettings::loopback(&pki, Secret::new(SERVICE_PASSWORD)).expect("free ports");
+        adjust(&mut settings);
         let broker = RunningBroker::start(&settings).expect("broker starts");
         Self {
             pki,
@@ -62,6 +68,13 @@ impl TestBroker {
         self.device_options(id.as_str(), tls)
     }
 
+    /// MQTT options with `id`'s certificate but another client id.
+    pub fn device_options_with_client_id(&self, id: &DeviceId, client_id: &str) -> MqttOptions {
+        let files = self.pki.issue_device_files(id).expect("device certificate");
+        let tls = tls_config(&self.pki.ca_cert_path(), Some((&files.cert, &files.key)));
+        self.device_options(client_id, tls)
+    }
+
     /// MQTT options for the device listener with the given TLS configuration.
     pub fn device_options(&self, client_id: &str, tls: rustls::ClientConfig) -> MqttOptions {
         let mut options = options(client_id, self.broker.device_addr());
@@ -69,6 +82,21 @@ impl TestBroker {
             Arc::new(tls),
         )));
         options
+    }
+
+    /// The admin endpoint's `path`, as text.
+    pub async fn admin(&self, path: &str) -> (u16, String) {
+        let addr = self.broker.admin_addr().expect("admin endpoint");
+        let response = reqwest::get(format!("http://{addr}{path}"))
+            .await
+            .expect("admin endpoint answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("admin body"))
+    }
+
+    /// Certificate files issued for `id` by this broker's CA.
+    pub fn device_files(&self, id: &DeviceId) -> ecs_broker::CertFiles {
+        self.pki.issue_device_files(id).expect("device certificate")
     }
 
     /// Connects a service with `password` on the service listener.
@@ -89,6 +117,15 @@ fn options(client_id: &str, addr: SocketAddr) -> MqttOptions {
     // rumqttc's default limit is 10 KiB, far below a full protocol message.
     options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     options
+}
+
+/// Waits (bounded) until `condition` holds, checking every 20 ms.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "not within {PATIENCE:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A rustls client configuration trusting `ca`, presenting the certificate and key if given.

@@ -156,8 +156,16 @@ mod tests {
     #[test]
     fn weak_passwords_are_named_and_strong_ones_pass() {
         assert!(password_weakness("pw").unwrap().contains("at least 16"));
-        assert!(password_weakness("aaaaaaaaaaaaaaaaaaaa").unwrap().contains("distinct"));
-        assert!(password_weakness("1234567890123456").unwrap().contains("bits"));
+        assert!(
+            password_weakness("aaaaaaaaaaaaaaaaaaaa")
+                .unwrap()
+                .contains("distinct")
+        );
+        assert!(
+            password_weakness("1234567890123456")
+                .unwrap()
+                .contains("bits")
+        );
         assert_eq!(password_weakness("test-service-password"), None);
         assert_eq!(password_weakness("q8Rk2vLw9ZpT4xNc"), None);
     }

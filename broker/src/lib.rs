@@ -50,7 +50,9 @@ pub use pki::{CertFiles, CertificateAuthority, IssuedCert, PkiDir};
 pub use revocation::Denylist;
 pub use router::MAX_PACKET_BYTES;
 pub use running::{READY_TIMEOUT, RunningBroker};
-pub use settings::{BrokerSettings, DEFAULT_MAX_DEVICE_CONNECTIONS, DEFAULT_SERVICE_USERNAME, Secret};
+pub use settings::{
+    BrokerSettings, DEFAULT_MAX_DEVICE_CONNECTIONS, DEFAULT_SERVICE_USERNAME, Secret,
+};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for tests and the all-in-one demo, which
 /// start brokers and clients on ephemeral ports.

@@ -209,7 +209,10 @@ async fn status(
             .map_err(anyhow::Error::msg)?;
         let elapsed = before.1.elapsed();
         // Clear the screen and draw the view again.
-        print!("\x1b[2J\x1b[H{}", ecs_broker::status::render(&now, Some((&before.0, elapsed))));
+        print!(
+            "\x1b[2J\x1b[H{}",
+            ecs_broker::status::render(&now, Some((&before.0, elapsed)))
+        );
         before = (now, std::time::Instant::now());
     }
 }

@@ -216,8 +216,10 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Relaxed);
-        self.sum_micros
-            .fetch_add(u64::try_from(value.as_micros()).unwrap_or(u64::MAX), Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(value.as_micros()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
     }
 }
 
@@ -427,54 +429,194 @@ impl BrokerMetrics {
     /// The Prometheus text exposition of everything above.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let per_listener = |out: &mut String, name: &str, kind: &str, help: &str, get: &dyn Fn(usize) -> String| {
+        let per_listener = |out: &mut String,
+                            name: &str,
+                            kind: &str,
+                            help: &str,
+                            get: &dyn Fn(usize) -> String| {
             header(out, name, kind, help);
             for listener in Listener::ALL {
-                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {}", listener.as_str(), get(listener.index()));
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\"}} {}",
+                    listener.as_str(),
+                    get(listener.index())
+                );
             }
         };
-        per_listener(&mut out, "ecs_broker_connections", "gauge", "Connections held (past CONNECT).", &|i| self.connections[i].load(Relaxed).to_string());
-        per_listener(&mut out, "ecs_broker_connections_total", "counter", "Connections accepted (past CONNECT).", &|i| self.connections_total[i].load(Relaxed).to_string());
-        per_listener(&mut out, "ecs_broker_subscriptions", "gauge", "Subscription filters held by live connections.", &|i| self.subscriptions[i].load(Relaxed).to_string());
-        per_listener(&mut out, "ecs_broker_messages_in_total", "counter", "PUBLISH packets received from clients.", &|i| self.messages_in[i].load(Relaxed).to_string());
-        per_listener(&mut out, "ecs_broker_bytes_in_total", "counter", "Payload bytes received from clients.", &|i| self.bytes_in[i].load(Relaxed).to_string());
-        per_listener(&mut out, "ecs_broker_messages_out_total", "counter", "PUBLISH packets delivered to clients.", &|i| self.messages_out[i].load(Relaxed).to_string());
-        per_listener(&mut out, "ecs_broker_bytes_out_total", "counter", "Payload bytes delivered to clients.", &|i| self.bytes_out[i].load(Relaxed).to_string());
-        per_listener(&mut out, "ecs_broker_listener_up", "gauge", "1 while the listener's accept loop runs.", &|i| self.accepting[i].load(Relaxed).to_string());
+        per_listener(
+            &mut out,
+            "ecs_broker_connections",
+            "gauge",
+            "Connections held (past CONNECT).",
+            &|i| self.connections[i].load(Relaxed).to_string(),
+        );
+        per_listener(
+            &mut out,
+            "ecs_broker_connections_total",
+            "counter",
+            "Connections accepted (past CONNECT).",
+            &|i| self.connections_total[i].load(Relaxed).to_string(),
+        );
+        per_listener(
+            &mut out,
+            "ecs_broker_subscriptions",
+            "gauge",
+            "Subscription filters held by live connections.",
+            &|i| self.subscriptions[i].load(Relaxed).to_string(),
+        );
+        per_listener(
+            &mut out,
+            "ecs_broker_messages_in_total",
+            "counter",
+            "PUBLISH packets received from clients.",
+            &|i| self.messages_in[i].load(Relaxed).to_string(),
+        );
+        per_listener(
+            &mut out,
+            "ecs_broker_bytes_in_total",
+            "counter",
+            "Payload bytes received from clients.",
+            &|i| self.bytes_in[i].load(Relaxed).to_string(),
+        );
+        per_listener(
+            &mut out,
+            "ecs_broker_messages_out_total",
+            "counter",
+            "PUBLISH packets delivered to clients.",
+            &|i| self.messages_out[i].load(Relaxed).to_string(),
+        );
+        per_listener(
+            &mut out,
+            "ecs_broker_bytes_out_total",
+            "counter",
+            "Payload bytes delivered to clients.",
+            &|i| self.bytes_out[i].load(Relaxed).to_string(),
+        );
+        per_listener(
+            &mut out,
+            "ecs_broker_listener_up",
+            "gauge",
+            "1 while the listener's accept loop runs.",
+            &|i| self.accepting[i].load(Relaxed).to_string(),
+        );
 
-        header(&mut out, "ecs_broker_handshakes_total", "counter", "Device TLS handshakes by outcome.");
+        header(
+            &mut out,
+            "ecs_broker_handshakes_total",
+            "counter",
+            "Device TLS handshakes by outcome.",
+        );
         for outcome in HandshakeOutcome::ALL {
-            let _ = writeln!(out, "ecs_broker_handshakes_total{{outcome=\"{}\"}} {}", outcome.as_str(), self.handshakes(outcome));
+            let _ = writeln!(
+                out,
+                "ecs_broker_handshakes_total{{outcome=\"{}\"}} {}",
+                outcome.as_str(),
+                self.handshakes(outcome)
+            );
         }
-        header(&mut out, "ecs_broker_handshakes_in_flight", "gauge", "Device TLS handshakes under way.");
-        let _ = writeln!(out, "ecs_broker_handshakes_in_flight {}", self.handshakes_in_flight.load(Relaxed));
+        header(
+            &mut out,
+            "ecs_broker_handshakes_in_flight",
+            "gauge",
+            "Device TLS handshakes under way.",
+        );
+        let _ = writeln!(
+            out,
+            "ecs_broker_handshakes_in_flight {}",
+            self.handshakes_in_flight.load(Relaxed)
+        );
 
         let h = &self.handshake_seconds;
-        header(&mut out, "ecs_broker_handshake_duration_seconds", "histogram", "Duration of successful device TLS handshakes.");
+        header(
+            &mut out,
+            "ecs_broker_handshake_duration_seconds",
+            "histogram",
+            "Duration of successful device TLS handshakes.",
+        );
         for (bucket, bound) in h.buckets.iter().zip(HANDSHAKE_BUCKETS) {
-            let _ = writeln!(out, "ecs_broker_handshake_duration_seconds_bucket{{le=\"{bound}\"}} {}", bucket.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "ecs_broker_handshake_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
         }
         let count = h.count.load(Relaxed);
-        let _ = writeln!(out, "ecs_broker_handshake_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "ecs_broker_handshake_duration_seconds_sum {}", h.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "ecs_broker_handshake_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "ecs_broker_handshake_duration_seconds_sum {}",
+            h.sum_micros.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "ecs_broker_handshake_duration_seconds_count {count}");
 
-        header(&mut out, "ecs_broker_refused_total", "counter", "Connections refused or closed at CONNECT, by listener and reason.");
+        header(
+            &mut out,
+            "ecs_broker_refused_total",
+            "counter",
+            "Connections refused or closed at CONNECT, by listener and reason.",
+        );
         for listener in Listener::ALL {
             for reason in Refused::ALL {
-                let _ = writeln!(out, "ecs_broker_refused_total{{listener=\"{}\",reason=\"{}\"}} {}", listener.as_str(), reason.as_str(), self.refusals(listener, reason));
+                let _ = writeln!(
+                    out,
+                    "ecs_broker_refused_total{{listener=\"{}\",reason=\"{}\"}} {}",
+                    listener.as_str(),
+                    reason.as_str(),
+                    self.refusals(listener, reason)
+                );
             }
         }
-        header(&mut out, "ecs_broker_acl_violations_total", "counter", "Device packets against the access rules (each closes its connection).");
+        header(
+            &mut out,
+            "ecs_broker_acl_violations_total",
+            "counter",
+            "Device packets against the access rules (each closes its connection).",
+        );
         for kind in Violation::ALL {
-            let _ = writeln!(out, "ecs_broker_acl_violations_total{{kind=\"{}\"}} {}", kind.as_str(), self.violations(kind));
+            let _ = writeln!(
+                out,
+                "ecs_broker_acl_violations_total{{kind=\"{}\"}} {}",
+                kind.as_str(),
+                self.violations(kind)
+            );
         }
-        header(&mut out, "ecs_broker_revoked_devices", "gauge", "Devices on the revocation list.");
-        let _ = writeln!(out, "ecs_broker_revoked_devices {}", self.revoked_devices.load(Relaxed));
-        header(&mut out, "ecs_broker_revocation_disconnects_total", "counter", "Connections closed because their device was revoked.");
-        let _ = writeln!(out, "ecs_broker_revocation_disconnects_total {}", self.revocation_disconnects.load(Relaxed));
-        header(&mut out, "ecs_broker_uptime_seconds", "gauge", "Seconds since the broker started.");
-        let _ = writeln!(out, "ecs_broker_uptime_seconds {}", self.started.elapsed().as_secs());
+        header(
+            &mut out,
+            "ecs_broker_revoked_devices",
+            "gauge",
+            "Devices on the revocation list.",
+        );
+        let _ = writeln!(
+            out,
+            "ecs_broker_revoked_devices {}",
+            self.revoked_devices.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "ecs_broker_revocation_disconnects_total",
+            "counter",
+            "Connections closed because their device was revoked.",
+        );
+        let _ = writeln!(
+            out,
+            "ecs_broker_revocation_disconnects_total {}",
+            self.revocation_disconnects.load(Relaxed)
+        );
+        header(
+            &mut out,
+            "ecs_broker_uptime_seconds",
+            "gauge",
+            "Seconds since the broker started.",
+        );
+        let _ = writeln!(
+            out,
+            "ecs_broker_uptime_seconds {}",
+            self.started.elapsed().as_secs()
+        );
         out
     }
 
@@ -494,7 +636,11 @@ impl BrokerMetrics {
                 bytes_out: s.traffic.bytes_out.load(Relaxed),
             })
             .collect();
-        talkers.sort_by(|a, b| b.bytes_in.cmp(&a.bytes_in).then(b.messages_in.cmp(&a.messages_in)));
+        talkers.sort_by(|a, b| {
+            b.bytes_in
+                .cmp(&a.bytes_in)
+                .then(b.messages_in.cmp(&a.messages_in))
+        });
         talkers.truncate(top);
         let listeners = Listener::ALL
             .iter()
@@ -587,8 +733,13 @@ mod tests {
         let session = metrics.session(Listener::Device, "phone1", "127.0.0.1:5".parse().unwrap());
         metrics.message_in(Listener::Device, &session.traffic, 100);
         let text = metrics.render();
-        assert!(text.contains("ecs_broker_handshakes_total{outcome=\"timeout\"} 2"), "{text}");
-        assert!(text.contains("ecs_broker_refused_total{listener=\"service\",reason=\"not_authorized\"} 1"));
+        assert!(
+            text.contains("ecs_broker_handshakes_total{outcome=\"timeout\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "ecs_broker_refused_total{listener=\"service\",reason=\"not_authorized\"} 1"
+        ));
         assert!(text.contains("ecs_broker_connections{listener=\"device\"} 1"));
         assert!(text.contains("ecs_broker_bytes_in_total{listener=\"device\"} 100"));
         assert!(text.contains("ecs_broker_handshake_duration_seconds_bucket{le=\"0.005\"} 1"));

@@ -62,7 +62,8 @@ impl RunningBroker {
             denylist.clone(),
         )?);
         let bind = |addr: SocketAddr| {
-            let listener = TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+            let listener =
+                TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
             listener
                 .set_nonblocking(true)
                 .map_err(|source| Error::Bind { addr, source })?;
@@ -72,7 +73,10 @@ impl RunningBroker {
         let service = bind(settings.service_addr)?;
         let admin = settings.admin_addr.map(bind).transpose()?;
         let local = |l: &TcpListener, asked: SocketAddr| {
-            l.local_addr().map_err(|source| Error::Bind { addr: asked, source })
+            l.local_addr().map_err(|source| Error::Bind {
+                addr: asked,
+                source,
+            })
         };
         let device_addr = connectable(local(&device, settings.device_addr)?);
         let service_addr = connectable(local(&service, settings.service_addr)?);
@@ -107,7 +111,12 @@ impl RunningBroker {
                 runtime.block_on(run(
                     door_for_thread,
                     denylist_for_thread,
-                    Listeners { device, service, admin, device_addr },
+                    Listeners {
+                        device,
+                        service,
+                        admin,
+                        device_addr,
+                    },
                     stop,
                 ))
             })
@@ -196,31 +205,57 @@ async fn run(
     shutdown: CancellationToken,
 ) -> String {
     let tokio_listener = |l: TcpListener| tokio::net::TcpListener::from_std(l);
-    let (device, service) = match (tokio_listener(listeners.device), tokio_listener(listeners.service)) {
+    let (device, service) = match (
+        tokio_listener(listeners.device),
+        tokio_listener(listeners.service),
+    ) {
         (Ok(d), Ok(s)) => (d, s),
         (Err(e), _) | (_, Err(e)) => return format!("cannot use the listeners: {e}"),
     };
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(named("device_door", door::accept_devices(Arc::clone(&door), device)));
-    tasks.spawn(named("service_door", door::accept_services(Arc::clone(&door), service)));
+    tasks.spawn(named(
+        "device_door",
+        door::accept_devices(Arc::clone(&door), device),
+    ));
+    tasks.spawn(named(
+        "service_door",
+        door::accept_services(Arc::clone(&door), service),
+    ));
     if let Some(admin) = listeners.admin {
         match tokio_listener(admin) {
             Ok(admin) => {
                 tasks.spawn(named(
                     "admin_http",
-                    crate::admin::serve(admin, Arc::clone(&door), listeners.device_addr, shutdown.clone()),
+                    crate::admin::serve(
+                        admin,
+                        Arc::clone(&door),
+                        listeners.device_addr,
+                        shutdown.clone(),
+                    ),
                 ));
             }
             Err(e) => return format!("cannot use the admin listener: {e}"),
         }
     }
-    tasks.spawn(named("tls_reload", reload_tls(Arc::clone(&door), shutdown.clone())));
-    tasks.spawn(named("device_sweep", sweep_devices(Arc::clone(&door), shutdown.clone())));
+    tasks.spawn(named(
+        "tls_reload",
+        reload_tls(Arc::clone(&door), shutdown.clone()),
+    ));
+    tasks.spawn(named(
+        "device_sweep",
+        sweep_devices(Arc::clone(&door), shutdown.clone()),
+    ));
     {
         let (door, denylist, shutdown) = (Arc::clone(&door), denylist.clone(), shutdown.clone());
         tasks.spawn(named("revocations", async move {
             let follow = tokio::task::spawn_blocking(move || {
-                revocation::follow(&door.router, &denylist, &door.devices, &door.metrics, &shutdown)
+                revocation::follow(
+                    &door.router,
+                    &denylist,
+                    &door.devices,
+                    &door.metrics,
+                    &shutdown,
+                )
             });
             match follow.await {
                 Ok(Ok(())) => {}
@@ -241,16 +276,23 @@ async fn run(
     };
     shutdown.cancel();
     door.tasks.close();
-    if tokio::time::timeout(STOP_TIMEOUT, door.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(STOP_TIMEOUT, door.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after {STOP_TIMEOUT:?}; leaving them");
     }
-    let _ = tokio::time::timeout(STOP_TIMEOUT, async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(STOP_TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     reason
 }
 
 /// A task that reports its name when it ends.
 async fn named(name: &'static str, task: impl Future<Output = ()>) -> &'static str {
-    task.instrument(tracing::info_span!("broker_task", task = name)).await;
+    task.instrument(tracing::info_span!("broker_task", task = name))
+        .await;
     name
 }
 
@@ -267,7 +309,9 @@ async fn reload_tls(door: Arc<Door>, shutdown: CancellationToken) {
         match door.tls.reload_if_changed() {
             Ok(true) => tracing::info!("device TLS files changed: configuration reloaded"),
             Ok(false) => {}
-            Err(error) => tracing::error!(%error, "device TLS files changed but cannot be used; keeping the previous configuration"),
+            Err(error) => {
+                tracing::error!(%error, "device TLS files changed but cannot be used; keeping the previous configuration")
+            }
         }
     }
 }

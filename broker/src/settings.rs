@@ -87,7 +87,11 @@ pub struct BrokerSettings {
     pub max_service_connections: usize,
 
     /// Most connections one device certificate may hold at once.
-    #[arg(long, env = "ECS_BROKER_MAX_CONNECTIONS_PER_DEVICE", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "ECS_BROKER_MAX_CONNECTIONS_PER_DEVICE",
+        default_value_t = 2
+    )]
     pub max_connections_per_device: usize,
 
     /// Most TLS handshakes under way at once; further connections are closed at once.
@@ -101,7 +105,11 @@ pub struct BrokerSettings {
     pub max_handshakes_per_ip: usize,
 
     /// Milliseconds a device gets to finish its TLS handshake.
-    #[arg(long, env = "ECS_BROKER_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "ECS_BROKER_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub handshake_timeout_ms: u64,
 
     /// Milliseconds a client gets, once connected (and past TLS), to send CONNECT.
@@ -190,7 +198,10 @@ impl BrokerSettings {
         for (setting, value) in [
             ("max device connections", self.max_device_connections),
             ("max service connections", self.max_service_connections),
-            ("max connections per device", self.max_connections_per_device),
+            (
+                "max connections per device",
+                self.max_connections_per_device,
+            ),
             ("max handshakes", self.max_handshakes),
             ("max handshakes per IP", self.max_handshakes_per_ip),
         ] {
@@ -213,7 +224,10 @@ impl BrokerSettings {
             ("device byte rate", self.device_byte_rate),
         ] {
             if !value.is_finite() || value <= 0.0 {
-                return Err(invalid(setting, format!("{value}: must be a positive number")));
+                return Err(invalid(
+                    setting,
+                    format!("{value}: must be a positive number"),
+                ));
             }
         }
         if self.service_username.is_empty() {

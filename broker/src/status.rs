@@ -12,11 +12,11 @@ pub async fn fetch(admin_addr: std::net::SocketAddr) -> Result<Status, String> {
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e} (is the broker running, and is ECS_BROKER_ADMIN_ADDR / --admin-addr right?)"))?;
+    let response = client.get(&url).send().await.map_err(|e| {
+        format!(
+            "{url}: {e} (is the broker running, and is ECS_BROKER_ADMIN_ADDR / --admin-addr right?)"
+        )
+    })?;
     if !response.status().is_success() {
         return Err(format!("{url}: HTTP {}", response.status()));
     }
@@ -26,9 +26,16 @@ pub async fn fetch(admin_addr: std::net::SocketAddr) -> Result<Status, String> {
 /// The view of `now`, with rates from the difference to `before` over `elapsed`.
 pub fn render(now: &Status, before: Option<(&Status, Duration)>) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "ecs-broker: up {}s, {} revoked devices, {} handshakes in flight",
-        now.uptime_s, now.revoked_devices, now.handshakes_in_flight);
-    let _ = writeln!(out, "\n{:<8} {:>4} {:>12} {:>12} {:>12} {:>12}", "listener", "up", "connections", "msgs in/s", "msgs out/s", "KiB in/s");
+    let _ = writeln!(
+        out,
+        "ecs-broker: up {}s, {} revoked devices, {} handshakes in flight",
+        now.uptime_s, now.revoked_devices, now.handshakes_in_flight
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<8} {:>4} {:>12} {:>12} {:>12} {:>12}",
+        "listener", "up", "connections", "msgs in/s", "msgs out/s", "KiB in/s"
+    );
     for listener in &now.listeners {
         let rate = |pick: fn(&crate::metrics::ListenerStatus) -> u64| -> String {
             match before {
@@ -36,7 +43,12 @@ pub fn render(now: &Status, before: Option<(&Status, Duration)>) -> String {
                     .listeners
                     .iter()
                     .find(|l| l.listener == listener.listener)
-                    .map(|old| format!("{:.1}", pick(listener).saturating_sub(pick(old)) as f64 / elapsed.as_secs_f64()))
+                    .map(|old| {
+                        format!(
+                            "{:.1}",
+                            pick(listener).saturating_sub(pick(old)) as f64 / elapsed.as_secs_f64()
+                        )
+                    })
                     .unwrap_or_else(|| "-".into()),
                 _ => "-".into(),
             }
@@ -46,24 +58,61 @@ pub fn render(now: &Status, before: Option<(&Status, Duration)>) -> String {
             Listener::Service => "service",
         };
         let kib = rate(|l| l.bytes_in / 1024);
-        let _ = writeln!(out, "{:<8} {:>4} {:>12} {:>12} {:>12} {:>12}", name,
-            if listener.up { "yes" } else { "NO" }, listener.connections, rate(|l| l.messages_in), rate(|l| l.messages_out), kib);
+        let _ = writeln!(
+            out,
+            "{:<8} {:>4} {:>12} {:>12} {:>12} {:>12}",
+            name,
+            if listener.up { "yes" } else { "NO" },
+            listener.connections,
+            rate(|l| l.messages_in),
+            rate(|l| l.messages_out),
+            kib
+        );
         if !listener.refused.is_empty() {
-            let refused: Vec<String> = listener.refused.iter().map(|(r, n)| format!("{r}={n}")).collect();
+            let refused: Vec<String> = listener
+                .refused
+                .iter()
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect();
             let _ = writeln!(out, "         refused: {}", refused.join(" "));
         }
     }
-    let handshakes: Vec<String> = now.handshakes.iter().filter(|(_, n)| *n > 0).map(|(o, n)| format!("{o}={n}")).collect();
-    let _ = writeln!(out, "\nhandshakes: {}", if handshakes.is_empty() { "none".into() } else { handshakes.join(" ") });
+    let handshakes: Vec<String> = now
+        .handshakes
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(o, n)| format!("{o}={n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nhandshakes: {}",
+        if handshakes.is_empty() {
+            "none".into()
+        } else {
+            handshakes.join(" ")
+        }
+    );
     if !now.acl_violations.is_empty() {
-        let v: Vec<String> = now.acl_violations.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let v: Vec<String> = now
+            .acl_violations
+            .iter()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
         let _ = writeln!(out, "access-rule violations: {}", v.join(" "));
     }
     if !now.top_talkers.is_empty() {
         let _ = writeln!(out, "\ntop talkers (bytes in):");
-        let _ = writeln!(out, "{:<34} {:<22} {:>10} {:>12} {:>10}", "client", "peer", "msgs in", "bytes in", "msgs out");
+        let _ = writeln!(
+            out,
+            "{:<34} {:<22} {:>10} {:>12} {:>10}",
+            "client", "peer", "msgs in", "bytes in", "msgs out"
+        );
         for t in &now.top_talkers {
-            let _ = writeln!(out, "{:<34} {:<22} {:>10} {:>12} {:>10}", t.client, t.peer, t.messages_in, t.bytes_in, t.messages_out);
+            let _ = writeln!(
+                out,
+                "{:<34} {:<22} {:>10} {:>12} {:>10}",
+                t.client, t.peer, t.messages_in, t.bytes_in, t.messages_out
+            );
         }
     }
     out

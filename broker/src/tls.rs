@@ -14,9 +14,11 @@ use ecs_protocol::DeviceId;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 
 use crate::error::{Error, Result};
 use crate::revocation::Denylist;
@@ -256,7 +258,11 @@ mod tests {
         let der = CertificateDer::from_pem_file(&issued.cert).unwrap();
         assert_eq!(device_of_certificate(&der), Some(device));
         let server = CertificateDer::from_pem_file(pki.server_files().cert).unwrap();
-        assert_eq!(device_of_certificate(&server), None, "a server is no device");
+        assert_eq!(
+            device_of_certificate(&server),
+            None,
+            "a server is no device"
+        );
     }
 
     #[test]

@@ -14,10 +14,15 @@ use tokio::net::TcpStream;
 async fn phone_streams(broker: &TestBroker, id: &str) -> Duration {
     let started = Instant::now();
     let id = DeviceId::parse(id).unwrap();
-    let mut cloud = broker.service(&format!("cloud-{id}"), SERVICE_PASSWORD).await.unwrap();
+    let mut cloud = broker
+        .service(&format!("cloud-{id}"), SERVICE_PASSWORD)
+        .await
+        .unwrap();
     cloud.subscribe(&topic::uplink(&id)).await;
     let mut phone = broker.device(&id).await.expect("the phone connects");
-    phone.publish(&topic::uplink(&id), b"reading".to_vec()).await;
+    phone
+        .publish(&topic::uplink(&id), b"reading".to_vec())
+        .await;
     assert_eq!(cloud.next_publish().await.payload.as_ref(), b"reading");
     started.elapsed()
 }
@@ -34,12 +39,16 @@ async fn held_and_stalled_connections_do_not_lock_out_a_phone() {
     for _ in 0..50 {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         // A TLS record header announcing a 512-byte handshake message, and then nothing.
-        stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+        stream
+            .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .await
+            .unwrap();
         hostile.push(stream);
     }
-    eventually("the hostile connections are all in their handshakes", || {
-        broker.broker.metrics().status(0).handshakes_in_flight == 250
-    })
+    eventually(
+        "the hostile connections are all in their handshakes",
+        || broker.broker.metrics().status(0).handshakes_in_flight == 250,
+    )
     .await;
 
     let took = phone_streams(&broker, "phone1").await;
@@ -54,10 +63,16 @@ async fn held_and_stalled_connections_do_not_lock_out_a_phone() {
 #[tokio::test]
 async fn stalled_handshakes_time_out_and_are_counted() {
     let broker = TestBroker::start_with(|s| s.handshake_timeout_ms = 300);
-    let _stalled = TcpStream::connect(broker.broker.device_addr()).await.unwrap();
+    let _stalled = TcpStream::connect(broker.broker.device_addr())
+        .await
+        .unwrap();
 
     eventually("the stalled handshake timed out", || {
-        broker.broker.metrics().handshakes(HandshakeOutcome::Timeout) == 1
+        broker
+            .broker
+            .metrics()
+            .handshakes(HandshakeOutcome::Timeout)
+            == 1
     })
     .await;
 }
@@ -77,7 +92,11 @@ async fn one_address_cannot_take_every_handshake_slot() {
         hostile.push(socket.connect(addr).await.unwrap());
     }
     eventually("two over the per-address cap", || {
-        broker.broker.metrics().handshakes(HandshakeOutcome::OverCap) == 2
+        broker
+            .broker
+            .metrics()
+            .handshakes(HandshakeOutcome::OverCap)
+            == 2
     })
     .await;
 
@@ -102,7 +121,10 @@ async fn malformed_and_repeated_connects_never_stop_the_listener() {
     }
     phone_streams(&broker, "phone2").await;
     assert_eq!(
-        broker.broker.metrics().refusals(Listener::Device, Refused::ClientIdMismatch),
+        broker
+            .broker
+            .metrics()
+            .refusals(Listener::Device, Refused::ClientIdMismatch),
         2
     );
 }
@@ -116,12 +138,18 @@ async fn a_full_broker_refuses_and_then_serves_the_same_phone() {
     let full = broker.device(&DeviceId::parse("c").unwrap()).await;
     assert!(full.is_err(), "a third device got in");
     assert_eq!(
-        broker.broker.metrics().refusals(Listener::Device, Refused::DeviceListenerFull),
+        broker
+            .broker
+            .metrics()
+            .refusals(Listener::Device, Refused::DeviceListenerFull),
         1
     );
 
     drop(a);
-    eventually("a's slot is free", || broker.broker.metrics().connections(Listener::Device) == 1).await;
+    eventually("a's slot is free", || {
+        broker.broker.metrics().connections(Listener::Device) == 1
+    })
+    .await;
     // The refused phone, with its own id, right after: it gets in.
     phone_streams(&broker, "c").await;
 }
@@ -139,13 +167,19 @@ async fn one_certificate_cannot_hold_more_than_its_cap_of_connections() {
     ));
     let mut held = Vec::new();
     for _ in 0..3 {
-        let tcp = TcpStream::connect(broker.broker.device_addr()).await.unwrap();
+        let tcp = TcpStream::connect(broker.broker.device_addr())
+            .await
+            .unwrap();
         let connector = tokio_rustls::TlsConnector::from(tls.clone());
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         held.push(connector.connect(name, tcp).await.unwrap());
     }
     eventually("the third is refused", || {
-        broker.broker.metrics().refusals(Listener::Device, Refused::DeviceConnectionCap) == 1
+        broker
+            .broker
+            .metrics()
+            .refusals(Listener::Device, Refused::DeviceConnectionCap)
+            == 1
     })
     .await;
     // Other devices are not affected.

@@ -63,9 +63,13 @@ impl Policy {
         match (self, packet) {
             (_, Packet::Connect(..)) => Err(Violation::Packet),
             // Packets only a server sends.
-            (_, Packet::ConnAck(..) | Packet::SubAck(..) | Packet::UnsubAck(..) | Packet::PingResp(..)) => {
-                Err(Violation::Packet)
-            }
+            (
+                _,
+                Packet::ConnAck(..)
+                | Packet::SubAck(..)
+                | Packet::UnsubAck(..)
+                | Packet::PingResp(..),
+            ) => Err(Violation::Packet),
             (Policy::Service, _) => Ok(()),
             (Policy::Device { uplink, .. }, Packet::Publish(publish, _)) => {
                 if publish.topic.as_ref() != uplink.as_bytes() {
@@ -99,9 +103,10 @@ impl Policy {
                     Ok(())
                 }
             }
-            (Policy::Device { .. }, Packet::PingReq(_) | Packet::PubAck(..) | Packet::Disconnect(..)) => {
-                Ok(())
-            }
+            (
+                Policy::Device { .. },
+                Packet::PingReq(_) | Packet::PubAck(..) | Packet::Disconnect(..),
+            ) => Ok(()),
             // QoS 2 flow packets: the protocol never uses QoS 2.
             (Policy::Device { .. }, _) => Err(Violation::Packet),
         }
@@ -124,7 +129,12 @@ mod tests {
         (V4.read_mut(&mut bytes, usize::MAX).unwrap(), qos)
     }
 
-    fn publish(topic: &str, qos: rumqttc::QoS, retain: bool, len: usize) -> (Packet, Option<PublishQos>) {
+    fn publish(
+        topic: &str,
+        qos: rumqttc::QoS,
+        retain: bool,
+        len: usize,
+    ) -> (Packet, Option<PublishQos>) {
         let mut p = rumqttc::mqttbytes::v4::Publish::new(topic, qos, vec![0u8; len]);
         p.retain = retain;
         p.pkid = u16::from(qos != rumqttc::QoS::AtMostOnce);
@@ -143,37 +153,86 @@ mod tests {
 
     #[test]
     fn a_device_publishes_only_on_its_uplink() {
-        let (me, other) = (DeviceId::parse("me").unwrap(), DeviceId::parse("other").unwrap());
+        let (me, other) = (
+            DeviceId::parse("me").unwrap(),
+            DeviceId::parse("other").unwrap(),
+        );
         let policy = Policy::device(&me);
         let check = |(packet, qos): (Packet, Option<PublishQos>)| policy.check(&packet, qos);
         use rumqttc::QoS::*;
-        assert_eq!(check(publish(&topic::uplink(&me), AtLeastOnce, false, 10)), Ok(()));
-        assert_eq!(check(publish(&topic::uplink(&me), AtMostOnce, false, 10)), Ok(()));
-        assert_eq!(check(publish(&topic::downlink(&me), AtLeastOnce, false, 10)), Err(Violation::PublishTopic));
-        assert_eq!(check(publish(&topic::uplink(&other), AtLeastOnce, false, 10)), Err(Violation::PublishTopic));
-        assert_eq!(check(publish(&topic::revocations(), AtLeastOnce, false, 10)), Err(Violation::PublishTopic));
-        assert_eq!(check(publish(&topic::uplink(&me), ExactlyOnce, false, 10)), Err(Violation::Qos));
-        assert_eq!(check(publish(&topic::uplink(&me), AtLeastOnce, true, 10)), Err(Violation::Retain));
+        assert_eq!(
+            check(publish(&topic::uplink(&me), AtLeastOnce, false, 10)),
+            Ok(())
+        );
+        assert_eq!(
+            check(publish(&topic::uplink(&me), AtMostOnce, false, 10)),
+            Ok(())
+        );
+        assert_eq!(
+            check(publish(&topic::downlink(&me), AtLeastOnce, false, 10)),
+            Err(Violation::PublishTopic)
+        );
+        assert_eq!(
+            check(publish(&topic::uplink(&other), AtLeastOnce, false, 10)),
+            Err(Violation::PublishTopic)
+        );
+        assert_eq!(
+            check(publish(&topic::revocations(), AtLeastOnce, false, 10)),
+            Err(Violation::PublishTopic)
+        );
+        assert_eq!(
+            check(publish(&topic::uplink(&me), ExactlyOnce, false, 10)),
+            Err(Violation::Qos)
+        );
+        assert_eq!(
+            check(publish(&topic::uplink(&me), AtLeastOnce, true, 10)),
+            Err(Violation::Retain)
+        );
         let limit = ecs_protocol::MAX_MESSAGE_BYTES;
-        assert_eq!(check(publish(&topic::uplink(&me), AtLeastOnce, false, limit)), Ok(()));
-        assert_eq!(check(publish(&topic::uplink(&me), AtLeastOnce, false, limit + 1)), Err(Violation::PayloadSize));
+        assert_eq!(
+            check(publish(&topic::uplink(&me), AtLeastOnce, false, limit)),
+            Ok(())
+        );
+        assert_eq!(
+            check(publish(&topic::uplink(&me), AtLeastOnce, false, limit + 1)),
+            Err(Violation::PayloadSize)
+        );
     }
 
     #[test]
     fn a_device_subscribes_only_to_its_downlink() {
-        let (me, other) = (DeviceId::parse("me").unwrap(), DeviceId::parse("other").unwrap());
+        let (me, other) = (
+            DeviceId::parse("me").unwrap(),
+            DeviceId::parse("other").unwrap(),
+        );
         let policy = Policy::device(&me);
         let check = |(packet, qos): (Packet, Option<PublishQos>)| policy.check(&packet, qos);
         use rumqttc::QoS::*;
-        assert_eq!(check(subscribe(&[&topic::downlink(&me)], AtLeastOnce)), Ok(()));
-        for filter in ["#", "/tenants/+/ecs/v1/down", "/tenants/me/#", &topic::uplink(&me), &topic::downlink(&other)] {
-            assert_eq!(check(subscribe(&[filter], AtLeastOnce)), Err(Violation::SubscribeFilter), "{filter}");
+        assert_eq!(
+            check(subscribe(&[&topic::downlink(&me)], AtLeastOnce)),
+            Ok(())
+        );
+        for filter in [
+            "#",
+            "/tenants/+/ecs/v1/down",
+            "/tenants/me/#",
+            &topic::uplink(&me),
+            &topic::downlink(&other),
+        ] {
+            assert_eq!(
+                check(subscribe(&[filter], AtLeastOnce)),
+                Err(Violation::SubscribeFilter),
+                "{filter}"
+            );
         }
         assert_eq!(
             check(subscribe(&[&topic::downlink(&me), "#"], AtLeastOnce)),
             Err(Violation::SubscribeFilter)
         );
-        assert_eq!(check(subscribe(&[&topic::downlink(&me)], ExactlyOnce)), Err(Violation::Qos));
+        assert_eq!(
+            check(subscribe(&[&topic::downlink(&me)], ExactlyOnce)),
+            Err(Violation::Qos)
+        );
     }
 
     #[test]

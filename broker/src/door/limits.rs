@@ -151,7 +151,9 @@ impl DeviceRegistry {
     fn lock(&self) -> MutexGuard<'_, RegistryState> {
         // A panic while holding this lock leaves only counts behind, which stay consistent:
         // carry on rather than poison every later connection.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Registers a new connection of `device`, or says why it may not have one.
@@ -292,10 +294,7 @@ mod tests {
     #[test]
     fn closing_a_device_cancels_its_connections_only() {
         let registry = registry(2);
-        let (a, b) = (
-            DeviceId::parse("a").unwrap(),
-            DeviceId::parse("b").unwrap(),
-        );
+        let (a, b) = (DeviceId::parse("a").unwrap(), DeviceId::parse("b").unwrap());
         let now = Instant::now();
         let ra = registry.register(&a, now).unwrap();
         let rb = registry.register(&b, now).unwrap();

@@ -151,7 +151,10 @@ impl Door {
         let global = Arc::clone(&self.handshakes)
             .try_acquire_owned()
             .map_err(|_| "handshakes in flight")?;
-        let mut by_ip = self.handshakes_by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_ip = self
+            .handshakes_by_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let count = by_ip.entry(ip).or_insert(0);
         if *count >= self.max_handshakes_per_ip {
             return Err("handshakes in flight from this address");
@@ -262,7 +265,10 @@ async fn handshake_device(
     stream: TcpStream,
     addr: SocketAddr,
     permit: HandshakeSlot,
-) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, ecs_protocol::DeviceId)> {
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    ecs_protocol::DeviceId,
+)> {
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
     door.metrics.handshakes_in_flight(1);
@@ -340,7 +346,8 @@ pub(crate) async fn accept_services(door: Arc<Door>, listener: TcpListener) {
             },
         };
         let Ok(slot) = Arc::clone(&door.service_slots).try_acquire_owned() else {
-            door.metrics.refused(Listener::Service, Refused::ServiceConnectionCap);
+            door.metrics
+                .refused(Listener::Service, Refused::ServiceConnectionCap);
             tracing::warn!(peer = %addr, "service connection refused: the service listener is full");
             continue;
         };
@@ -385,7 +392,9 @@ impl Probes {
         if socket.bind(local).is_err() {
             return false;
         }
-        let Ok(local) = socket.local_addr() else { return false };
+        let Ok(local) = socket.local_addr() else {
+            return false;
+        };
         self.expected
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -405,7 +414,11 @@ impl Probes {
                 seen.await;
             }
         };
-        let ok = tokio::time::timeout(wait, check).await.ok().flatten().is_some();
+        let ok = tokio::time::timeout(wait, check)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
         self.expected
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -9,7 +9,9 @@ use std::time::Duration;
 use ecs_protocol::DeviceId;
 use rumqttd::Notification;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet};
+use rumqttd::protocol::{
+    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +50,11 @@ where
         Peer::Device(..) => Listener::Device,
         Peer::Service => Listener::Service,
     };
-    let mut wire = Wire::new(stream, super::acl::CONNECT_MAX_PACKET_BYTES, door.write_timeout);
+    let mut wire = Wire::new(
+        stream,
+        super::acl::CONNECT_MAX_PACKET_BYTES,
+        door.write_timeout,
+    );
     let connect_timeout = door.connect_timeout;
     let first = tokio::select! {
         read = tokio::time::timeout(connect_timeout, wire.read_packet()) => read,
@@ -64,7 +70,16 @@ where
             return;
         }
         Err(_) => {
-            return refuse(&door, wire, listener, addr, None, Refused::ConnectTimeout, None).await;
+            return refuse(
+                &door,
+                wire,
+                listener,
+                addr,
+                None,
+                Refused::ConnectTimeout,
+                None,
+            )
+            .await;
         }
     };
     let client = connect.client_id.clone();
@@ -74,7 +89,16 @@ where
         Peer::Device(device, _) => {
             if client != device.as_str() {
                 let code = Some(ConnectReturnCode::ClientIdentifierNotValid);
-                return refuse(&door, wire, listener, addr, Some(&client), Refused::ClientIdMismatch, code).await;
+                return refuse(
+                    &door,
+                    wire,
+                    listener,
+                    addr,
+                    Some(&client),
+                    Refused::ClientIdMismatch,
+                    code,
+                )
+                .await;
             }
             (Policy::device(device), Some(device.to_string()))
         }
@@ -84,7 +108,16 @@ where
                 || client.contains(['+', '$', '#', '/'])
             {
                 let code = Some(ConnectReturnCode::ClientIdentifierNotValid);
-                return refuse(&door, wire, listener, addr, Some(&client), Refused::NotConnect, code).await;
+                return refuse(
+                    &door,
+                    wire,
+                    listener,
+                    addr,
+                    Some(&client),
+                    Refused::NotConnect,
+                    code,
+                )
+                .await;
             }
             if let Err(reason) = door.check_login(addr, login.as_ref()) {
                 let code = Some(ConnectReturnCode::BadUserNamePassword);
@@ -95,16 +128,36 @@ where
     };
     if connect.keep_alive == 0 || connect.keep_alive > MAX_KEEP_ALIVE_SECS {
         let code = Some(ConnectReturnCode::ServiceUnavailable);
-        return refuse(&door, wire, listener, addr, Some(&client), Refused::KeepAlive, code).await;
+        return refuse(
+            &door,
+            wire,
+            listener,
+            addr,
+            Some(&client),
+            Refused::KeepAlive,
+            code,
+        )
+        .await;
     }
     if will.is_some() {
         let code = Some(ConnectReturnCode::NotAuthorized);
-        return refuse(&door, wire, listener, addr, Some(&client), Refused::LastWill, code).await;
+        return refuse(
+            &door,
+            wire,
+            listener,
+            addr,
+            Some(&client),
+            Refused::LastWill,
+            code,
+        )
+        .await;
     }
     // The router's registration blocks until the router thread answers; a bounded number at
     // a time, so a reconnect storm cannot take every blocking thread.
     let link = {
-        let Ok(_permit) = door.link_builds.acquire().await else { return };
+        let Ok(_permit) = door.link_builds.acquire().await else {
+            return;
+        };
         let door = Arc::clone(&door);
         let (client, clean) = (client.clone(), connect.clean_session);
         tokio::task::spawn_blocking(move || door.router.link(&client, tenant, clean)).await
@@ -114,7 +167,16 @@ where
         Ok(Err(error)) => {
             tracing::warn!(peer = %addr, client, %error, "the router refused the connection");
             let code = Some(ConnectReturnCode::ServiceUnavailable);
-            return refuse(&door, wire, listener, addr, Some(&client), Refused::RouterRefused, code).await;
+            return refuse(
+                &door,
+                wire,
+                listener,
+                addr,
+                Some(&client),
+                Refused::RouterRefused,
+                code,
+            )
+            .await;
         }
         Err(_) => return,
     };
@@ -174,7 +236,10 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     door.metrics.refused(listener, reason);
     tracing::warn!(peer = %addr, listener = listener.as_str(), client, reason = reason.as_str(), "connection refused");
     if let Some(code) = code {
-        let ack = ConnAck { session_present: false, code };
+        let ack = ConnAck {
+            session_present: false,
+            code,
+        };
         let _ = wire.send(Packet::ConnAck(ack, None)).await;
     }
     wire.shutdown().await;
@@ -188,7 +253,9 @@ fn keep_alive_deadline(connect: &Connect) -> Duration {
 /// Tells the router this connection is gone. A DISCONNECT packet rather than rumqttd's
 /// private disconnect event; if the router already dropped the link, nobody reads it.
 async fn disconnect_link(mut link_tx: LinkTx) {
-    let disconnect = Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection };
+    let disconnect = Disconnect {
+        reason_code: DisconnectReasonCode::NormalDisconnection,
+    };
     let _ = link_tx.send(Packet::Disconnect(disconnect, None)).await;
 }
 
@@ -202,7 +269,11 @@ impl DeviceRate {
     fn new(door: &Door) -> Self {
         let now = std::time::Instant::now();
         Self {
-            messages: TokenBucket::new(door.device_message_rate, 2.0 * door.device_message_rate, now),
+            messages: TokenBucket::new(
+                door.device_message_rate,
+                2.0 * door.device_message_rate,
+                now,
+            ),
             bytes: TokenBucket::new(door.device_byte_rate, 2.0 * door.device_byte_rate, now),
         }
     }
@@ -335,7 +406,9 @@ impl Pump {
             match &packet {
                 Packet::Publish(publish, _) => {
                     let bytes = publish.payload.len();
-                    self.door.metrics.message_in(self.listener, &self.session.traffic, bytes);
+                    self.door
+                        .metrics
+                        .message_in(self.listener, &self.session.traffic, bytes);
                     if let Some(rate) = &mut self.device_rate {
                         pause = rate.charge(bytes);
                     }
@@ -396,7 +469,9 @@ impl Pump {
                 notification => {
                     if let Notification::Forward(forward) = &notification {
                         let bytes = forward.publish.payload.len();
-                        self.door.metrics.message_out(self.listener, &self.session.traffic, bytes);
+                        self.door
+                            .metrics
+                            .message_out(self.listener, &self.session.traffic, bytes);
                     }
                     let packet: Option<Packet> = notification.into();
                     if let Some(packet) = packet {

@@ -48,7 +48,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     }
 
     /// The next packet already in the buffer, with its PUBLISH QoS when it is one.
-    pub(crate) fn next_buffered(&mut self) -> Result<Option<(Packet, Option<PublishQos>)>, WireError> {
+    pub(crate) fn next_buffered(
+        &mut self,
+    ) -> Result<Option<(Packet, Option<PublishQos>)>, WireError> {
         let Some(&first) = self.read.first() else {
             return Ok(None);
         };

@@ -30,7 +30,7 @@ pub struct TestBroker {
     pub pki: PkiDir,
     pub settings: BrokerSettings,
     pub broker: RunningBroker,
-    _dir: tempfile::TempDir,
+    pub _dir: tempfile::TempDir,
 }
 
 impl TestBroker {
@@ -123,7 +123,10 @@ fn options(client_id: &str, addr: SocketAddr) -> MqttOptions {
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "not within {PATIENCE:?}: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {PATIENCE:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -503,8 +503,8 @@ async fn rotate_token(
 }
 
 /// Revoke a phone: from now on ingest accepts nothing from it and no notification goes to it.
-/// (Its certificate still opens a connection to the broker until it expires; what it sends is
-/// refused.)
+/// The broker is told within about a second (the revocation publisher) and cuts the phone off: it
+/// refuses its certificate at the TLS handshake and disconnects it if it is connected.
 #[utoipa::path(delete, path = "/v1/users/{user_id}/devices/{device_id}",
     responses((status = 204), (status = 404, body = ErrorBody)),
     security(("bearer" = [])))]

@@ -32,6 +32,7 @@ use crate::{
     notify::Notifier,
     offers::{Assessor, OfferWorker},
     policy::CreditPolicy,
+    revocations::RevocationPublisher,
 };
 
 /// Capacity of the queue between the broker link and ingest: when full, the link stops reading
@@ -80,7 +81,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const KILL_POOL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running cloud replica. Every long-running part of it (HTTP server, broker link, ingest,
-/// offer worker, notifier) is one task here: none lives on its own. End it with
+/// offer worker, notifier, retention, revocation publisher) is one task here: none lives on its own. End it with
 /// [`stop`](Self::stop); dropping it aborts every component without waiting.
 pub struct RunningApp {
     pub http_addr: SocketAddr,
@@ -92,7 +93,8 @@ pub struct RunningApp {
 /// A component ended while the replica was meant to be running.
 #[derive(Debug)]
 pub struct ComponentStopped {
-    /// Which one: `http_server`, `mqtt_link`, `ingest`, `offer_worker` or `notifier`.
+    /// Which one: `http_server`, `mqtt_link`, `ingest`, `offer_worker`, `notifier`, `retention`
+    /// or `revocation_publisher`.
     pub component: &'static str,
     /// The panic message, when it panicked.
     pub panic: Option<String>,
@@ -218,7 +220,8 @@ fn panic_message(e: task::JoinError) -> String {
         .unwrap_or_else(|| "non-string panic".to_owned())
 }
 
-/// Starts a replica: HTTP API, broker link, ingest, offer worker and notifier.
+/// Starts a replica: HTTP API, broker link, ingest, offer worker, notifier, retention and the
+/// revocation publisher.
 ///
 /// Postgres being down at start is not fatal: the pool connects lazily, `/readyz` says 503, and
 /// every part retries (so is a model service being down: the circuit breaker handles it). A
@@ -257,6 +260,14 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     let (link, driver) = BrokerLink::new(&settings.mqtt, inbound_tx, shutdown.clone())?;
     let client = link.client();
     components.spawn("mqtt_link", driver.run());
+
+    let revocations = RevocationPublisher::new(pool.clone(), &link, settings.revocation_resend());
+    components.spawn(
+        "revocation_publisher",
+        revocations
+            .run(shutdown.clone())
+            .instrument(info_span!("revocation_publisher")),
+    );
 
     let notifier = Notifier::new(pool.clone(), client.clone(), settings.notify_resend());
     let notifier_wake = notifier.wake_handle();
@@ -346,7 +357,9 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::mqtt::testing::{WAIT, assert_only_subscriber_of, settings as mqtt_settings};
+    use crate::mqtt::testing::{
+        TestClient, WAIT, assert_only_subscriber_of, settings as mqtt_settings,
+    };
 
     #[derive(Parser)]
     struct Cli {
@@ -413,6 +426,41 @@ mod tests {
             .await
             .expect("stop did not return");
         assert_only_subscriber_of(&group).await;
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_device_revoked_through_the_api_is_cut_off_at_the_broker(pool: PgPool) {
+        use ecs_protocol::{Control, decode_control, topic};
+
+        let mut broker = TestClient::connect(Some(&topic::revocations())).await;
+        let (user_id, phone) = crate::ingest::fixtures::user_with_device(&pool).await;
+        let app = replica(pool, &format!("test{}", uuid::Uuid::new_v4().simple())).await;
+        ready(&app).await;
+
+        let revoked = reqwest::Client::new()
+            .delete(format!(
+                "http://{}/v1/users/{user_id}/devices/{phone}",
+                app.http_addr
+            ))
+            .bearer_auth("admin-secret-0123456789")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), reqwest::StatusCode::NO_CONTENT);
+
+        // The broker hears of it (other tests publish their lists on the same topic).
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let message = broker.received.recv().await.expect("test client stopped");
+                let Control::RevocationsV1(list) = decode_control(&message.payload).unwrap();
+                if list.device_ids.contains(&phone) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the broker was not told of the revocation");
+        app.stop().await;
     }
 
     #[test]

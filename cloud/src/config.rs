@@ -377,6 +377,12 @@ pub struct Settings {
     #[arg(long, env = "ECS_DEAD_LETTER_RETENTION_DAYS", default_value_t = 30,
           value_parser = clap::value_parser!(u32).range(1..=3_650))]
     pub dead_letter_retention_days: u32,
+    /// How often the whole list of revoked devices is published to the broker again, in seconds
+    /// (a restarted broker remembers none; new revocations go out at once, and the whole list
+    /// also after every reconnect).
+    #[arg(long, env = "ECS_REVOCATION_RESEND_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub revocation_resend_secs: u64,
 }
 
 const REDACTED: &str = "[redacted]";
@@ -400,6 +406,7 @@ impl std::fmt::Debug for Settings {
                 "dead_letter_retention_days",
                 &self.dead_letter_retention_days,
             )
+            .field("revocation_resend_secs", &self.revocation_resend_secs)
             .finish()
     }
 }
@@ -433,6 +440,10 @@ impl Settings {
 
     pub fn notify_resend(&self) -> Duration {
         Duration::from_millis(self.notify_resend_ms)
+    }
+
+    pub fn revocation_resend(&self) -> Duration {
+        Duration::from_secs(self.revocation_resend_secs)
     }
 }
 
@@ -475,6 +486,7 @@ mod tests {
             ["x", "--worker-poll-ms", "0"],
             ["x", "--ingest-concurrency", "0"],
             ["x", "--db-max-connections", "0"],
+            ["x", "--revocation-resend-secs", "0"],
         ] {
             assert!(
                 <Cli as clap::Parser>::try_parse_from(args).is_err(),

@@ -4,7 +4,8 @@
 //! commits them (updating [`features`] in the same transaction), [`model`] turns features into a
 //! probability of default, [`policy`] turns that into an offer, [`offers`] applies accepted offers
 //! in the background, [`notify`] tells the phone, [`api`] is the REST surface and [`auth`] guards
-//! it. [`mqtt`] is the one connection to the broker; [`app`] wires it all from a [`config::Settings`].
+//! it. [`mqtt`] is the one connection to the broker, through which [`revocations`] tells the broker
+//! which devices to cut off; [`app`] wires it all from a [`config::Settings`].
 
 pub mod api;
 pub mod app;
@@ -21,6 +22,7 @@ pub mod offers;
 pub mod people;
 pub mod policy;
 pub mod retention;
+pub mod revocations;
 
 pub use error::Error;
 

@@ -72,6 +72,7 @@ enum LinkState {
 pub struct BrokerLink {
     client: AsyncClient,
     state: watch::Receiver<LinkState>,
+    connection: watch::Receiver<Option<u64>>,
 }
 
 /// The task that owns the broker connection: polls the event loop until shutdown, then leaves the
@@ -83,9 +84,39 @@ pub struct LinkDriver {
     client: AsyncClient,
     filter: String,
     inbound: mpsc::Sender<Inbound>,
-    state: watch::Sender<LinkState>,
+    status: Status,
     shutdown: CancellationToken,
     span: Span,
+}
+
+/// What the driver tells the rest of the replica about the connection.
+struct Status {
+    state: watch::Sender<LinkState>,
+    /// `Some(n)` while on the n-th connection the broker accepted, `None` while disconnected.
+    connection: watch::Sender<Option<u64>>,
+    accepted: u64,
+}
+
+impl Status {
+    fn set(&self, state: LinkState) {
+        self.state.send_replace(state);
+    }
+
+    /// The broker accepted a (new) connection.
+    fn connected(&mut self) {
+        self.accepted += 1;
+        self.set(LinkState::Connected);
+        self.connection.send_replace(Some(self.accepted));
+    }
+
+    fn disconnected(&self) {
+        self.set(LinkState::Disconnected);
+        self.connection.send_replace(None);
+    }
+
+    fn is_connected(&self) -> bool {
+        *self.state.borrow() != LinkState::Disconnected
+    }
 }
 
 impl BrokerLink {
@@ -104,16 +135,26 @@ impl BrokerLink {
         let options = mqtt_options(settings)?;
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         let (state_tx, state) = watch::channel(LinkState::Disconnected);
+        let (connection_tx, connection) = watch::channel(None);
         let driver = LinkDriver {
             eventloop,
             client: client.clone(),
             filter: topic::shared_uplinks(&settings.group),
             inbound,
-            state: state_tx,
+            status: Status {
+                state: state_tx,
+                connection: connection_tx,
+                accepted: 0,
+            },
             shutdown,
             span: info_span!("mqtt_link", client_id = %settings.client_id, url = %settings.url),
         };
-        Ok((BrokerLink { client, state }, driver))
+        let link = BrokerLink {
+            client,
+            state,
+            connection,
+        };
+        Ok((link, driver))
     }
 
     /// A handle for publishing through this connection. Publishing only queues the message; while
@@ -122,6 +163,14 @@ impl BrokerLink {
     /// are re-published until a receipt arrives).
     pub fn client(&self) -> AsyncClient {
         self.client.clone()
+    }
+
+    /// Which connection the link is on: `Some(n)` while on the n-th connection the broker accepted
+    /// (counted from 1 for this link), `None` while disconnected. A new `n` is a reconnect: a
+    /// publisher whose messages the broker keeps only in memory (the revocation list) publishes
+    /// them again when it sees one. Once the driver is gone the sender is too (`changed` fails).
+    pub fn connection(&self) -> watch::Receiver<Option<u64>> {
+        self.connection.clone()
     }
 
     /// Where the link stands; `Disconnected` once the driver is gone, whatever it last said.
@@ -163,7 +212,7 @@ impl LinkDriver {
             client,
             filter,
             inbound,
-            state,
+            status,
             shutdown,
             span,
         } = self;
@@ -171,7 +220,9 @@ impl LinkDriver {
         // subscribed or not connected). The event loop's side sets it, the subscriber acts on it.
         let (plan_tx, plan_rx) = watch::channel(None);
         let subscriber = keep_subscription(client.clone(), filter.clone(), plan_rx);
-        let connection = drive(eventloop, client, filter, inbound, state, plan_tx, shutdown);
+        let connection = drive(
+            eventloop, client, filter, inbound, status, plan_tx, shutdown,
+        );
         // One task, two futures: the subscriber may wait for room in the request queue, which
         // only the event loop drains, so it must not run inside the event loop's iteration. It
         // never ends by itself; it is dropped when the connection ends.
@@ -253,7 +304,7 @@ async fn drive(
     client: AsyncClient,
     filter: String,
     inbound: mpsc::Sender<Inbound>,
-    state: watch::Sender<LinkState>,
+    mut status: Status,
     plan: watch::Sender<Option<Instant>>,
     shutdown: CancellationToken,
 ) {
@@ -269,7 +320,7 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // poll() turns a refused ConnAck into an error, so this one is a success.
                 backoff.reset();
-                state.send_replace(LinkState::Connected);
+                status.connected();
                 plan.send_replace(Some(Instant::now()));
                 info!("connected to the broker");
             }
@@ -281,13 +332,13 @@ async fn drive(
                 if granted {
                     refusals.reset();
                     plan.send_replace(None);
-                    state.send_replace(LinkState::Subscribed);
+                    status.set(LinkState::Subscribed);
                     info!(%filter, "subscribed to device uplinks");
                 } else {
                     // Often an ACL, fixed by an operator while this keeps asking (without
                     // hammering the broker). Readiness stays false meanwhile.
                     let delay = refusals.next_delay();
-                    state.send_replace(LinkState::Connected);
+                    status.set(LinkState::Connected);
                     plan.send_replace(Some(Instant::now() + delay));
                     error!(%filter, retry_in_ms = delay.as_millis() as u64,
                         "the broker refused the uplink subscription");
@@ -313,7 +364,7 @@ async fn drive(
             }
             Ok(event) => debug!(?event, "mqtt event"),
             Err(e) => {
-                state.send_replace(LinkState::Disconnected);
+                status.disconnected();
                 plan.send_replace(None);
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection failed");
@@ -325,11 +376,10 @@ async fn drive(
         }
     }
     plan.send_replace(None);
-    let connected = *state.borrow() != LinkState::Disconnected;
-    if connected {
+    if status.is_connected() {
         leave(&mut eventloop, &client, &filter, &inbound).await;
     }
-    state.send_replace(LinkState::Disconnected);
+    status.disconnected();
     info!("broker link stopped");
 }
 
@@ -613,6 +663,7 @@ mod tests {
         let driving = tokio::spawn(driver.run());
         link.wait_ready(WAIT).await.unwrap();
         assert!(link.is_connected() && link.is_subscribed());
+        assert_eq!(*link.connection().borrow(), Some(1));
 
         let device = DeviceId::random();
         let phone = TestClient::connect(None).await;
@@ -648,6 +699,7 @@ mod tests {
             .expect("link did not stop")
             .unwrap();
         assert!(!link.is_connected() && !link.is_subscribed());
+        assert_eq!(*link.connection().borrow(), None);
     }
 
     #[tokio::test]

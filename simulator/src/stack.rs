@@ -50,7 +50,8 @@ pub struct Stack {
     workdir: TempDir,
 }
 
-fn random_secret() -> String {
+/// 48 random hex digits, for passwords and tokens made on the spot.
+pub(crate) fn random_secret() -> String {
     let mut bytes = [0u8; 24];
     rand::rng().fill(&mut bytes[..]);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -129,6 +130,7 @@ impl Stack {
             offer_ttl_hours: 72,
             reading_retention_days: 90,
             dead_letter_retention_days: 30,
+            revocation_resend_secs: 30,
         };
         let cloud = app::spawn(settings.clone())
             .await

@@ -16,7 +16,8 @@
 //!
 //! * A refused CONNECT gets a CONNACK that says why (bad client id, bad password, server
 //!   unavailable for caps and rates, not authorised for a last will) and the connection closes.
-//!   Refusals before the handshake (caps, connect rate) just close the connection.
+//!   Refusals before CONNECT (the listener's connect rate and caps, a device's own cap and
+//!   reconnect rate, a certificate refused at the handshake) close the connection without one.
 //! * A device packet against the access rules closes the connection, unanswered.
 //! * A publish matching no subscription is acknowledged and dropped; a new subscription sees only
 //!   messages published after it. A client that reconnects with `clean_session = false` and the

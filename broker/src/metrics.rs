@@ -97,8 +97,9 @@ pub enum Refused {
     ConnectTimeout,
     /// The first packet was not a valid MQTT 3.1.1 CONNECT.
     NotConnect,
-    /// The client id is not the certificate's device id.
-    ClientIdMismatch,
+    /// The client id is not allowed: not the certificate's device id (devices), or empty with
+    /// a persistent session, too long or with `+ $ # /` (services).
+    ClientId,
     /// Keep-alive of zero or longer than allowed.
     KeepAlive,
     /// A last will was asked for; the broker keeps none.
@@ -123,7 +124,7 @@ impl Refused {
     pub const ALL: [Refused; 12] = [
         Self::ConnectTimeout,
         Self::NotConnect,
-        Self::ClientIdMismatch,
+        Self::ClientId,
         Self::KeepAlive,
         Self::LastWill,
         Self::NotAuthorized,
@@ -139,7 +140,7 @@ impl Refused {
         match self {
             Self::ConnectTimeout => "connect_timeout",
             Self::NotConnect => "not_connect",
-            Self::ClientIdMismatch => "client_id_mismatch",
+            Self::ClientId => "client_id",
             Self::KeepAlive => "keep_alive",
             Self::LastWill => "last_will",
             Self::NotAuthorized => "not_authorized",

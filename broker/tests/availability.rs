@@ -124,7 +124,7 @@ async fn malformed_and_repeated_connects_never_stop_the_listener() {
         broker
             .broker
             .metrics()
-            .refusals(Listener::Device, Refused::ClientIdMismatch),
+            .refusals(Listener::Device, Refused::ClientId),
         2
     );
 }

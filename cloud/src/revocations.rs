@@ -452,23 +452,27 @@ mod tests {
         client_id: String,
         shutdown: CancellationToken,
         driver: JoinHandle<()>,
-        _uplinks: mpsc::Receiver<Inbound>,
+        _drain: JoinHandle<()>,
     }
 
     impl Link {
         async fn connect() -> Link {
             let settings = settings(&format!("test{}", Uuid::new_v4().simple()));
-            let (tx, uplinks) = mpsc::channel(16);
+            let (tx, mut uplinks) = mpsc::channel::<Inbound>(16);
             let shutdown = CancellationToken::new();
             let (link, driver) = BrokerLink::new(&settings, tx, shutdown.clone()).unwrap();
             let driver = tokio::spawn(driver.run());
+            // Other tests publish uplinks on the shared test broker, and this link's group
+            // receives them all: drain them, or the full queue would stop the link reading
+            // (and then sending) anything.
+            let drain = tokio::spawn(async move { while uplinks.recv().await.is_some() {} });
             link.wait_ready(WAIT).await.unwrap();
             Link {
                 link,
                 client_id: settings.client_id,
                 shutdown,
                 driver,
-                _uplinks: uplinks,
+                _drain: drain,
             }
         }
     }

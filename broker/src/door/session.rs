@@ -82,7 +82,12 @@ where
             .await;
         }
     };
-    let client = connect.client_id.clone();
+    // MQTT 3.1.1: a service with an empty client id and a clean session gets one assigned.
+    // (A device's client id must be its device id.)
+    let client = match (&peer, connect.client_id.is_empty() && connect.clean_session) {
+        (Peer::Service, true) => format!("anonymous-{}", random_suffix()),
+        _ => connect.client_id.clone(),
+    };
 
     // Our rules for CONNECT, before anything reaches rumqttd.
     let (policy, tenant) = match &peer {
@@ -95,7 +100,7 @@ where
                     listener,
                     addr,
                     Some(&client),
-                    Refused::ClientIdMismatch,
+                    Refused::ClientId,
                     code,
                 )
                 .await;
@@ -245,6 +250,19 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     wire.shutdown().await;
 }
 
+/// 16 hex digits, for assigned client ids.
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // A randomly keyed hasher over the time: unique enough for a client id, no extra crate.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", hasher.finish())
+}
+
 /// MQTT: the server closes a connection that was silent for one and a half keep-alives.
 fn keep_alive_deadline(connect: &Connect) -> Duration {
     Duration::from_secs(u64::from(connect.keep_alive)).mul_f64(1.5)
@@ -380,7 +398,9 @@ impl Pump {
                 () = tokio::time::sleep_until(silence_deadline) => break End::KeepAliveExpired,
             }
         };
-        if !matches!(end, End::RouterDropped) {
+        // The router already knows when the client's DISCONNECT passed, or when it dropped
+        // the link itself.
+        if !matches!(end, End::RouterDropped | End::ClientDisconnected) {
             disconnect_link(link_tx).await;
         }
         end

@@ -167,6 +167,13 @@ pub(crate) fn device_of_certificate(cert: &CertificateDer<'_>) -> Option<DeviceI
     DeviceId::parse(common_name).ok()
 }
 
+/// The subject of a certificate as text, for logs (`?` when it does not parse).
+fn subject_of(cert: &CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(cert)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
 /// rustls' WebPKI verifier, and then two rules of ours: the certificate must name one valid
 /// device, and that device must not be revoked.
 #[derive(Debug)]
@@ -194,15 +201,24 @@ impl ClientCertVerifier for DeviceVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        // Runs inside the handshake's span, so these lines carry the peer address too.
         let verified = self
             .webpki
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let device = device_of_certificate(end_entity).ok_or_else(|| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(NoDeviceId),
-            )))
-        })?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|error| {
+                tracing::warn!(subject = subject_of(end_entity), %error, "client certificate refused");
+            })?;
+        let Some(device) = device_of_certificate(end_entity) else {
+            tracing::warn!(
+                subject = subject_of(end_entity),
+                "client certificate refused: no single valid device id"
+            );
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(NoDeviceId)),
+            )));
+        };
         if self.denylist.contains(&device) {
+            tracing::warn!(device_id = %device, "client certificate refused: the device is revoked");
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(verified)

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
     ecs_telemetry::install_crypto_provider();
     let cli = Cli::parse();
     ecs_telemetry::init_logs(cli.log_format);
+    ecs_telemetry::log_panics();
     match cli.command {
         Command::Migrate { database_url } => app::migrate(&database_url).await?,
         Command::Serve { settings, migrate } => {

@@ -63,6 +63,23 @@ pub fn init_logs_with(format: LogFormat, target: LogTarget, default_filter: &str
     drop(result);
 }
 
+/// Sends panics to the log as one JSON object (message, location, thread) instead of plain
+/// text on stderr, so a log pipeline sees them. For binaries, after [`init_logs`]; tests keep
+/// the default hook, which the test harness shows with the failure.
+pub fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        let location = info.location().map(|l| l.to_string());
+        let thread = std::thread::current();
+        tracing::error!(panic = message, location, thread = thread.name(), "panic");
+    }));
+}
+
 /// Installs ring as the process-wide rustls crypto provider.
 ///
 /// rustls 0.23 refuses to pick a provider by itself when the build could contain two; we build

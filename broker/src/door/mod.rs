@@ -37,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::credentials::{GuessThrottle, ServiceCredentials};
 use crate::metrics::{BrokerMetrics, HandshakeOutcome, Listener, Refused};
@@ -253,7 +254,10 @@ pub(crate) async fn accept_devices(door: Arc<Door>, listener: TcpListener) {
                     return;
                 }
             };
-            session::run(door, tls, addr, Peer::Device(device, registration)).await;
+            let span = tracing::info_span!("device_session", peer = %addr, device_id = %device);
+            session::run(door, tls, addr, Peer::Device(device, registration))
+                .instrument(span)
+                .await;
         });
     }
     door.metrics.accepting(Listener::Device, false);
@@ -273,9 +277,12 @@ async fn handshake_device(
     let started = Instant::now();
     door.metrics.handshakes_in_flight(1);
     let acceptor = tokio_rustls::TlsAcceptor::from(door.tls.config());
+    let accept = acceptor
+        .accept(stream)
+        .instrument(tracing::info_span!("device_handshake", peer = %addr));
     let result = tokio::select! {
         () = door.shutdown.cancelled() => None,
-        r = tokio::time::timeout(door.handshake_timeout, acceptor.accept(stream)) => Some(r),
+        r = tokio::time::timeout(door.handshake_timeout, accept) => Some(r),
     };
     door.metrics.handshakes_in_flight(-1);
     drop(permit);
@@ -356,7 +363,10 @@ pub(crate) async fn accept_services(door: Arc<Door>, listener: TcpListener) {
         let tasks = door.tasks.clone();
         tasks.spawn(async move {
             let _slot = slot;
-            session::run(door, stream, addr, Peer::Service).await;
+            let span = tracing::info_span!("service_session", peer = %addr);
+            session::run(door, stream, addr, Peer::Service)
+                .instrument(span)
+                .await;
         });
     }
     door.metrics.accepting(Listener::Service, false);

@@ -126,10 +126,10 @@ impl GuessThrottle {
             // Forget addresses that have rested back to a full budget; if none has, the
             // table is under attack from many addresses: forget one arbitrary entry.
             failures.retain(|_, b| b.peek(now) < GUESS_BURST);
-            if failures.len() >= MAX_ADDRESSES {
-                if let Some(victim) = failures.keys().next().copied() {
-                    failures.remove(&victim);
-                }
+            if let Some(victim) = failures.keys().next().copied()
+                && failures.len() >= MAX_ADDRESSES
+            {
+                failures.remove(&victim);
             }
         }
         failures

@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the broker until SIGINT or SIGTERM.
-    Serve(BrokerSettings),
+    Serve(Box<BrokerSettings>),
     /// Show a running broker's connections, rates, refusals and top talkers, refreshed.
     Status {
         /// The broker's admin address.
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
 
     match cli.command {
         Command::Serve(settings) => {
-            let result = serve(settings).await;
+            let result = serve(*settings).await;
             // Also into the log, where an operator watching the service looks.
             if let Err(error) = &result {
                 tracing::error!(error = format!("{error:#}"), "ecs-broker stopped");
@@ -155,29 +155,25 @@ async fn serve(settings: BrokerSettings) -> anyhow::Result<()> {
         admin_addr = broker.admin_addr().map(tracing::field::display),
         "broker listening"
     );
-    let broker = std::sync::Arc::new(std::sync::Mutex::new(Some(broker)));
-    let watched = std::sync::Arc::clone(&broker);
-    let stopped = async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let mut guard = watched.lock().unwrap_or_else(|p| p.into_inner());
-            if guard.as_ref().is_some_and(|b| !b.is_running()) {
-                if let Some(b) = guard.take() {
-                    return b.wait();
-                }
-            }
-        }
-    };
+    // `wait` blocks for as long as the broker runs, so it gets a plain thread.
+    let shutdown = broker.shutdown_token();
+    let (stopped_tx, mut stopped_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("broker-watch".to_owned())
+        .spawn(move || stopped_tx.send(broker.wait()))
+        .context("starting the broker watcher")?;
     tokio::select! {
         () = ecs_telemetry::shutdown_signal() => {
             tracing::info!("shutting down: closing the listeners and every connection");
-            let taken = broker.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(b) = taken {
-                tokio::task::spawn_blocking(move || b.stop()).await.ok();
-            }
+            shutdown.cancel();
+            // The watcher hears the broker end (bounded by the broker's own stop timeout).
+            let _ = (&mut stopped_rx).await;
             Ok(())
         }
-        error = stopped => Err(error).context("the broker failed"),
+        stopped = &mut stopped_rx => match stopped {
+            Ok(error) => Err(error).context("the broker failed"),
+            Err(_) => anyhow::bail!("the broker watcher ended without a reason"),
+        },
     }
 }
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::door::limits::DeviceRegistry;
 use crate::metrics::BrokerMetrics;
-use crate::router::RouterHandle;
+use crate::router::{LinkFailed, RouterHandle};
 
 /// The devices the broker refuses. Cheap to clone; every clone sees the same list.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +66,7 @@ pub(crate) fn follow(
     devices: &DeviceRegistry,
     metrics: &BrokerMetrics,
     shutdown: &CancellationToken,
-) -> Result<(), LinkError> {
+) -> Result<(), LinkFailed> {
     let (mut link_tx, mut link_rx, _connack) = router.link(CLIENT_ID, None, true)?;
     link_tx.subscribe(ecs_protocol::topic::revocations())?;
     tracing::info!(topic = %ecs_protocol::topic::revocations(), "following revocations");
@@ -77,7 +77,7 @@ pub(crate) fn follow(
             }
             Ok(Some(Notification::Unschedule)) => link_rx.ready()?,
             Ok(_) | Err(LinkError::RecvTimeout(_)) => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())

@@ -52,9 +52,21 @@ const fn segment(max_segment_size: usize, max_segment_count: usize) -> SegmentCo
     }
 }
 
-type Connect = dyn Fn(&str, Option<String>, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError>
+type Connect = dyn Fn(&str, Option<String>, bool) -> Result<(LinkTx, LinkRx, Notification), LinkFailed>
     + Send
     + Sync;
+
+/// The router refused a link or is gone. (rumqttd's own error is most of a kilobyte: it carries
+/// the event that could not be sent; its text is all anyone needs.)
+#[derive(Debug, thiserror::Error)]
+#[error("router link: {0}")]
+pub(crate) struct LinkFailed(pub(crate) String);
+
+impl From<LinkError> for LinkFailed {
+    fn from(error: LinkError) -> Self {
+        LinkFailed(error.to_string())
+    }
+}
 
 /// The running router, as the door sees it: a way to register a connection.
 ///
@@ -84,6 +96,7 @@ impl RouterHandle {
                     // subscription has matched yet disconnects the publisher.
                     .dynamic_filters(true)
                     .build()
+                    .map_err(LinkFailed::from)
             }),
         }
     }
@@ -98,7 +111,7 @@ impl RouterHandle {
         client_id: &str,
         tenant: Option<String>,
         clean_session: bool,
-    ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+    ) -> Result<(LinkTx, LinkRx, Notification), LinkFailed> {
         (self.connect)(client_id, tenant, clean_session)
     }
 }

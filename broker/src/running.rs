@@ -159,6 +159,12 @@ impl RunningBroker {
         &self.denylist
     }
 
+    /// Cancelling this token stops the broker, as [`Self::stop`] does, without waiting; pair it
+    /// with [`Self::wait`] on another thread.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// False once the broker has stopped.
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())

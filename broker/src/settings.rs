@@ -234,16 +234,16 @@ impl BrokerSettings {
             return Err(invalid("service username", "must not be empty".into()));
         }
         let password = self.service_password()?;
-        if !self.dev_mode {
-            if let Some(weakness) = crate::credentials::password_weakness(password.expose()) {
-                return Err(invalid(
-                    "service password",
-                    format!(
-                        "{weakness} (generate one, e.g. `openssl rand -base64 32`; \
-                         ECS_BROKER_DEV_MODE=true accepts a weak one for development)"
-                    ),
-                ));
-            }
+        if !self.dev_mode
+            && let Some(weakness) = crate::credentials::password_weakness(password.expose())
+        {
+            return Err(invalid(
+                "service password",
+                format!(
+                    "{weakness} (generate one, e.g. `openssl rand -base64 32`; \
+                     ECS_BROKER_DEV_MODE=true accepts a weak one for development)"
+                ),
+            ));
         }
         Ok(())
     }

@@ -187,11 +187,11 @@ where
     };
     let session = door.metrics.session(listener, &client, addr);
     let connack: Option<Packet> = connack.into();
-    if let Some(connack) = connack {
-        if wire.send(connack).await.is_err() {
-            disconnect_link(link_tx).await;
-            return;
-        }
+    if let Some(connack) = connack
+        && wire.send(connack).await.is_err()
+    {
+        disconnect_link(link_tx).await;
+        return;
     }
     wire.set_max_packet(policy.max_packet_bytes());
     tracing::info!(peer = %addr, listener = listener.as_str(), client, keep_alive = connect.keep_alive, "connected");

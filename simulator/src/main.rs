@@ -1,4 +1,4 @@
-//! `ecs-simulator`: the demo, a fleet of phones, the mobile app.
+//! `ecs-simulator`: the demo, a fleet of phones, the mobile app, the benchmarks.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use ecs_cloud::model::ModelKind;
 use ecs_edge_agent::BrokerUrl;
 use ecs_simulator::{
+    bench::{self, BenchKind},
     demo::{self, DemoOptions},
     fleet::{self, FleetOptions},
     stack::{BrokerChoice, StackOptions},
@@ -100,6 +101,11 @@ enum Command {
         roster_file: PathBuf,
         #[arg(long, env = "ECS_MOBILE_INTERVAL_SECS", default_value_t = 30)]
         interval_secs: u64,
+    },
+    /// Measure a component under load (build with --release first).
+    Bench {
+        #[command(subcommand)]
+        kind: BenchKind,
     },
 }
 
@@ -226,6 +232,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { kind } => {
+            // stdout is the report, as for the demo.
+            ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, "warn");
+            match kind {
+                BenchKind::Broker(args) => {
+                    // Ctrl-C drops the benchmark, and with it the broker child (killed on drop).
+                    let report = tokio::select! {
+                        report = bench::broker::run(&args) => report?,
+                        () = ecs_telemetry::shutdown_signal() => {
+                            anyhow::bail!("interrupted; the broker child was killed")
+                        }
+                    };
+                    for line in report.summary() {
+                        println!("{line}");
+                    }
+                    if args.json {
+                        println!("{}", serde_json::to_string(&report)?);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub assessor: Arc<Assessor>,
     pub broker_connected: BrokerProbe,
+    /// False while ingest is stalled: messages wait and none has been taken for a while.
+    pub ingest_flowing: BrokerProbe,
     pub metrics: PrometheusHandle,
 }
 
@@ -215,9 +217,11 @@ struct Readiness {
     status: &'static str,
     postgres: bool,
     broker: bool,
+    /// Ingest takes messages: false while messages wait and none was taken for 30 s.
+    ingest: bool,
 }
 
-/// Readiness: Postgres and the broker are reachable.
+/// Readiness: Postgres and the broker are reachable, and ingest is not stalled.
 #[utoipa::path(get, path = "/readyz", responses(
     (status = 200, body = Readiness), (status = 503, body = Readiness)))]
 async fn readyz(State(state): State<AppState>) -> Response {
@@ -228,7 +232,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .await
     .is_ok_and(|r| r.is_ok());
     let broker = (state.broker_connected)();
-    let ready = postgres && broker;
+    let ingest = (state.ingest_flowing)();
+    let ready = postgres && broker && ingest;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -238,6 +243,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         status: if ready { "ready" } else { "not_ready" },
         postgres,
         broker,
+        ingest,
     };
     (status, Json(body)).into_response()
 }

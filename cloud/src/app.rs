@@ -13,10 +13,7 @@ use std::{
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::{PgPool, migrate::MigrateDatabase, postgres::PgPoolOptions};
-use tokio::{
-    sync::mpsc,
-    task::{self, JoinSet},
-};
+use tokio::task::{self, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -37,7 +34,8 @@ use crate::{
 
 /// Capacity of the queue between the broker link and ingest: when full, the link stops reading
 /// from the broker (backpressure) instead of buffering without bound.
-const INBOUND_QUEUE: usize = 1_024;
+/// Messages waiting and none taken by ingest for this long: `/readyz` answers 503.
+const INGEST_STALL: Duration = Duration::from_secs(30);
 
 /// Creates the database if it does not exist, then applies pending migrations.
 pub async fn migrate(database_url: &str) -> Result<()> {
@@ -256,12 +254,19 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     let shutdown = CancellationToken::new();
     let mut components = Components::default();
 
-    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-    let (link, driver) = BrokerLink::new(&settings.mqtt, inbound_tx, shutdown.clone())?;
-    let client = link.client();
+    // Two connections: uplinks in (held back while ingest's queue is full), and everything this
+    // replica publishes out, so an ack never waits behind inbound traffic.
+    let (intake, dispatch) = crate::ingest::queue::channel();
+    let (link, driver) = BrokerLink::new(&settings.mqtt, intake.clone(), shutdown.clone())?;
     components.spawn("mqtt_link", driver.run());
+    let publishers_done = CancellationToken::new();
+    let (out_link, out_driver) =
+        BrokerLink::publisher(&settings.mqtt, publishers_done.clone(), shutdown.clone())?;
+    let client = out_link.client();
+    components.spawn("mqtt_publisher", out_driver.run());
 
-    let revocations = RevocationPublisher::new(pool.clone(), &link, settings.revocation_resend());
+    let revocations =
+        RevocationPublisher::new(pool.clone(), &out_link, settings.revocation_resend());
     components.spawn(
         "revocation_publisher",
         revocations
@@ -279,16 +284,20 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     );
 
     let ingest = Ingest::new(pool.clone()).with_device_seen(notifier_wake.clone());
+    let ingest_run = ingest.run(
+        client,
+        dispatch,
+        settings.ingest_concurrency,
+        shutdown.clone(),
+    );
     components.spawn(
         "ingest",
-        ingest
-            .run(
-                client,
-                inbound_rx,
-                settings.ingest_concurrency,
-                shutdown.clone(),
-            )
-            .instrument(info_span!("ingest")),
+        async move {
+            ingest_run.await;
+            // Ingest's last acks are queued: the publisher link may send them and leave.
+            publishers_done.cancel();
+        }
+        .instrument(info_span!("ingest")),
     );
 
     let worker = OfferWorker {
@@ -320,13 +329,15 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         policy: CreditPolicy::default(),
         offer_ttl: Duration::from_secs(u64::from(settings.offer_ttl_hours) * 3600),
     });
-    let link = Arc::new(link);
+    let (link, out_link) = (Arc::new(link), Arc::new(out_link));
     let state = AppState {
         pool: pool.clone(),
         auth,
         assessor,
-        // Ready means receiving: connected *and* subscribed to the uplinks.
-        broker_connected: Arc::new(move || link.is_subscribed()),
+        // Ready means receiving (connected *and* subscribed to the uplinks) and able to publish
+        // acks, with ingest taking messages (not stalled with a queue waiting).
+        broker_connected: Arc::new(move || link.is_ready() && out_link.is_ready()),
+        ingest_flowing: Arc::new(move || !intake.stalled(INGEST_STALL)),
         metrics: metrics_handle(),
     };
     let router = api::router(state);

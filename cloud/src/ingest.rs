@@ -37,7 +37,13 @@
 //!   same poison batch forever and keep it in its bounded buffer.
 //! * **Transient failures are not acked.** When Postgres is unavailable, [`Ingest::handle`]
 //!   returns `Err`, nothing is acked and the device resends later.
+//! * **A replayed dead letter is decided like a live uplink** ([`Ingest::replay`], driven by
+//!   [`dead_letters`](crate::dead_letters)): what is valid now is stored (once, by the same
+//!   transaction); what is still refused stays in its own row, never a second one.
+//!   [`Ingest::dry_run`] takes the same decision and writes nothing.
 
+mod delivery;
+pub mod queue;
 mod runner;
 mod store;
 
@@ -50,9 +56,11 @@ use ecs_protocol::{
 };
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tracing::{Span, debug, field, warn};
+use tracing::{Span, debug, field, info, warn};
 use uuid::Uuid;
 
+use self::delivery::Delivery;
+pub use self::delivery::{DeadLetterId, DeadLetterIdError};
 use crate::{Error, error::Result};
 
 /// Readings taken longer ago than this are refused: no phone buffers a month of data, so such a
@@ -101,7 +109,8 @@ impl Rejection {
     }
 }
 
-/// What [`Ingest::handle`] did with one message. Everything here is committed.
+/// What [`Ingest::handle`] did with one message. Everything here is committed (except after
+/// [`Ingest::dry_run`], which says what would be, and writes nothing).
 #[derive(Debug)]
 pub enum Outcome {
     /// `inserted` readings of the batch were new (the other `duplicates` were stored before).
@@ -196,21 +205,46 @@ impl Ingest {
     /// dead letter); `Err` means nothing was decided and the message should come again.
     #[tracing::instrument(name = "uplink", skip_all, fields(device_id = field::Empty, user_id = field::Empty))]
     pub async fn handle(&self, topic: &str, payload: &[u8]) -> Result<Outcome> {
+        self.decide(topic, payload, Delivery::Live).await
+    }
+
+    /// Handles dead letter `id` again, as if its `payload` had just arrived on `topic`: the same
+    /// decision as [`Ingest::handle`]. A payload that is still refused does not become a second
+    /// dead letter: row `id` stays, with the reason it is refused for now (an `Err` when that row
+    /// is gone meanwhile). Deleting the row once the payload is stored is the caller's business,
+    /// after this has committed.
+    #[tracing::instrument(name = "dead_letter_replay", skip_all, fields(dead_letter_id = %id, device_id = field::Empty, user_id = field::Empty))]
+    pub async fn replay(&self, id: DeadLetterId, topic: &str, payload: &[u8]) -> Result<Outcome> {
+        self.decide(topic, payload, Delivery::Replay(id)).await
+    }
+
+    /// The decision [`Ingest::handle`] would take, with nothing written. It reads the
+    /// registration and the readings already stored; a refusal by a database constraint is only
+    /// found by the insert itself, so such a batch comes out as [`Outcome::Stored`].
+    #[tracing::instrument(name = "uplink_dry_run", skip_all, fields(device_id = field::Empty, user_id = field::Empty))]
+    pub async fn dry_run(&self, topic: &str, payload: &[u8]) -> Result<Outcome> {
+        self.decide(topic, payload, Delivery::DryRun).await
+    }
+
+    async fn decide(&self, topic: &str, payload: &[u8], delivery: Delivery) -> Result<Outcome> {
         let Some(device) = topic::device_of_uplink(topic) else {
-            return self.dead_letter_foreign(topic, payload).await;
+            return self.dead_letter_foreign(topic, payload, delivery).await;
         };
         Span::current().record("device_id", field::display(&device));
         match decode_uplink(payload) {
             // Nothing tells whose data this is but the topic: the dead letter is kept only for
             // a registered device of a consenting person.
             Err(e) => {
-                self.dead_letter(topic, device, payload, e.into(), None, 0)
+                self.dead_letter(topic, device, payload, e.into(), None, 0, delivery)
                     .await
             }
             Ok(Uplink::ReadingBatchV1(batch)) => {
-                self.ingest_batch(topic, device, payload, batch).await
+                self.ingest_batch(topic, device, payload, batch, delivery)
+                    .await
             }
-            Ok(Uplink::NotificationReceiptV1(receipt)) => self.apply_receipt(device, receipt).await,
+            Ok(Uplink::NotificationReceiptV1(receipt)) => {
+                self.apply_receipt(device, receipt, delivery).await
+            }
         }
     }
 
@@ -220,6 +254,7 @@ impl Ingest {
         device: DeviceId,
         payload: &[u8],
         batch: ReadingBatch,
+        delivery: Delivery,
     ) -> Result<Outcome> {
         let readings = batch.readings.len();
         // Who first: the registration and the consent decide whether this batch may be looked at
@@ -237,11 +272,16 @@ impl Ingest {
             Err(rejection) => {
                 let ack = known_range(&batch);
                 return self
-                    .dead_letter(topic, device, payload, rejection, ack, readings)
+                    .dead_letter(topic, device, payload, rejection, ack, readings, delivery)
                     .await;
             }
         };
         let ack = checked.ack;
+        if let Delivery::DryRun = delivery {
+            let present = delivery::already_stored(&self.pool, &device, ack).await?;
+            let inserted = readings.saturating_sub(present);
+            return Ok(committed(device, user_id, readings, inserted, ack));
+        }
         let stored =
             match store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await
             {
@@ -260,7 +300,15 @@ impl Ingest {
                 Err(Error::Database(e)) if store::refused_by_database(&e) => {
                     let rejection = Rejection::RefusedByDatabase(e.to_string());
                     return self
-                        .dead_letter(topic, device, payload, rejection, Some(ack), readings)
+                        .dead_letter(
+                            topic,
+                            device,
+                            payload,
+                            rejection,
+                            Some(ack),
+                            readings,
+                            delivery,
+                        )
                         .await;
                 }
                 Err(e) => return Err(e),
@@ -271,22 +319,7 @@ impl Ingest {
             notifier.notify_one();
         }
         debug!(inserted = stored.inserted, readings, "batch committed");
-        Ok(if stored.inserted == 0 {
-            Outcome::AllDuplicates {
-                device_id: device,
-                user_id,
-                readings,
-                ack,
-            }
-        } else {
-            Outcome::Stored {
-                device_id: device,
-                user_id,
-                inserted: stored.inserted,
-                duplicates: readings - stored.inserted,
-                ack,
-            }
-        })
+        Ok(committed(device, user_id, readings, stored.inserted, ack))
     }
 
     /// Whether uplinks of `device` are accepted now, and whose they are.
@@ -311,7 +344,16 @@ impl Ingest {
         &self,
         device: DeviceId,
         receipt: NotificationReceipt,
+        delivery: Delivery,
     ) -> Result<Outcome> {
+        if let Delivery::DryRun = delivery {
+            let delivered =
+                delivery::deliverable(&self.pool, &device, &receipt.notification_ids).await?;
+            return Ok(Outcome::ReceiptApplied {
+                device_id: device,
+                delivered,
+            });
+        }
         // `device_id = $2`: a device can only confirm its own notifications.
         let done = sqlx::query(
             "UPDATE notifications SET delivered_at = now()
@@ -338,6 +380,10 @@ impl Ingest {
     ///
     /// When the device is no longer accepted, the outcome says why instead, exactly as if that
     /// had been known from the start: nothing kept, and an ack only for a person without consent.
+    ///
+    /// A replay keeps the payload in its existing row instead (see [`Delivery`]); a dry run only
+    /// reads the registration.
+    #[allow(clippy::too_many_arguments)]
     async fn dead_letter(
         &self,
         topic: &str,
@@ -346,32 +392,45 @@ impl Ingest {
         reason: Rejection,
         ack: Option<Ack>,
         readings: usize,
+        delivery: Delivery,
     ) -> Result<Outcome> {
-        let kept = sqlx::query(
-            "INSERT INTO dead_letters (topic, device_id, reason, payload)
-             SELECT $1, d.device_id, $3, $4
-             FROM devices d JOIN users u ON u.user_id = d.user_id
-             WHERE d.device_id = $2 AND d.revoked_at IS NULL AND u.emotional_data_consent
-             FOR KEY SHARE OF d",
-        )
-        .bind(topic)
-        .bind(device.as_str())
-        .bind(reason.to_string())
-        .bind(payload)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let kept = match delivery {
+            Delivery::Live => sqlx::query(
+                "INSERT INTO dead_letters (topic, device_id, reason, payload)
+                 SELECT $1, d.device_id, $3, $4
+                 FROM devices d JOIN users u ON u.user_id = d.user_id
+                 WHERE d.device_id = $2 AND d.revoked_at IS NULL AND u.emotional_data_consent
+                 FOR KEY SHARE OF d",
+            )
+            .bind(topic)
+            .bind(device.as_str())
+            .bind(reason.to_string())
+            .bind(payload)
+            .execute(&self.pool)
+            .await?
+            .rows_affected(),
+            Delivery::Replay(id) => {
+                delivery::keep_again(&self.pool, id, Some(&device), &reason.to_string()).await?
+            }
+            Delivery::DryRun => match self.standing(&device).await? {
+                Standing::Accepted(_) => 1,
+                Standing::NotAccepted(_) | Standing::WithoutConsent(_) => 0,
+            },
+        };
         if kept == 0 {
             return match self.standing(&device).await? {
                 Standing::NotAccepted(reason) => Ok(not_accepted(device, reason)),
                 Standing::WithoutConsent(user_id) => Ok(discarded(device, user_id, readings, ack)),
-                // Registered again between the two statements: let the device send it again.
-                Standing::Accepted(_) => Err(Error::Conflict(
-                    "the device's registration changed while its uplink was processed".into(),
-                )),
+                Standing::Accepted(_) => Err(match delivery {
+                    Delivery::Replay(id) => gone_while_replayed(id),
+                    // Registered again between the two statements: let the device send it again.
+                    Delivery::Live | Delivery::DryRun => Error::Conflict(
+                        "the device's registration changed while its uplink was processed".into(),
+                    ),
+                }),
             };
         }
-        warn!(%reason, %topic, bytes = payload.len(), "uplink dead-lettered");
+        log_dead_letter(delivery, &reason, topic, payload.len());
         // An ack goes to the topic's device: that is who publishes (the broker confines a device
         // to its own topic) and who would otherwise resend.
         Ok(Outcome::DeadLettered {
@@ -383,19 +442,34 @@ impl Ingest {
 
     /// Keeps a message that arrived on a topic that is not a device's uplink topic: it names no
     /// device, so it can be neither attributed nor acked.
-    async fn dead_letter_foreign(&self, topic: &str, payload: &[u8]) -> Result<Outcome> {
+    async fn dead_letter_foreign(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        delivery: Delivery,
+    ) -> Result<Outcome> {
         // Postgres text cannot hold NUL, and a topic that is not ours was never validated.
         let topic = topic.replace('\0', "\u{fffd}");
         let reason = Rejection::NotUplinkTopic;
-        sqlx::query(
-            "INSERT INTO dead_letters (topic, device_id, reason, payload) VALUES ($1, NULL, $2, $3)",
-        )
-        .bind(&topic)
-        .bind(reason.to_string())
-        .bind(payload)
-        .execute(&self.pool)
-        .await?;
-        warn!(%reason, %topic, bytes = payload.len(), "uplink dead-lettered");
+        match delivery {
+            Delivery::Live => {
+                sqlx::query(
+                    "INSERT INTO dead_letters (topic, device_id, reason, payload) VALUES ($1, NULL, $2, $3)",
+                )
+                .bind(&topic)
+                .bind(reason.to_string())
+                .bind(payload)
+                .execute(&self.pool)
+                .await?;
+            }
+            Delivery::Replay(id) => {
+                if delivery::keep_again(&self.pool, id, None, &reason.to_string()).await? == 0 {
+                    return Err(gone_while_replayed(id));
+                }
+            }
+            Delivery::DryRun => {}
+        }
+        log_dead_letter(delivery, &reason, &topic, payload.len());
         Ok(Outcome::DeadLettered {
             device_id: None,
             reason,
@@ -410,6 +484,49 @@ enum Standing {
     /// Registered, but its person has not consented to emotional data.
     WithoutConsent(Uuid),
     Accepted(Uuid),
+}
+
+/// A batch's outcome once its transaction has committed `inserted` of its `readings`.
+fn committed(
+    device: DeviceId,
+    user_id: Uuid,
+    readings: usize,
+    inserted: usize,
+    ack: Ack,
+) -> Outcome {
+    if inserted == 0 {
+        Outcome::AllDuplicates {
+            device_id: device,
+            user_id,
+            readings,
+            ack,
+        }
+    } else {
+        Outcome::Stored {
+            device_id: device,
+            user_id,
+            inserted,
+            duplicates: readings - inserted,
+            ack,
+        }
+    }
+}
+
+/// A live dead letter is news (a warning); a replayed one still refused is what the operator
+/// asked about, and the replay's report counts it.
+fn log_dead_letter(delivery: Delivery, reason: &Rejection, topic: &str, bytes: usize) {
+    match delivery {
+        Delivery::Live => warn!(%reason, %topic, bytes, "uplink dead-lettered"),
+        Delivery::Replay(_) => info!(%reason, %topic, bytes, "replayed dead letter still refused"),
+        Delivery::DryRun => debug!(%reason, %topic, bytes, "uplink would be dead-lettered"),
+    }
+}
+
+/// The replayed row was deleted meanwhile (by another replay, retention or an erasure).
+fn gone_while_replayed(id: DeadLetterId) -> Error {
+    Error::Conflict(format!(
+        "dead letter {id} was deleted while it was replayed"
+    ))
 }
 
 fn not_accepted(device: DeviceId, reason: Rejection) -> Outcome {

@@ -30,14 +30,16 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
 
-use crate::{Error, config::MqttSettings, error::Result};
+use crate::{
+    Error,
+    config::MqttSettings,
+    error::Result,
+    ingest::queue::{Intake, Pushed},
+};
 
 /// Largest MQTT packet accepted or sent: the largest protocol message plus room for the topic
 /// and the fixed header. rumqttc's default (10 KiB) is smaller than a full batch.
@@ -73,6 +75,8 @@ pub struct BrokerLink {
     client: AsyncClient,
     state: watch::Receiver<LinkState>,
     connection: watch::Receiver<Option<u64>>,
+    /// Whether this is an uplink link (ready only once subscribed).
+    subscribes: bool,
 }
 
 /// The task that owns the broker connection: polls the event loop until shutdown, then leaves the
@@ -82,11 +86,22 @@ pub struct BrokerLink {
 pub struct LinkDriver {
     eventloop: EventLoop,
     client: AsyncClient,
-    filter: String,
-    inbound: mpsc::Sender<Inbound>,
+    role: Role,
     status: Status,
     shutdown: CancellationToken,
     span: Span,
+}
+
+/// What a link is for.
+enum Role {
+    /// Receives this replica's share of the uplinks (shared subscription `filter`) into ingest's
+    /// queue.
+    Uplinks { filter: String, inbound: Intake },
+    /// Publishes acks, notifications and revocations, and subscribes to nothing: its event loop
+    /// is never held up by inbound traffic, so an ack never waits behind the messages that are
+    /// waiting for ingest. `done` says that the publishers have finished (shutdown then sends
+    /// what they queued before leaving).
+    Publisher { done: CancellationToken },
 }
 
 /// What the driver tells the rest of the replica about the connection.
@@ -120,8 +135,8 @@ impl Status {
 }
 
 impl BrokerLink {
-    /// Builds the client from `settings`: the link, and the driver that must run (in a task of
-    /// its own, polled continuously) for anything to happen.
+    /// Builds the uplink client from `settings`: the link, and the driver that must run (in a
+    /// task of its own, polled continuously) for anything to happen.
     ///
     /// The broker being down is not an error (the driver keeps retrying); settings that can never
     /// work (an unreadable CA or password file, a password without a username) are. Every uplink
@@ -129,27 +144,52 @@ impl BrokerLink {
     /// broker until there is room. Cancelling `shutdown` makes the driver leave the broker and end.
     pub fn new(
         settings: &MqttSettings,
-        inbound: mpsc::Sender<Inbound>,
+        inbound: Intake,
         shutdown: CancellationToken,
     ) -> Result<(BrokerLink, LinkDriver)> {
-        let options = mqtt_options(settings)?;
+        let role = Role::Uplinks {
+            filter: topic::shared_uplinks(&settings.group),
+            inbound,
+        };
+        Self::build(settings, &settings.client_id, role, shutdown)
+    }
+
+    /// Builds the publishing client: a second connection (client id `<client_id>-out`) for
+    /// acks, notifications and revocations. On shutdown it leaves the broker once `done` is
+    /// cancelled (the publishers have finished), after sending what they queued.
+    pub fn publisher(
+        settings: &MqttSettings,
+        done: CancellationToken,
+        shutdown: CancellationToken,
+    ) -> Result<(BrokerLink, LinkDriver)> {
+        let client_id = format!("{}-out", settings.client_id);
+        Self::build(settings, &client_id, Role::Publisher { done }, shutdown)
+    }
+
+    fn build(
+        settings: &MqttSettings,
+        client_id: &str,
+        role: Role,
+        shutdown: CancellationToken,
+    ) -> Result<(BrokerLink, LinkDriver)> {
+        let options = mqtt_options(settings, client_id)?;
         let (client, eventloop) = AsyncClient::new(options, REQUEST_QUEUE);
         let (state_tx, state) = watch::channel(LinkState::Disconnected);
         let (connection_tx, connection) = watch::channel(None);
         let driver = LinkDriver {
             eventloop,
             client: client.clone(),
-            filter: topic::shared_uplinks(&settings.group),
-            inbound,
+            role,
             status: Status {
                 state: state_tx,
                 connection: connection_tx,
                 accepted: 0,
             },
             shutdown,
-            span: info_span!("mqtt_link", client_id = %settings.client_id, url = %settings.url),
+            span: info_span!("mqtt_link", client_id = %client_id, url = %settings.url),
         };
         let link = BrokerLink {
+            subscribes: matches!(driver.role, Role::Uplinks { .. }),
             client,
             state,
             connection,
@@ -187,16 +227,32 @@ impl BrokerLink {
     }
 
     /// Whether the broker has also granted the uplink subscription: this replica is receiving
-    /// uplinks. This is the link's part of readiness (`/readyz`).
+    /// uplinks. This is the uplink link's part of readiness (`/readyz`).
     pub fn is_subscribed(&self) -> bool {
         self.current() == LinkState::Subscribed
     }
 
-    /// Waits until the link is connected *and* subscribed, so that an uplink published from now on
-    /// reaches this replica's group. `Unavailable` after `timeout`, or when the driver has ended.
+    /// Whether the link does its job now: an uplink link is subscribed, a publisher connected.
+    pub fn is_ready(&self) -> bool {
+        match self.current() {
+            LinkState::Subscribed => true,
+            LinkState::Connected => !self.subscribes,
+            LinkState::Disconnected => false,
+        }
+    }
+
+    /// Waits until the link is ready ([`Self::is_ready`]): for an uplink link, connected *and*
+    /// subscribed, so that an uplink published from now on reaches this replica's group.
+    /// `Unavailable` after `timeout`, or when the driver has ended.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let mut state = self.state.clone();
-        match tokio::time::timeout(timeout, state.wait_for(|s| *s == LinkState::Subscribed)).await {
+        let subscribes = self.subscribes;
+        let ready = move |s: &LinkState| match s {
+            LinkState::Subscribed => true,
+            LinkState::Connected => !subscribes,
+            LinkState::Disconnected => false,
+        };
+        match tokio::time::timeout(timeout, state.wait_for(ready)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) | Err(_) => Err(Error::Unavailable("broker")),
         }
@@ -210,19 +266,21 @@ impl LinkDriver {
         let LinkDriver {
             eventloop,
             client,
-            filter,
-            inbound,
+            role,
             status,
             shutdown,
             span,
         } = self;
         // When the next subscription request is due (`None`: none is, because the link is
-        // subscribed or not connected). The event loop's side sets it, the subscriber acts on it.
+        // subscribed, not connected, or subscribes to nothing). The event loop's side sets it,
+        // the subscriber acts on it.
         let (plan_tx, plan_rx) = watch::channel(None);
-        let subscriber = keep_subscription(client.clone(), filter.clone(), plan_rx);
-        let connection = drive(
-            eventloop, client, filter, inbound, status, plan_tx, shutdown,
-        );
+        let filter = match &role {
+            Role::Uplinks { filter, .. } => Some(filter.clone()),
+            Role::Publisher { .. } => None,
+        };
+        let subscriber = keep_subscription(client.clone(), filter, plan_rx);
+        let connection = drive(eventloop, client, role, status, plan_tx, shutdown);
         // One task, two futures: the subscriber may wait for room in the request queue, which
         // only the event loop drains, so it must not run inside the event loop's iteration. It
         // never ends by itself; it is dropped when the connection ends.
@@ -238,9 +296,9 @@ impl LinkDriver {
     }
 }
 
-fn mqtt_options(settings: &MqttSettings) -> Result<MqttOptions> {
+fn mqtt_options(settings: &MqttSettings, client_id: &str) -> Result<MqttOptions> {
     let url = &settings.url;
-    let mut options = MqttOptions::new(settings.client_id.clone(), url.host.clone(), url.port);
+    let mut options = MqttOptions::new(client_id, url.host.clone(), url.port);
     options
         .set_clean_session(true)
         .set_keep_alive(KEEP_ALIVE)
@@ -302,8 +360,7 @@ fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>> {
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filter: String,
-    inbound: mpsc::Sender<Inbound>,
+    role: Role,
     mut status: Status,
     plan: watch::Sender<Option<Instant>>,
     shutdown: CancellationToken,
@@ -321,10 +378,15 @@ async fn drive(
                 // poll() turns a refused ConnAck into an error, so this one is a success.
                 backoff.reset();
                 status.connected();
-                plan.send_replace(Some(Instant::now()));
+                if matches!(role, Role::Uplinks { .. }) {
+                    plan.send_replace(Some(Instant::now()));
+                }
                 info!("connected to the broker");
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let Role::Uplinks { filter, .. } = &role else {
+                    continue;
+                };
                 let granted = ack
                     .return_codes
                     .iter()
@@ -345,21 +407,30 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Role::Uplinks { inbound, .. } = &role else {
+                    debug!(topic = %publish.topic, "a publisher link got a message; ignored");
+                    continue;
+                };
                 let message = Inbound {
                     topic: publish.topic,
                     payload: publish.payload.to_vec(),
                 };
-                // Awaiting here is the backpressure: while ingest is behind, nothing more is
-                // read from the broker (which then holds or drops messages by its own limits;
-                // devices resend what is never acked).
-                let sent = tokio::select! {
+                // Awaiting here is the backpressure: while ingest's queue is full, nothing more
+                // is read from the broker (which then holds or drops messages by its own limits;
+                // devices resend what is never acked). Acks do not wait for it: they leave on
+                // the publisher link.
+                let pushed = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
-                    sent = inbound.send(message) => sent,
+                    pushed = inbound.push(message) => pushed,
                 };
-                if sent.is_err() {
-                    warn!("ingest has stopped taking messages; leaving the broker");
-                    break;
+                match pushed {
+                    Ok(Pushed::Queued) => {}
+                    Ok(Pushed::Shed) => debug!("a device over its queue share: message shed"),
+                    Err(_) => {
+                        warn!("ingest has stopped taking messages; leaving the broker");
+                        break;
+                    }
                 }
             }
             Ok(event) => debug!(?event, "mqtt event"),
@@ -377,7 +448,7 @@ async fn drive(
     }
     plan.send_replace(None);
     if status.is_connected() {
-        leave(&mut eventloop, &client, &filter, &inbound).await;
+        leave(&mut eventloop, &client, &role).await;
     }
     status.disconnected();
     info!("broker link stopped");
@@ -389,9 +460,13 @@ async fn drive(
 /// refused). Never ends: it is dropped with the connection.
 async fn keep_subscription(
     client: AsyncClient,
-    filter: String,
+    filter: Option<String>,
     mut plan: watch::Receiver<Option<Instant>>,
 ) {
+    let Some(filter) = filter else {
+        // A publisher subscribes to nothing.
+        return std::future::pending().await;
+    };
     let mut failures = Backoff::default();
     loop {
         let due = *plan.borrow_and_update();
@@ -429,20 +504,26 @@ async fn keep_subscription(
     }
 }
 
-/// Leaves the broker in order: stop receiving (the group's other replicas take over), keep the
-/// connection while ingest publishes acks for the messages it still holds, then DISCONNECT.
-/// Messages that arrive meanwhile are not processed; their devices resend them.
-async fn leave(
-    eventloop: &mut EventLoop,
-    client: &AsyncClient,
-    filter: &str,
-    inbound: &mpsc::Sender<Inbound>,
-) {
-    let _ = client.try_unsubscribe(filter);
+/// Leaves the broker in order. An uplink link stops receiving (the group's other replicas take
+/// over) and keeps the connection until ingest has let go of its queue; a publisher keeps it
+/// until the publishers are done, so the acks for the messages ingest still held go out. Then
+/// DISCONNECT, which rumqttc sends after everything queued before it. Messages that arrive
+/// meanwhile are not processed; their devices resend them.
+async fn leave(eventloop: &mut EventLoop, client: &AsyncClient, role: &Role) {
+    let done = async {
+        match role {
+            Role::Uplinks { filter, inbound } => {
+                let _ = client.try_unsubscribe(filter);
+                inbound.closed().await;
+            }
+            Role::Publisher { done } => done.cancelled().await,
+        }
+    };
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        tokio::pin!(done);
         loop {
             tokio::select! {
-                _ = inbound.closed() => break,
+                () = &mut done => break,
                 event = eventloop.poll() => if event.is_err() { return },
             }
         }
@@ -495,6 +576,7 @@ impl Backoff {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use tokio::sync::mpsc;
 
     /// The broker tests run against; see the crate's test notes.
     pub(crate) const TEST_BROKER: (&str, u16) = ("127.0.0.1", 1883);
@@ -639,16 +721,16 @@ mod tests {
     fn settings_that_can_never_work_are_refused_up_front() {
         let mut s = settings("g");
         s.password = Some("secret".into());
-        assert!(matches!(mqtt_options(&s), Err(Error::InvalidInput(_))));
+        assert!(matches!(mqtt_options(&s, "c"), Err(Error::InvalidInput(_))));
 
         let mut s = settings("g");
         s.url = "mqtts://127.0.0.1:8883".parse().unwrap();
-        assert!(matches!(mqtt_options(&s), Err(Error::InvalidInput(_))));
+        assert!(matches!(mqtt_options(&s, "c"), Err(Error::InvalidInput(_))));
 
         let dir = std::env::temp_dir().join(format!("ecs-ca-{}", uuid::Uuid::new_v4()));
         fs::write(&dir, "not a certificate").unwrap();
         s.ca_file = Some(dir.clone());
-        let refused = mqtt_options(&s);
+        let refused = mqtt_options(&s, "c");
         fs::remove_file(&dir).unwrap();
         assert!(matches!(refused, Err(Error::InvalidInput(_))));
     }
@@ -656,7 +738,7 @@ mod tests {
     #[tokio::test]
     async fn the_link_receives_device_uplinks_through_the_shared_subscription() {
         let group = format!("test{}", uuid::Uuid::new_v4().simple());
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, mut rx) = crate::ingest::queue::channel();
         let shutdown = CancellationToken::new();
         let (link, driver) = BrokerLink::new(&settings(&group), tx, shutdown.clone()).unwrap();
         assert!(!link.is_connected() && !link.is_subscribed());
@@ -682,7 +764,7 @@ mod tests {
         // Other tests' devices share the broker: skip their uplinks.
         let received = tokio::time::timeout(WAIT, async {
             loop {
-                let m = rx.recv().await.expect("link stopped");
+                let m = rx.next().await.expect("link stopped").message.clone();
                 if m.topic == topic::uplink(&device) {
                     return m;
                 }
@@ -704,7 +786,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_broker_is_retried_not_fatal() {
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = crate::ingest::queue::channel();
         let shutdown = CancellationToken::new();
         let mut s = settings("g");
         // A port nobody listens on.
@@ -729,7 +811,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_subscription_is_asked_for_again_until_granted() {
         let broker = FakeBroker::start(2).await;
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = crate::ingest::queue::channel();
         let shutdown = CancellationToken::new();
         let mut s = settings("g");
         s.url = format!("mqtt://127.0.0.1:{}", broker.port).parse().unwrap();
@@ -758,7 +840,7 @@ mod tests {
     #[tokio::test]
     async fn an_aborted_driver_drops_the_connection_and_its_share_of_uplinks() {
         let group = format!("test{}", uuid::Uuid::new_v4().simple());
-        let (tx, _rx) = mpsc::channel(16);
+        let (tx, _rx) = crate::ingest::queue::channel();
         let (link, driver) =
             BrokerLink::new(&settings(&group), tx, CancellationToken::new()).unwrap();
         let driving = tokio::spawn(driver.run());

@@ -433,16 +433,13 @@ impl RevocationPublisher {
 mod tests {
     use ecs_protocol::decode_control;
     use rumqttc::{Event, MqttOptions, Packet};
-    use tokio::{sync::mpsc, task::JoinHandle};
+    use tokio::task::JoinHandle;
     use uuid::Uuid;
 
     use super::*;
     use crate::{
         ingest::fixtures::user_with_device,
-        mqtt::{
-            Inbound,
-            testing::{TEST_BROKER, TestClient, WAIT, settings},
-        },
+        mqtt::testing::{TEST_BROKER, TestClient, WAIT, settings},
     };
 
     /// A broker link on the test broker (in a shared-subscription group of its own, so it takes
@@ -458,14 +455,14 @@ mod tests {
     impl Link {
         async fn connect() -> Link {
             let settings = settings(&format!("test{}", Uuid::new_v4().simple()));
-            let (tx, mut uplinks) = mpsc::channel::<Inbound>(16);
+            let (tx, mut uplinks) = crate::ingest::queue::channel();
             let shutdown = CancellationToken::new();
             let (link, driver) = BrokerLink::new(&settings, tx, shutdown.clone()).unwrap();
             let driver = tokio::spawn(driver.run());
             // Other tests publish uplinks on the shared test broker, and this link's group
             // receives them all: drain them, or the full queue would stop the link reading
             // (and then sending) anything.
-            let drain = tokio::spawn(async move { while uplinks.recv().await.is_some() {} });
+            let drain = tokio::spawn(async move { while uplinks.next().await.is_some() {} });
             link.wait_ready(WAIT).await.unwrap();
             Link {
                 link,

@@ -1,29 +1,28 @@
-//! The ingest loop: takes messages from the broker link, runs [`Ingest::handle`] on a bounded
-//! number of them at once, publishes the acks and counts what happened.
+//! The ingest loop: takes messages from the per-device queue ([`super::queue`]), runs
+//! [`Ingest::handle`] on a bounded number of them at once (never two of one device), publishes
+//! the acks on the publisher link and counts what happened.
 
 use std::{sync::Arc, time::Duration};
 
 use ecs_protocol::{Ack, DeviceId, Downlink, encode_downlink, topic};
 use rumqttc::{AsyncClient, QoS};
-use tokio::{
-    sync::{Semaphore, mpsc},
-    task::JoinSet,
-    time::Instant,
-};
+use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, warn};
 
+use super::queue::{Dispatch, Taken};
 use super::{Ingest, Outcome};
 use crate::mqtt::Inbound;
 
-/// How long an ack may wait for room in the MQTT client's request queue. Never unbounded: the
-/// event loop that drains that queue may itself be waiting for ingest to take the next message
-/// (backpressure), and an unbounded wait would close that cycle. A dropped ack costs a resend.
+/// How long an ack may wait for room in the publisher link's request queue. That link reads
+/// nothing but acknowledgements, so its queue drains as fast as the broker takes messages; the
+/// bound only covers a broker that stopped reading. A dropped ack costs a resend.
 const ACK_QUEUE_WAIT: Duration = Duration::from_secs(2);
 
 impl Ingest {
     /// Processes `inbound` until it closes or `shutdown` is cancelled, at most `concurrency`
-    /// messages at a time, publishing each ack (QoS 1) on the device's downlink topic.
+    /// messages at a time and one per device, publishing each ack (QoS 1) on the device's
+    /// downlink topic through `client` (the publisher link).
     ///
     /// A message that fails transiently is logged and dropped: it was not acked, so its device
     /// sends it again. On shutdown, messages in flight are finished (and acked); messages still
@@ -31,7 +30,7 @@ impl Ingest {
     pub async fn run(
         self,
         client: AsyncClient,
-        mut inbound: mpsc::Receiver<Inbound>,
+        mut inbound: Dispatch,
         concurrency: usize,
         shutdown: CancellationToken,
     ) {
@@ -51,7 +50,7 @@ impl Ingest {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                message = inbound.recv() => match message {
+                message = inbound.next() => match message {
                     Some(message) => message,
                     None => break,
                 },
@@ -76,7 +75,11 @@ impl Ingest {
         info!("ingest stopped");
     }
 
-    async fn process(&self, client: &AsyncClient, message: Inbound) {
+    async fn process(&self, client: &AsyncClient, taken: Taken) {
+        metrics::histogram!("ecs_ingest_queue_wait_seconds").record(taken.waited.as_secs_f64());
+        // The device's next message waits until this one is done (acked or not): `taken` lives
+        // to the end of this function.
+        let message: &Inbound = &taken.message;
         let started = Instant::now();
         let outcome = match self.handle(&message.topic, &message.payload).await {
             Ok(outcome) => outcome,
@@ -190,7 +193,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn the_runner_acks_what_it_committed_and_stops_mid_work(pool: PgPool) {
         let (_, device) = user_with_device(&pool).await;
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = crate::ingest::queue::channel();
         let shutdown = CancellationToken::new();
         let group = format!("test{}", Uuid::new_v4().simple());
         let (link, driver) = BrokerLink::new(&settings(&group), tx, shutdown.clone()).unwrap();

@@ -27,6 +27,7 @@ pub fn app(pool: &PgPool, model: Arc<dyn RiskModel>, broker_up: bool) -> Router 
             offer_ttl: Duration::from_secs(3600),
         }),
         broker_connected: Arc::new(move || broker_up),
+        ingest_flowing: Arc::new(|| true),
         metrics: metrics_handle(),
     })
 }

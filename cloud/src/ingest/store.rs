@@ -14,6 +14,10 @@ use crate::{
     features::{self, EmotionFeatures},
 };
 
+/// How long a batch waits for its person's row before giving up (SQLSTATE 55P03, a transient
+/// error: not acked, not dead-lettered).
+const PERSON_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '2s'";
+
 /// Stores `batch` (readings taken at `taken_at`, index-aligned) for `user_id` and folds the
 /// readings that were new into the person's features, all in one transaction.
 pub(super) async fn store_batch(
@@ -24,6 +28,10 @@ pub(super) async fn store_batch(
     taken_at: &[DateTime<Utc>],
 ) -> Result<StoreOutcome> {
     let mut tx = pool.begin().await?;
+    // A person whose row is held (a long erasure, a slow assessment) costs only their own
+    // phones: this batch gives up after the wait, unacked, and its device resends it later,
+    // instead of holding an ingest slot for as long as the other transaction lasts.
+    sqlx::query(PERSON_LOCK_WAIT).execute(&mut *tx).await?;
     // Consent is re-read under the person's row lock, which a withdrawal (an UPDATE of that row)
     // also takes: a batch either commits before the withdrawal (whose transaction then removes
     // the derived profile) or sees it and stores nothing. Locking the person first is also the

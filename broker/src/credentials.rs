@@ -1,14 +1,9 @@
-//! How services prove who they are on the service listener: one username and password, a
-//! minimum strength for the password, and a throttle on guessing it.
-
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::Instant;
+//! How services prove who they are on the service listener: one username and password, and a
+//! minimum strength for the password. (Guessing is slowed by the door: a wrong password is
+//! answered after a delay, with logins under way capped per address.)
 
 use sha2::{Digest, Sha256};
 
-use crate::door::limits::TokenBucket;
 use crate::settings::Secret;
 
 /// Shortest service password accepted outside development mode.
@@ -93,56 +88,9 @@ fn digest(value: &str) -> [u8; 32] {
     Sha256::digest(value.as_bytes()).into()
 }
 
-/// Failed logins allowed per address before throttling, and the refill rate after that.
-const GUESS_BURST: f64 = 10.0;
-const GUESSES_PER_SECOND: f64 = 1.0 / 6.0;
-/// Addresses remembered at most; past that the oldest-looking entries are dropped.
-const MAX_ADDRESSES: usize = 4_096;
-
-/// Bounds how fast one address can guess the service password.
-///
-/// An address that has used up its failures is refused **without checking** the password it
-/// sends, so a throttled guesser learns nothing, however many connections it opens; an honest
-/// service on another address is not affected. A correct login does not cost a token.
-#[derive(Debug, Default)]
-pub(crate) struct GuessThrottle {
-    failures: Mutex<HashMap<IpAddr, TokenBucket>>,
-}
-
-impl GuessThrottle {
-    /// Whether a login from `ip` may be checked now.
-    pub(crate) fn may_try(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        match failures.get_mut(&ip) {
-            None => true,
-            Some(bucket) => bucket.peek(now) >= 1.0,
-        }
-    }
-
-    /// Records a failed login from `ip`.
-    pub(crate) fn failed(&self, ip: IpAddr, now: Instant) {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if failures.len() >= MAX_ADDRESSES && !failures.contains_key(&ip) {
-            // Forget addresses that have rested back to a full budget; if none has, the
-            // table is under attack from many addresses: forget one arbitrary entry.
-            failures.retain(|_, b| b.peek(now) < GUESS_BURST);
-            if let Some(victim) = failures.keys().next().copied()
-                && failures.len() >= MAX_ADDRESSES
-            {
-                failures.remove(&victim);
-            }
-        }
-        failures
-            .entry(ip)
-            .or_insert_with(|| TokenBucket::new(GUESSES_PER_SECOND, GUESS_BURST, now))
-            .try_take(1.0, now);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn service_credentials_accept_only_the_configured_pair() {
@@ -168,22 +116,5 @@ mod tests {
         );
         assert_eq!(password_weakness("test-service-password"), None);
         assert_eq!(password_weakness("q8Rk2vLw9ZpT4xNc"), None);
-    }
-
-    #[test]
-    fn an_address_that_guesses_is_throttled_and_others_are_not() {
-        let throttle = GuessThrottle::default();
-        let (guesser, honest): (IpAddr, IpAddr) =
-            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let now = Instant::now();
-        for _ in 0..GUESS_BURST as usize {
-            assert!(throttle.may_try(guesser, now));
-            throttle.failed(guesser, now);
-        }
-        assert!(!throttle.may_try(guesser, now));
-        assert!(throttle.may_try(honest, now));
-        // One more guess after the refill period, not before.
-        assert!(!throttle.may_try(guesser, now + Duration::from_secs(5)));
-        assert!(throttle.may_try(guesser, now + Duration::from_secs(7)));
     }
 }

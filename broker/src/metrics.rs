@@ -106,13 +106,12 @@ pub enum Refused {
     LastWill,
     /// Wrong or missing service username or password.
     NotAuthorized,
-    /// Login guesses from this address are throttled.
-    GuessThrottled,
     /// The device already holds its cap of connections.
     DeviceConnectionCap,
     /// The device reconnects faster than its rate.
     DeviceConnectRate,
-    /// The service listener holds its cap of connections.
+    /// The service listener holds its cap of connections (or of logins under way, over all or
+    /// from the client's address).
     ServiceConnectionCap,
     /// The device listener holds its cap of connections.
     DeviceListenerFull,
@@ -121,14 +120,13 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub const ALL: [Refused; 12] = [
+    pub const ALL: [Refused; 11] = [
         Self::ConnectTimeout,
         Self::NotConnect,
         Self::ClientId,
         Self::KeepAlive,
         Self::LastWill,
         Self::NotAuthorized,
-        Self::GuessThrottled,
         Self::DeviceConnectionCap,
         Self::DeviceConnectRate,
         Self::ServiceConnectionCap,
@@ -144,7 +142,6 @@ impl Refused {
             Self::KeepAlive => "keep_alive",
             Self::LastWill => "last_will",
             Self::NotAuthorized => "not_authorized",
-            Self::GuessThrottled => "guess_throttled",
             Self::DeviceConnectionCap => "device_connection_cap",
             Self::DeviceConnectRate => "device_connect_rate",
             Self::ServiceConnectionCap => "service_connection_cap",

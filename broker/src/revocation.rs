@@ -76,7 +76,10 @@ pub(crate) fn follow(
                 apply(&forward.publish.payload, denylist, devices, metrics);
             }
             Ok(Some(Notification::Unschedule)) => link_rx.ready()?,
-            Ok(_) | Err(LinkError::RecvTimeout(_)) => {}
+            Ok(_) | Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {}
+            // The router let go of the link, or is gone (a panic on its thread): the broker
+            // can no longer route, so this ends, and with it the broker (a supervisor restarts
+            // it) rather than running on deaf.
             Err(e) => return Err(e.into()),
         }
     }

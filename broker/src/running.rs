@@ -96,6 +96,7 @@ impl RunningBroker {
             Arc::clone(&metrics),
             router,
             Arc::clone(&tls),
+            denylist.clone(),
             shutdown.clone(),
         ));
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -327,7 +328,11 @@ async fn sweep_devices(door: Arc<Door>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => door.devices.sweep(std::time::Instant::now()),
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                door.devices.sweep(now);
+                door.connect_rates.sweep(now);
+            }
         }
     }
 }

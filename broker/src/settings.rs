@@ -96,7 +96,7 @@ pub struct BrokerSettings {
 
     /// Most TLS handshakes under way at once; further connections are closed at once.
     /// Unauthenticated connections hold only these slots, never a connection slot.
-    #[arg(long, env = "ECS_BROKER_MAX_HANDSHAKES", default_value_t = 512)]
+    #[arg(long, env = "ECS_BROKER_MAX_HANDSHAKES", default_value_t = 4_096)]
     pub max_handshakes: usize,
 
     /// Most TLS handshakes under way at once from one IP address, so one address cannot take
@@ -120,6 +120,12 @@ pub struct BrokerSettings {
     /// allowed); past it, connections are closed before the handshake.
     #[arg(long, env = "ECS_BROKER_CONNECT_RATE", default_value_t = 2_000.0)]
     pub connect_rate: f64,
+
+    /// New device connections accepted per second from one IP address (a burst of as many
+    /// is allowed), before the listener's overall rate: one address cannot spend everyone's.
+    /// Phones behind a carrier NAT share addresses: keep it generous.
+    #[arg(long, env = "ECS_BROKER_CONNECT_RATE_PER_IP", default_value_t = 500.0)]
+    pub connect_rate_per_ip: f64,
 
     /// Connection attempts per second one device may make after a burst of 10.
     #[arg(long, env = "ECS_BROKER_DEVICE_CONNECT_RATE", default_value_t = 0.5)]
@@ -157,11 +163,12 @@ impl BrokerSettings {
             max_device_connections: DEFAULT_MAX_DEVICE_CONNECTIONS,
             max_service_connections: 64,
             max_connections_per_device: 2,
-            max_handshakes: 512,
+            max_handshakes: 4_096,
             max_handshakes_per_ip: 256,
             handshake_timeout_ms: 10_000,
             connect_timeout_ms: 10_000,
             connect_rate: 2_000.0,
+            connect_rate_per_ip: 500.0,
             device_connect_rate: 0.5,
             device_message_rate: 200.0,
             device_byte_rate: 2.0 * 1024.0 * 1024.0,
@@ -219,6 +226,7 @@ impl BrokerSettings {
         }
         for (setting, value) in [
             ("connect rate", self.connect_rate),
+            ("connect rate per IP", self.connect_rate_per_ip),
             ("device connect rate", self.device_connect_rate),
             ("device message rate", self.device_message_rate),
             ("device byte rate", self.device_byte_rate),

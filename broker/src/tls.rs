@@ -122,8 +122,11 @@ fn load(files: &TlsFiles, denylist: &Denylist) -> Result<Loaded> {
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| unusable(format!("certificate and key: {e}")))?;
-    // MQTT over TLS on 8883 negotiates no ALPN; phones do not resume sessions across the
-    // reconnects that matter (a new process), so no ticketer either.
+    // No session resumption: a resumed handshake restores the peer certificate from the cache
+    // and never asks the verifier, so a revoked device holding a ticket would get back in.
+    // (Phones reconnect rarely; a full handshake costs a few milliseconds.)
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols.clear();
     Ok(Loaded {
         config: Arc::new(config),

@@ -5,12 +5,14 @@
 //! probability of default, [`policy`] turns that into an offer, [`offers`] applies accepted offers
 //! in the background, [`notify`] tells the phone, [`api`] is the REST surface and [`auth`] guards
 //! it. [`mqtt`] is the one connection to the broker, through which [`revocations`] tells the broker
-//! which devices to cut off; [`app`] wires it all from a [`config::Settings`].
+//! which devices to cut off; [`app`] wires it all from a [`config::Settings`]. What ingest could
+//! never store waits in [`dead_letters`] for an operator to look at and replay.
 
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dead_letters;
 pub mod error;
 pub mod features;
 pub mod finance;

@@ -1,13 +1,23 @@
-//! `ecs-cloud`: migrate the database, serve the cloud (API, ingest, worker, notifier), or serve
-//! the risk model on its own (`model-server`, the remote end of `ECS_MODEL=http`).
+//! `ecs-cloud`: migrate the database, serve the cloud (API, ingest, worker, notifier), serve
+//! the risk model on its own (`model-server`, the remote end of `ECS_MODEL=http`), or look at and
+//! replay what ingest could never store (`dead-letters`).
 
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+use clap::{ArgGroup, Parser, Subcommand};
 use ecs_cloud::{
     app,
     config::{ModelServerSettings, Settings},
+    dead_letters::{self, DeadLetterId, Filter, MAX_LIST, Mode, ReasonCode, Selection},
     model::server,
 };
-use ecs_telemetry::LogFormat;
+use ecs_protocol::DeviceId;
+use ecs_telemetry::{LogFormat, LogTarget};
+use sqlx::{
+    Connection as _, PgConnection, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
 
 #[derive(Parser)]
 #[command(
@@ -49,15 +59,97 @@ enum Command {
         #[command(flatten)]
         settings: ModelServerSettings,
     },
+    /// Look at and replay what ingest could never store (the `dead_letters` table). Output on
+    /// stdout; logs (warnings and up, unless RUST_LOG says otherwise) on stderr.
+    DeadLetters {
+        /// Postgres connection string.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/ecs",
+            global = true
+        )]
+        database_url: String,
+        #[command(subcommand)]
+        command: DeadLettersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCommand {
+    /// Newest first: id, received time, device, reason code and text, payload size.
+    List {
+        /// Only this kind of refusal.
+        #[arg(long, value_enum)]
+        reason: Option<ReasonCode>,
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<DeviceId>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_LIST)))]
+        limit: u16,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one dead letter, with its payload decoded (or a hex dump of its start).
+    Show {
+        id: DeadLetterId,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run dead letters through live ingest's decision again: what is valid now is stored
+    /// (once) and its dead letter deleted; what is still refused stays. Prints counts per outcome.
+    #[command(group(ArgGroup::new("selection").required(true).args(["ids", "reason", "all"])))]
+    Replay {
+        /// These dead letters.
+        ids: Vec<DeadLetterId>,
+        /// Every dead letter of this kind.
+        #[arg(long, value_enum)]
+        reason: Option<ReasonCode>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Decide, and write nothing (a refusal by a database constraint shows only on a real
+        /// replay).
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     ecs_telemetry::install_crypto_provider();
     let cli = Cli::parse();
-    ecs_telemetry::init_logs(cli.log_format);
+    match cli.command {
+        // An operator's command prints its answer on stdout: logs must not mix into it.
+        Command::DeadLetters { .. } => {
+            ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, "warn")
+        }
+        _ => ecs_telemetry::init_logs(cli.log_format),
+    }
     ecs_telemetry::log_panics();
     match cli.command {
+        Command::DeadLetters {
+            database_url,
+            command,
+        } => {
+            let result = match connect(&database_url).await {
+                Ok(pool) => {
+                    let result = dead_letters_command(&pool, command).await;
+                    pool.close().await;
+                    result
+                }
+                Err(e) => Err(e),
+            };
+            // An operator's mistake or an unreachable database, not a bug: one line on stderr
+            // and exit status 1, without the backtrace anyhow adds under RUST_BACKTRACE.
+            if let Err(e) = result {
+                eprintln!("Error: {e:#}");
+                std::process::exit(1);
+            }
+        }
         Command::Migrate { database_url } => app::migrate(&database_url).await?,
         Command::Serve { settings, migrate } => {
             if migrate {
@@ -103,13 +195,143 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn dead_letters_command(pool: &PgPool, command: DeadLettersCommand) -> anyhow::Result<()> {
+    let output = match command {
+        DeadLettersCommand::List {
+            reason,
+            device,
+            limit,
+            json,
+        } => {
+            let filter = Filter {
+                reason,
+                device,
+                limit,
+            };
+            let letters = dead_letters::list(pool, &filter).await?;
+            if json {
+                dead_letters::json_lines(&letters)
+            } else {
+                dead_letters::table(&letters)
+            }
+        }
+        DeadLettersCommand::Show { id, json } => {
+            let Some(letter) = dead_letters::get(pool, id).await? else {
+                bail!("no dead letter with id {id}");
+            };
+            if json {
+                dead_letters::details_json(&letter)
+            } else {
+                dead_letters::details(&letter)
+            }
+        }
+        DeadLettersCommand::Replay {
+            ids,
+            reason,
+            all,
+            dry_run,
+        } => {
+            let selection = match (reason, all) {
+                (Some(code), _) => Selection::Reason(code),
+                (None, true) => Selection::All,
+                (None, false) => Selection::Ids(ids),
+            };
+            let mode = if dry_run { Mode::DryRun } else { Mode::Replay };
+            let report = dead_letters::replay(pool, &selection, mode).await?;
+            print!("{}", dead_letters::replay_report(&report));
+            if report.stopped.is_some() {
+                bail!("the replay stopped before its end");
+            }
+            return Ok(());
+        }
+    };
+    print!("{output}");
+    Ok(())
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool for an operator's command, or one line saying that Postgres cannot be reached at
+/// DATABASE_URL (shown without its password).
+async fn connect(database_url: &str) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = database_url
+        .parse()
+        .map_err(|e| anyhow!("DATABASE_URL is not a Postgres connection string: {e}"))?;
+    let shown = format!(
+        "postgres://{}@{}:{}/{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or_default()
+    );
+    let unreachable = |why: &dyn std::fmt::Display| {
+        anyhow!("cannot reach Postgres at DATABASE_URL ({shown}): {why}")
+    };
+    // One connection first: a pool reports every failure as "timed out", this one says why
+    // (refused, authentication, no such database).
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+        Ok(Ok(probe)) => drop(probe.close().await),
+        Ok(Err(e)) => return Err(unreachable(&e)),
+        Err(_) => return Err(unreachable(&"no answer within 5 s")),
+    }
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| unreachable(&e))
+}
+
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
 
     /// clap checks flags for clashes only when they are parsed; check them all here instead.
     #[test]
     fn every_subcommand_has_well_formed_flags() {
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn dead_letters_replay_takes_exactly_one_selection_and_list_a_bounded_limit() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([["ecs-cloud", "dead-letters"].as_slice(), args].concat())
+        };
+        assert!(parse(&["replay", "1", "2", "--dry-run"]).is_ok());
+        assert!(parse(&["replay", "--all"]).is_ok());
+        assert!(parse(&["replay", "--reason", "implausible_time"]).is_ok());
+        assert!(parse(&["replay"]).is_err(), "nothing selected");
+        assert!(parse(&["replay", "1", "--all"]).is_err(), "two selections");
+        assert!(parse(&["replay", "0"]).is_err(), "ids are positive");
+        assert!(parse(&["list", "--limit", "1000"]).is_ok());
+        assert!(parse(&["list", "--limit", "1001"]).is_err());
+        assert!(parse(&["list", "--reason", "nonsense"]).is_err());
+        assert!(parse(&["list", "--device", "not a device"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn dead_letters_with_postgres_unreachable_is_one_line_naming_database_url() {
+        // Port 1 on loopback: nothing listens, the connection is refused at once.
+        let err = connect("postgres://ops:secret@127.0.0.1:1/ecs")
+            .await
+            .expect_err("nothing listens on port 1");
+        // What `main` prints: the message and its causes (a backtrace too, only when
+        // RUST_BACKTRACE asks for one).
+        let shown = format!("{err:#}");
+        assert_eq!(
+            err.chain().count(),
+            1,
+            "no causes below the message: {shown}"
+        );
+        assert!(!shown.contains('\n'), "{shown}");
+        assert!(shown.contains("DATABASE_URL"), "{shown}");
+        assert!(shown.contains("127.0.0.1:1/ecs"), "{shown}");
+        assert!(
+            shown.contains("refused"),
+            "the cause, not a pool timeout: {shown}"
+        );
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

@@ -34,13 +34,26 @@ impl PublishQos {
     }
 }
 
+/// Longest topic name or filter any client may use. Ours are a few dozen bytes.
+const MAX_TOPIC_BYTES: usize = 512;
+
+/// Whether rumqttd's router can be trusted with `topic` as a name or filter: not empty, not
+/// too long, ASCII. rumqttd 0.20's matcher slices the first *byte* of a topic as a string
+/// (`topic[..1]`), which panics on a multi-byte first character and takes the router, and every
+/// connection with it, down; our protocol's topics are ASCII, so the rule costs nothing.
+fn routable(topic: &[u8]) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_TOPIC_BYTES && topic.is_ascii()
+}
+
 /// The rules of one connection.
 #[derive(Debug, Clone)]
 pub(crate) enum Policy {
     /// A device, confined to its two topics.
     Device { uplink: String, downlink: String },
-    /// A service: any topic.
-    Service,
+    /// A service: any routable topic. A persistent session (`clean_session = false`) may not
+    /// join a shared subscription: rumqttd 0.20's router panics when such a session leaves with
+    /// a message unacknowledged (it removes the group, then expects it).
+    Service { persistent: bool },
 }
 
 impl Policy {
@@ -54,7 +67,7 @@ impl Policy {
     pub(crate) fn max_packet_bytes(&self) -> usize {
         match self {
             Policy::Device { .. } => DEVICE_MAX_PACKET_BYTES,
-            Policy::Service => crate::MAX_PACKET_BYTES,
+            Policy::Service { .. } => crate::MAX_PACKET_BYTES,
         }
     }
 
@@ -70,7 +83,31 @@ impl Policy {
                 | Packet::UnsubAck(..)
                 | Packet::PingResp(..),
             ) => Err(Violation::Packet),
-            (Policy::Service, _) => Ok(()),
+            (Policy::Service { .. }, Packet::Publish(publish, _)) => {
+                if routable(&publish.topic) {
+                    Ok(())
+                } else {
+                    Err(Violation::PublishTopic)
+                }
+            }
+            (Policy::Service { persistent }, Packet::Subscribe(subscribe, _)) => {
+                let refused = |f: &rumqttd::protocol::Filter| {
+                    !routable(f.path.as_bytes()) || (*persistent && f.path.starts_with("$share/"))
+                };
+                if subscribe.filters.is_empty() || subscribe.filters.iter().any(refused) {
+                    Err(Violation::SubscribeFilter)
+                } else {
+                    Ok(())
+                }
+            }
+            (Policy::Service { .. }, Packet::Unsubscribe(unsubscribe, _)) => {
+                if unsubscribe.filters.iter().all(|f| routable(f.as_bytes())) {
+                    Ok(())
+                } else {
+                    Err(Violation::SubscribeFilter)
+                }
+            }
+            (Policy::Service { .. }, _) => Ok(()),
             (Policy::Device { uplink, .. }, Packet::Publish(publish, _)) => {
                 if publish.topic.as_ref() != uplink.as_bytes() {
                     Err(Violation::PublishTopic)
@@ -238,12 +275,42 @@ mod tests {
     #[test]
     fn services_may_use_any_topic_but_not_speak_as_a_server() {
         use rumqttc::QoS::*;
-        let policy = Policy::Service;
+        let policy = Policy::Service { persistent: false };
         let (packet, qos) = publish("/anything/at/all", ExactlyOnce, true, 10);
         assert_eq!(policy.check(&packet, qos), Ok(()));
         let (packet, qos) = subscribe(&["#"], AtLeastOnce);
         assert_eq!(policy.check(&packet, qos), Ok(()));
+        let (packet, qos) = subscribe(&["$share/g/#"], AtLeastOnce);
+        assert_eq!(policy.check(&packet, qos), Ok(()));
         let (packet, qos) = wire(rumqttc::mqttbytes::v4::Packet::PingResp);
         assert_eq!(policy.check(&packet, qos), Err(Violation::Packet));
+    }
+
+    #[test]
+    fn topics_rumqttd_cannot_route_safely_are_refused() {
+        use rumqttc::QoS::*;
+        let policy = Policy::Service { persistent: false };
+        for topic in ["é/x", "\u{1F600}", &"a".repeat(MAX_TOPIC_BYTES + 1)] {
+            let (packet, qos) = publish(topic, AtLeastOnce, false, 1);
+            assert_eq!(
+                policy.check(&packet, qos),
+                Err(Violation::PublishTopic),
+                "{topic}"
+            );
+            let (packet, qos) = subscribe(&[topic], AtLeastOnce);
+            assert_eq!(
+                policy.check(&packet, qos),
+                Err(Violation::SubscribeFilter),
+                "{topic}"
+            );
+        }
+        let persistent = Policy::Service { persistent: true };
+        let (packet, qos) = subscribe(&["$share/g/#"], AtLeastOnce);
+        assert_eq!(
+            persistent.check(&packet, qos),
+            Err(Violation::SubscribeFilter)
+        );
+        let (packet, qos) = subscribe(&["/plain/#"], AtLeastOnce);
+        assert_eq!(persistent.check(&packet, qos), Ok(()));
     }
 }

@@ -2,6 +2,7 @@
 //! and the registry that counts each device's connections.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,16 +61,132 @@ impl TokenBucket {
         Duration::from_secs_f64(-self.tokens / self.rate)
     }
 
-    /// The tokens there now.
-    pub(crate) fn peek(&mut self, now: Instant) -> f64 {
-        self.refill(now);
-        self.tokens
-    }
-
     /// Whether the bucket would be full now (an idle entry can then be forgotten).
     fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= self.burst
+    }
+}
+
+/// Slots for something every connection needs for a while (a TLS handshake, a login): at most
+/// `total` at once, and at most `per_address` from one IP address, so one address cannot take
+/// them all.
+#[derive(Debug, Clone)]
+pub(crate) struct AddressSlots {
+    total: Arc<tokio::sync::Semaphore>,
+    per_address: usize,
+    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One slot taken; dropping it gives it back.
+#[derive(Debug)]
+pub(crate) struct AddressSlot {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    ip: IpAddr,
+    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Why no slot was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotRefusal {
+    Total,
+    Address,
+}
+
+impl AddressSlots {
+    pub(crate) fn new(total: usize, per_address: usize) -> Self {
+        Self {
+            total: Arc::new(tokio::sync::Semaphore::new(total)),
+            per_address,
+            by_address: Arc::default(),
+        }
+    }
+
+    pub(crate) fn try_take(&self, ip: IpAddr) -> Result<AddressSlot, SlotRefusal> {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        let count = by_address.entry(ip).or_insert(0);
+        if *count >= self.per_address {
+            return Err(SlotRefusal::Address);
+        }
+        let total = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| SlotRefusal::Total)?;
+        *count += 1;
+        Ok(AddressSlot {
+            _total: total,
+            ip,
+            by_address: Arc::clone(&self.by_address),
+        })
+    }
+
+    /// Slots in use now.
+    #[cfg(test)]
+    pub(crate) fn in_use(&self) -> usize {
+        self.by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = by_address.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                by_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connect rate per IP address, in front of the listener's overall one: an address that
+/// connects faster than its rate is refused without spending the others' budget. Addresses that
+/// have rested back to a full bucket are forgotten, so the table holds only recent connectors.
+#[derive(Debug)]
+pub(crate) struct AddressRates {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
+}
+
+/// Addresses remembered at most; past it, rested ones are forgotten first, then any.
+const MAX_RATED_ADDRESSES: usize = 65_536;
+
+impl AddressRates {
+    pub(crate) fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn try_take(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if buckets.len() >= MAX_RATED_ADDRESSES && !buckets.contains_key(&ip) {
+            buckets.retain(|_, b| !b.is_full(now));
+            if buckets.len() >= MAX_RATED_ADDRESSES
+                && let Some(any) = buckets.keys().next().copied()
+            {
+                buckets.remove(&any);
+            }
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        buckets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now))
+            .try_take(1.0, now)
+    }
+
+    /// Forgets addresses whose bucket is full again.
+    pub(crate) fn sweep(&self, now: Instant) {
+        self.buckets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, b| !b.is_full(now));
     }
 }
 
@@ -220,6 +337,30 @@ impl DeviceRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn address_slots_cap_each_address_and_the_total() {
+        let slots = AddressSlots::new(3, 2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a1 = slots.try_take(a).unwrap();
+        let _a2 = slots.try_take(a).unwrap();
+        assert_eq!(slots.try_take(a).unwrap_err(), SlotRefusal::Address);
+        let _b1 = slots.try_take(b).unwrap();
+        assert_eq!(slots.try_take(b).unwrap_err(), SlotRefusal::Total);
+        drop(a1);
+        slots.try_take(b).unwrap();
+        assert_eq!(slots.in_use(), 2);
+    }
+
+    #[test]
+    fn one_address_spending_its_rate_leaves_others_theirs() {
+        let rates = AddressRates::new(1.0, 2.0);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let now = Instant::now();
+        assert!(rates.try_take(a, now) && rates.try_take(a, now));
+        assert!(!rates.try_take(a, now));
+        assert!(rates.try_take(b, now));
+    }
 
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)

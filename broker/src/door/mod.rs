@@ -8,13 +8,14 @@
 //! at, routing:
 //!
 //! * **Accept** ([`accept_devices`], [`accept_services`]) never waits on a client: it takes the
-//!   TCP connection, checks the listener's caps and connect rate, and hands the connection to a
-//!   task of its own on the multi-threaded runtime. A connection over a cap is closed at once.
+//!   TCP connection, checks the connect rates (the address's, then the listener's) and the slots
+//!   for what comes next (over all and per address), and hands the connection to a task of its
+//!   own on the multi-threaded runtime. A connection over a cap is closed at once.
 //! * **Handshake** (devices): TLS with our rustls configuration ([`crate::tls`]), a client
 //!   certificate chained to our CA and not revoked, within a deadline, a bounded number at once.
 //!   The device id comes from the verified certificate.
 //! * **CONNECT and session** ([`session`]): the client id must be the certificate's device id
-//!   (services: username and password, with guessing throttled per address), keep-alive sane,
+//!   (services: username and password; a wrong one is answered only after a delay), keep-alive sane,
 //!   no last will, the device's own cap of connections and reconnect rate; then the connection
 //!   is registered with the router as that device's tenant, and every packet passes our exact
 //!   access rules ([`acl`]) and per-device rates on its way in.
@@ -23,12 +24,13 @@
 //! known) and counted in [`crate::metrics`].
 
 pub(crate) mod acl;
+mod claims;
 pub(crate) mod limits;
 mod session;
 mod wire;
 
-use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,12 +41,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::credentials::{GuessThrottle, ServiceCredentials};
+use crate::credentials::ServiceCredentials;
 use crate::metrics::{BrokerMetrics, HandshakeOutcome, Listener, Refused};
+use crate::revocation::Denylist;
 use crate::router::RouterHandle;
 use crate::settings::BrokerSettings;
 use crate::tls::{TlsStore, device_of_certificate};
-use limits::{DeviceLimits, DeviceRegistry, TokenBucket};
+use claims::Claims;
+use limits::{AddressRates, AddressSlot, AddressSlots, DeviceLimits, DeviceRegistry, TokenBucket};
 use session::Peer;
 
 /// How long a write to a client may take before the client counts as gone: one that does not
@@ -54,22 +58,31 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const LINK_BUILDS: usize = 16;
 /// A device may reconnect this many times in a burst before its connect rate applies.
 const DEVICE_CONNECT_BURST: f64 = 10.0;
+/// How long a wrong service password waits for its answer. With logins under way capped per
+/// address ([`SERVICE_LOGINS_PER_IP`]), one address guesses at most that many times a second,
+/// which against the enforced password strength (about 64 bits at least) is no attack at all.
+/// The right password is never delayed and never refused for others' guesses.
+pub(crate) const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
+/// Service connections before their login, per address and over all.
+const SERVICE_LOGINS_PER_IP: usize = 8;
+const SERVICE_LOGINS: usize = 64;
 
 /// What every connection through the doors shares.
 pub(crate) struct Door {
     pub(crate) metrics: Arc<BrokerMetrics>,
     pub(crate) router: RouterHandle,
     pub(crate) tls: Arc<TlsStore>,
+    pub(crate) denylist: Denylist,
     pub(crate) devices: DeviceRegistry,
+    pub(crate) claims: Claims,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
     pub(crate) probes: Probes,
+    pub(crate) connect_rates: AddressRates,
     credentials: ServiceCredentials,
-    guesses: GuessThrottle,
     connect_rate: Mutex<TokenBucket>,
-    handshakes: Arc<Semaphore>,
-    handshakes_by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    max_handshakes_per_ip: usize,
+    handshakes: AddressSlots,
+    service_logins: AddressSlots,
     device_slots: Arc<Semaphore>,
     service_slots: Arc<Semaphore>,
     link_builds: Semaphore,
@@ -87,6 +100,7 @@ impl Door {
         metrics: Arc<BrokerMetrics>,
         router: RouterHandle,
         tls: Arc<TlsStore>,
+        denylist: Denylist,
         shutdown: CancellationToken,
     ) -> Self {
         let now = Instant::now();
@@ -94,27 +108,31 @@ impl Door {
             metrics,
             router,
             tls,
+            denylist,
             devices: DeviceRegistry::new(DeviceLimits {
                 max_connections: settings.max_connections_per_device,
                 connect_rate: settings.device_connect_rate,
                 connect_burst: DEVICE_CONNECT_BURST,
             }),
+            claims: Claims::default(),
             shutdown,
             tasks: TaskTracker::new(),
             probes: Probes::default(),
+            connect_rates: AddressRates::new(
+                settings.connect_rate_per_ip,
+                settings.connect_rate_per_ip,
+            ),
             credentials: ServiceCredentials::new(
                 settings.service_username.clone(),
                 service_password,
             ),
-            guesses: GuessThrottle::default(),
             connect_rate: Mutex::new(TokenBucket::new(
                 settings.connect_rate,
                 settings.connect_rate,
                 now,
             )),
-            handshakes: Arc::new(Semaphore::new(settings.max_handshakes)),
-            handshakes_by_ip: Arc::default(),
-            max_handshakes_per_ip: settings.max_handshakes_per_ip,
+            handshakes: AddressSlots::new(settings.max_handshakes, settings.max_handshakes_per_ip),
+            service_logins: AddressSlots::new(SERVICE_LOGINS, SERVICE_LOGINS_PER_IP),
             device_slots: Arc::new(Semaphore::new(settings.max_device_connections)),
             service_slots: Arc::new(Semaphore::new(settings.max_service_connections)),
             link_builds: Semaphore::new(LINK_BUILDS),
@@ -126,72 +144,32 @@ impl Door {
         }
     }
 
-    /// Checks a service's login; the refusal to count when it fails.
-    fn check_login(&self, addr: SocketAddr, login: Option<&Login>) -> Result<(), Refused> {
-        let now = Instant::now();
-        // A throttled address is refused before its password is looked at, so it learns
-        // nothing from the answer.
-        if !self.guesses.may_try(addr.ip(), now) {
-            return Err(Refused::GuessThrottled);
-        }
-        let accepted = login.is_some_and(|login| {
+    /// Whether `login` is the service username and password (compared in constant time).
+    fn check_login(&self, login: Option<&Login>) -> bool {
+        login.is_some_and(|login| {
             self.credentials
                 .check(&login.username, login.password.as_bytes())
-        });
-        if accepted {
-            Ok(())
-        } else {
-            self.guesses.failed(addr.ip(), now);
-            Err(Refused::NotAuthorized)
-        }
-    }
-
-    /// A handshake slot for a connection from `ip`: one of the listener's, and one of the
-    /// address's, so one address cannot take every slot.
-    fn handshake_slot(&self, ip: IpAddr) -> Result<HandshakeSlot, &'static str> {
-        let global = Arc::clone(&self.handshakes)
-            .try_acquire_owned()
-            .map_err(|_| "handshakes in flight")?;
-        let mut by_ip = self
-            .handshakes_by_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let count = by_ip.entry(ip).or_insert(0);
-        if *count >= self.max_handshakes_per_ip {
-            return Err("handshakes in flight from this address");
-        }
-        *count += 1;
-        Ok(HandshakeSlot {
-            _global: global,
-            ip,
-            by_ip: Arc::clone(&self.handshakes_by_ip),
         })
     }
 
-    fn take_connect_token(&self) -> bool {
-        self.connect_rate
+    /// A new device connection from `ip` within the connect rates: the address's first, so a
+    /// flooding address does not spend everyone's budget.
+    fn may_connect(&self, ip: std::net::IpAddr) -> Result<(), &'static str> {
+        let now = Instant::now();
+        if !self.connect_rates.try_take(ip, now) {
+            return Err("connect rate of this address");
+        }
+        let global = self
+            .connect_rate
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .try_take(1.0, Instant::now())
+            .try_take(1.0, now);
+        if global { Ok(()) } else { Err("connect rate") }
     }
-}
 
-/// A handshake under way: its slot in the listener's cap and in its address's.
-struct HandshakeSlot {
-    _global: tokio::sync::OwnedSemaphorePermit,
-    ip: IpAddr,
-    by_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = by_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                by_ip.remove(&self.ip);
-            }
-        }
+    /// A service connection's slot, once it has logged in.
+    fn service_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.service_slots).try_acquire_owned().ok()
     }
 }
 
@@ -218,16 +196,23 @@ pub(crate) async fn accept_devices(door: Arc<Door>, listener: TcpListener) {
             door.metrics.handshake(outcome);
             tracing::warn!(peer = %addr, outcome = outcome.as_str(), why, "device connection refused before the handshake");
         };
-        if !door.take_connect_token() {
-            refuse(HandshakeOutcome::RateLimited, "connect rate");
+        if let Err(why) = door.may_connect(addr.ip()) {
+            refuse(HandshakeOutcome::RateLimited, why);
             continue;
         }
         // Unauthenticated connections hold only a handshake slot; a connection slot is
         // taken once the certificate says which device it is.
-        let handshake = match door.handshake_slot(addr.ip()) {
+        let handshake = match door.handshakes.try_take(addr.ip()) {
             Ok(slot) => slot,
-            Err(why) => {
-                refuse(HandshakeOutcome::OverCap, why);
+            Err(limits::SlotRefusal::Total) => {
+                refuse(HandshakeOutcome::OverCap, "handshakes in flight");
+                continue;
+            }
+            Err(limits::SlotRefusal::Address) => {
+                refuse(
+                    HandshakeOutcome::OverCap,
+                    "handshakes in flight from this address",
+                );
                 continue;
             }
         };
@@ -254,6 +239,13 @@ pub(crate) async fn accept_devices(door: Arc<Door>, listener: TcpListener) {
                     return;
                 }
             };
+            // Revoked between its handshake and its registration: a revocation closes the
+            // registered connections, and this one registered after the list grew.
+            if door.denylist.contains(&device) {
+                door.metrics.handshake(HandshakeOutcome::Revoked);
+                tracing::warn!(peer = %addr, device_id = %device, "device connection refused: revoked");
+                return;
+            }
             let span = tracing::info_span!("device_session", peer = %addr, device_id = %device);
             session::run(door, tls, addr, Peer::Device(device, registration))
                 .instrument(span)
@@ -268,7 +260,7 @@ async fn handshake_device(
     door: &Door,
     stream: TcpStream,
     addr: SocketAddr,
-    permit: HandshakeSlot,
+    slot: AddressSlot,
 ) -> Option<(
     tokio_rustls::server::TlsStream<TcpStream>,
     ecs_protocol::DeviceId,
@@ -285,7 +277,7 @@ async fn handshake_device(
         r = tokio::time::timeout(door.handshake_timeout, accept) => Some(r),
     };
     door.metrics.handshakes_in_flight(-1);
-    drop(permit);
+    drop(slot);
     let outcome = match result? {
         Err(_) => Err(HandshakeOutcome::Timeout),
         Ok(Err(error)) => Err(classify(&error)),
@@ -311,11 +303,10 @@ async fn handshake_device(
         }
         Err(outcome) => {
             door.metrics.handshake(outcome);
-            let level_warn = !matches!(outcome, HandshakeOutcome::Aborted);
-            if level_warn {
-                tracing::warn!(peer = %addr, outcome = outcome.as_str(), "device TLS handshake failed");
-            } else {
+            if matches!(outcome, HandshakeOutcome::Aborted) {
                 tracing::debug!(peer = %addr, outcome = outcome.as_str(), "device TLS handshake aborted");
+            } else {
+                tracing::warn!(peer = %addr, outcome = outcome.as_str(), "device TLS handshake failed");
             }
             None
         }
@@ -332,8 +323,7 @@ fn classify(error: &std::io::Error) -> HandshakeOutcome {
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         )) => HandshakeOutcome::Expired,
         Some(Tls::InvalidCertificate(_)) => HandshakeOutcome::BadCertificate,
-        Some(_) => HandshakeOutcome::Aborted,
-        None => HandshakeOutcome::Aborted,
+        Some(_) | None => HandshakeOutcome::Aborted,
     }
 }
 
@@ -352,19 +342,20 @@ pub(crate) async fn accept_services(door: Arc<Door>, listener: TcpListener) {
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&door.service_slots).try_acquire_owned() else {
+        // Before its login a connection holds only a login slot, capped per address: idle
+        // sockets from one address cannot fill the listener.
+        let Ok(login) = door.service_logins.try_take(addr.ip()) else {
             door.metrics
                 .refused(Listener::Service, Refused::ServiceConnectionCap);
-            tracing::warn!(peer = %addr, "service connection refused: the service listener is full");
+            tracing::warn!(peer = %addr, "service connection refused: too many logins under way");
             continue;
         };
         let _ = stream.set_nodelay(true);
         let door = Arc::clone(&door);
         let tasks = door.tasks.clone();
         tasks.spawn(async move {
-            let _slot = slot;
             let span = tracing::info_span!("service_session", peer = %addr);
-            session::run(door, stream, addr, Peer::Service)
+            session::run(door, stream, addr, Peer::Service { login: Some(login) })
                 .instrument(span)
                 .await;
         });

@@ -238,6 +238,25 @@ impl BrokerSettings {
                 ));
             }
         }
+        if self.connect_rate_per_ip > self.connect_rate {
+            return Err(invalid(
+                "connect rate per IP",
+                format!(
+                    "{} is more than the listener's connect rate ({}): one address could spend \
+                     it all",
+                    self.connect_rate_per_ip, self.connect_rate
+                ),
+            ));
+        }
+        if self.max_handshakes_per_ip > self.max_handshakes {
+            return Err(invalid(
+                "max handshakes per IP",
+                format!(
+                    "{} is more than max handshakes ({})",
+                    self.max_handshakes_per_ip, self.max_handshakes
+                ),
+            ));
+        }
         if self.service_username.is_empty() {
             return Err(invalid("service username", "must not be empty".into()));
         }

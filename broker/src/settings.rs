@@ -131,8 +131,8 @@ pub struct BrokerSettings {
     #[arg(long, env = "ECS_BROKER_DEVICE_CONNECT_RATE", default_value_t = 0.5)]
     pub device_connect_rate: f64,
 
-    /// PUBLISH packets per second one device connection may send (after a burst of two
-    /// seconds' worth); faster senders are read more slowly.
+    /// Packets per second one device connection may send, every kind counted (after a burst of
+    /// two seconds' worth); faster senders are read more slowly.
     #[arg(long, env = "ECS_BROKER_DEVICE_MESSAGE_RATE", default_value_t = 200.0)]
     pub device_message_rate: f64,
 

@@ -230,7 +230,11 @@ fn a_full_revocation_list_round_trips_within_the_message_limit() {
         .collect();
     let message = Control::RevocationsV1(Revocations { device_ids });
     let bytes = encode_control(&message).unwrap();
-    assert!(bytes.len() < ecs_protocol::MAX_MESSAGE_BYTES, "{} bytes", bytes.len());
+    assert!(
+        bytes.len() < ecs_protocol::MAX_MESSAGE_BYTES,
+        "{} bytes",
+        bytes.len()
+    );
     assert_eq!(decode_control(&bytes).unwrap(), message);
     // The envelope's first variant is index 0: reordering variants breaks this.
     assert_eq!(bytes[0], 0);

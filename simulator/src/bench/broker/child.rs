@@ -27,6 +27,8 @@ const LOG_TAIL_LINES: usize = 20;
 /// New connections per second the broker is told to admit: far above any storm we make, so the
 /// bench measures how fast the broker can go, not a limit chosen for production.
 const CONNECT_RATE: u32 = 100_000;
+/// Handshakes under way at once: the production default over all, all of it for one address.
+const MAX_HANDSHAKES: usize = 4_096;
 /// Device connections beyond the phones a broker must accept: phones reconnecting over their
 /// own half-closed connections, with room to spare.
 const DEVICE_HEADROOM: usize = 100;
@@ -124,9 +126,11 @@ impl BrokerLaunch {
                 (self.devices + DEVICE_HEADROOM).to_string(),
             )
             .env("ECS_BROKER_CONNECT_RATE", CONNECT_RATE.to_string())
-            // Every phone of the bench dials from 127.0.0.1, unlike a real fleet: the rate per
-            // address would otherwise be the bench's bottleneck.
+            // Every phone of the bench dials from 127.0.0.1, unlike a real fleet: the rate and
+            // the handshake share per address would otherwise be the bench's bottleneck.
             .env("ECS_BROKER_CONNECT_RATE_PER_IP", CONNECT_RATE.to_string())
+            .env("ECS_BROKER_MAX_HANDSHAKES_PER_IP", MAX_HANDSHAKES.to_string())
+            .env("ECS_BROKER_MAX_HANDSHAKES", MAX_HANDSHAKES.to_string())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)

@@ -283,7 +283,16 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
             .instrument(info_span!("notifier")),
     );
 
-    let ingest = Ingest::new(pool.clone()).with_device_seen(notifier_wake.clone());
+    // Group commit: many devices' batches per transaction. Its task ends after ingest's last
+    // batch (when ingest, the only holder of the committer, has stopped).
+    let (committer, commit_task) = crate::ingest::GroupCommitter::new(pool.clone());
+    components.spawn(
+        "group_commit",
+        commit_task.instrument(info_span!("group_commit")),
+    );
+    let ingest = Ingest::new(pool.clone())
+        .with_device_seen(notifier_wake.clone())
+        .with_group_commit(committer);
     let ingest_run = ingest.run(
         client,
         dispatch,

@@ -43,9 +43,12 @@
 //!   [`Ingest::dry_run`] takes the same decision and writes nothing.
 
 mod delivery;
+mod group;
 pub mod queue;
 mod runner;
 mod store;
+
+pub use group::GroupCommitter;
 
 use std::sync::Arc;
 
@@ -182,6 +185,8 @@ impl Outcome {
 pub struct Ingest {
     pool: PgPool,
     device_seen: Option<Arc<Notify>>,
+    /// When set, batches are committed in groups (see [`GroupCommitter`]); else each alone.
+    committer: Option<GroupCommitter>,
 }
 
 impl Ingest {
@@ -189,7 +194,15 @@ impl Ingest {
         Self {
             pool,
             device_seen: None,
+            committer: None,
         }
+    }
+
+    /// Commits batches in groups through `committer` (whose task the caller runs) instead of a
+    /// transaction each.
+    pub fn with_group_commit(mut self, committer: GroupCommitter) -> Self {
+        self.committer = Some(committer);
+        self
     }
 
     /// Wakes `notifier` (the [`Notifier`](crate::notify::Notifier)'s handle) after committing a
@@ -282,8 +295,17 @@ impl Ingest {
             let inserted = readings.saturating_sub(present);
             return Ok(committed(device, user_id, readings, inserted, ack));
         }
+        let newest = checked.taken_at.iter().max().copied();
+        let stored = match &self.committer {
+            Some(committer) => {
+                committer
+                    .store(device.clone(), user_id, batch, checked.taken_at)
+                    .await
+            }
+            None => store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await,
+        };
         let stored =
-            match store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await
+            match stored
             {
                 Ok(store::StoreOutcome::Stored(stored)) => stored,
                 Ok(store::StoreOutcome::WithoutConsent) => {
@@ -317,6 +339,11 @@ impl Ingest {
             && let Some(notifier) = &self.device_seen
         {
             notifier.notify_one();
+        }
+        if let Some(newest) = newest {
+            // From the sensor's clock to the commit: the lag a phone's newest reading saw.
+            let lag = (Utc::now() - newest).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!("ecs_ingest_lag_seconds").record(lag);
         }
         debug!(inserted = stored.inserted, readings, "batch committed");
         Ok(committed(device, user_id, readings, stored.inserted, ack))

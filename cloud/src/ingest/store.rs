@@ -27,11 +27,30 @@ pub(super) async fn store_batch(
     batch: &ReadingBatch,
     taken_at: &[DateTime<Utc>],
 ) -> Result<StoreOutcome> {
+    let mut tx = begin(pool).await?;
+    let outcome = store_in(&mut tx, device, user_id, batch, taken_at).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// A transaction for batches, with the bounded wait on a person's row.
+pub(super) async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let mut tx = pool.begin().await?;
     // A person whose row is held (a long erasure, a slow assessment) costs only their own
     // phones: this batch gives up after the wait, unacked, and its device resends it later,
     // instead of holding an ingest slot for as long as the other transaction lasts.
     sqlx::query(PERSON_LOCK_WAIT).execute(&mut *tx).await?;
+    Ok(tx)
+}
+
+/// The batch's work inside the caller's transaction (which commits it, alone or with others).
+pub(super) async fn store_in(
+    tx: &mut PgConnection,
+    device: &DeviceId,
+    user_id: Uuid,
+    batch: &ReadingBatch,
+    taken_at: &[DateTime<Utc>],
+) -> Result<StoreOutcome> {
     // Consent is re-read under the person's row lock, which a withdrawal (an UPDATE of that row)
     // also takes: a batch either commits before the withdrawal (whose transaction then removes
     // the derived profile) or sees it and stores nothing. Locking the person first is also the
@@ -47,7 +66,7 @@ pub(super) async fn store_batch(
         Some(false) => return Ok(StoreOutcome::WithoutConsent),
         None => return Ok(StoreOutcome::RegistrationGone),
     }
-    let inserted = insert_readings(&mut tx, device, user_id, batch, taken_at).await?;
+    let inserted = insert_readings(tx, device, user_id, batch, taken_at).await?;
     if !inserted.is_empty() {
         let mut is_new = vec![false; batch.readings.len()];
         for seq in &inserted {
@@ -66,13 +85,12 @@ pub(super) async fn store_batch(
             .filter(|(_, new)| **new)
             .map(|((at, reading), _)| (*at, reading))
             .collect();
-        let previous = features::load_for_update(&mut tx, user_id).await?;
+        let previous = features::load_for_update(tx, user_id).await?;
         if let Some(next) = EmotionFeatures::update(previous.as_ref(), &new) {
-            features::store(&mut tx, user_id, &next).await?;
+            features::store(tx, user_id, &next).await?;
         }
     }
-    let seen = mark_seen(&mut tx, device).await?;
-    tx.commit().await?;
+    let seen = mark_seen(tx, device).await?;
     Ok(StoreOutcome::Stored(StoredBatch {
         inserted: inserted.len(),
         came_back_with_mail: seen.is_some_and(|s| s.came_online && s.has_undelivered),

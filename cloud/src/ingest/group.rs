@@ -1,0 +1,293 @@
+//! Group commit: batches of many devices share one transaction, one commit, one fsync.
+//!
+//! Ingest tasks hand their batch's transaction work to the [`GroupCommitter`] instead of
+//! committing it alone. The committer takes whatever is waiting (up to [`MAX_GROUP`] batches),
+//! does each batch's work in one transaction and commits once; a batch is never held back to wait
+//! for company (a lone batch is committed at once), so latency stays low when load is low and
+//! groups grow by themselves when it is high. [`COMMITTERS`] groups are in flight at a time, on
+//! as many connections, so Postgres keeps more than one core busy.
+//!
+//! * **Locks in one order.** A group takes its persons' rows in `user_id` order, so two groups
+//!   never wait on each other in a cycle; one device has at most one batch in flight (the queue
+//!   sees to it), so sorting never reorders a device's batches.
+//! * **One batch's trouble costs only itself.** When anything in the group fails (a person's row
+//!   held past the lock wait, a constraint, the connection), the group is rolled back and each
+//!   of its batches is committed alone, with the same classification of errors as before: only
+//!   the batch at fault is refused or retried.
+//! * **Acks after commit**, as ever: a batch's outcome is handed back only once its group (or its
+//!   own transaction) has committed.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use ecs_protocol::{DeviceId, ReadingBatch};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::store::{self, StoreOutcome};
+use crate::{Error, error::Result};
+
+/// Batches per transaction at most.
+pub const MAX_GROUP: usize = 64;
+/// Group transactions in flight at once.
+pub const COMMITTERS: usize = 3;
+/// Requests waiting for a committer before ingest tasks wait to hand theirs in.
+const WAITING: usize = 1_024;
+
+/// One batch's transaction work, and where its outcome goes.
+struct Request {
+    device: DeviceId,
+    user_id: Uuid,
+    batch: ReadingBatch,
+    taken_at: Vec<DateTime<Utc>>,
+    reply: oneshot::Sender<Result<StoreOutcome>>,
+}
+
+/// Where ingest tasks hand in their batches. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GroupCommitter {
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("device", &self.device)
+            .field("first_seq", &self.batch.first_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupCommitter {
+    /// The committer and the task that must run for it to commit anything; the task ends when
+    /// every handle is dropped and the last group is committed.
+    pub fn new(pool: PgPool) -> (GroupCommitter, impl Future<Output = ()> + Send + 'static) {
+        let (requests, waiting) = mpsc::channel(WAITING);
+        (GroupCommitter { requests }, run(pool, waiting))
+    }
+
+    /// Stores one batch in the next group; the same outcomes and errors as
+    /// [`store::store_batch`].
+    pub(super) async fn store(
+        &self,
+        device: DeviceId,
+        user_id: Uuid,
+        batch: ReadingBatch,
+        taken_at: Vec<DateTime<Utc>>,
+    ) -> Result<StoreOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        let request = Request {
+            device,
+            user_id,
+            batch,
+            taken_at,
+            reply,
+        };
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| Error::Unavailable("group committer"))?;
+        outcome
+            .await
+            .map_err(|_| Error::Unavailable("group committer"))?
+    }
+}
+
+async fn run(pool: PgPool, mut waiting: mpsc::Receiver<Request>) {
+    let committers = std::sync::Arc::new(Semaphore::new(COMMITTERS));
+    let mut groups = tokio::task::JoinSet::new();
+    // A committer first, then whatever waits by then: the longer all committers are busy, the
+    // larger the next group.
+    while let Ok(permit) = committers.clone().acquire_owned().await {
+        let Some(first) = waiting.recv().await else {
+            break;
+        };
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match waiting.try_recv() {
+                Ok(request) => group.push(request),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        groups.spawn(async move {
+            commit(&pool, group).await;
+            drop(permit);
+        });
+        while groups.try_join_next().is_some() {}
+    }
+    while groups.join_next().await.is_some() {}
+}
+
+async fn commit(pool: &PgPool, mut group: Vec<Request>) {
+    metrics::histogram!("ecs_ingest_batches_per_commit").record(group.len() as f64);
+    if group.len() == 1 {
+        alone(pool, group.remove(0)).await;
+        return;
+    }
+    group.sort_by_key(|r| r.user_id);
+    let started = Instant::now();
+    match together(pool, &group).await {
+        Ok(outcomes) => {
+            metrics::histogram!("ecs_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+            debug!(batches = group.len(), "group committed");
+            for (request, outcome) in group.into_iter().zip(outcomes) {
+                let _ = request.reply.send(Ok(outcome));
+            }
+        }
+        Err(error) => {
+            metrics::counter!("ecs_ingest_group_fallbacks_total").increment(1);
+            warn!(%error, batches = group.len(), "group commit failed; committing each batch alone");
+            let mut alone_each = tokio::task::JoinSet::new();
+            for request in group {
+                let pool = pool.clone();
+                alone_each.spawn(async move { alone(&pool, request).await });
+            }
+            while alone_each.join_next().await.is_some() {}
+        }
+    }
+}
+
+/// Every batch of the group in one transaction; an error undoes all of them.
+async fn together(pool: &PgPool, group: &[Request]) -> Result<Vec<StoreOutcome>> {
+    let mut tx = store::begin(pool).await?;
+    let mut outcomes = Vec::with_capacity(group.len());
+    for r in group {
+        outcomes.push(store::store_in(&mut tx, &r.device, r.user_id, &r.batch, &r.taken_at).await?);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn alone(pool: &PgPool, request: Request) {
+    let started = Instant::now();
+    let outcome = store::store_batch(
+        pool,
+        &request.device,
+        request.user_id,
+        &request.batch,
+        &request.taken_at,
+    )
+    .await;
+    metrics::histogram!("ecs_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+    let _ = request.reply.send(outcome);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::fixtures::{batch, user_with_device};
+
+    fn request(
+        device: &DeviceId,
+        user_id: Uuid,
+        len: u32,
+    ) -> (Request, oneshot::Receiver<Result<StoreOutcome>>) {
+        let batch = batch(device, 1, len);
+        let taken_at = batch
+            .readings
+            .iter()
+            .map(|r| {
+                DateTime::from_timestamp_millis(batch.base_time_ms + i64::from(r.offset_ms))
+                    .unwrap()
+            })
+            .collect();
+        let (reply, outcome) = oneshot::channel();
+        let request = Request {
+            device: device.clone(),
+            user_id,
+            batch,
+            taken_at,
+            reply,
+        };
+        (request, outcome)
+    }
+
+    async fn stored(pool: &PgPool, device: &DeviceId) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM emotion_readings WHERE device_id = $1")
+            .bind(device.as_str())
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    fn inserted(outcome: Result<StoreOutcome>) -> Option<usize> {
+        match outcome {
+            Ok(StoreOutcome::Stored(s)) => Some(s.inserted),
+            _ => None,
+        }
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_group_stores_each_batch_once_and_a_faulty_one_costs_only_itself(pool: PgPool) {
+        let (a_user, a) = user_with_device(&pool).await;
+        let (b_user, b) = user_with_device(&pool).await;
+        // A device nobody registered, for a real person: its insert breaks the foreign key.
+        let ghost = DeviceId::random();
+        let (ra, oa) = request(&a, a_user, 5);
+        let (rg, og) = request(&ghost, b_user, 5);
+        let (rb, ob) = request(&b, b_user, 7);
+
+        commit(&pool, vec![ra, rg, rb]).await;
+
+        assert_eq!(inserted(oa.await.unwrap()), Some(5));
+        assert_eq!(inserted(ob.await.unwrap()), Some(7));
+        assert!(
+            matches!(og.await.unwrap(), Err(Error::Database(e)) if store::registration_gone(&e)),
+            "the faulty batch keeps its own classification"
+        );
+        assert_eq!((stored(&pool, &a).await, stored(&pool, &b).await), (5, 7));
+
+        // The same batches again: nothing twice.
+        let (ra, oa) = request(&a, a_user, 5);
+        let (rb, ob) = request(&b, b_user, 7);
+        commit(&pool, vec![ra, rb]).await;
+        assert_eq!(inserted(oa.await.unwrap()), Some(0));
+        assert_eq!(inserted(ob.await.unwrap()), Some(0));
+        assert_eq!((stored(&pool, &a).await, stored(&pool, &b).await), (5, 7));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_person_held_locked_does_not_hold_back_the_rest_of_the_group(pool: PgPool) {
+        let (a_user, a) = user_with_device(&pool).await;
+        let (held_user, held) = user_with_device(&pool).await;
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
+            .bind(held_user)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let (ra, oa) = request(&a, a_user, 3);
+        let (rh, oh) = request(&held, held_user, 3);
+
+        let committing = tokio::spawn({
+            let pool = pool.clone();
+            async move { commit(&pool, vec![ra, rh]).await }
+        });
+        // The free person's batch is committed (alone, after the group gave up on the lock)
+        // while the other row is still held.
+        assert_eq!(inserted(oa.await.unwrap()), Some(3));
+        assert_eq!(stored(&pool, &a).await, 3);
+        // The held person's batch gives up after its own wait: not stored, to be resent.
+        assert!(oh.await.unwrap().is_err());
+        holder.rollback().await.unwrap();
+        committing.await.unwrap();
+        assert_eq!(stored(&pool, &held).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_committer_whose_task_is_gone_says_so() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let (committer, task) = GroupCommitter::new(pool);
+        drop(task);
+        let device = DeviceId::random();
+        let outcome = committer
+            .store(device.clone(), Uuid::new_v4(), batch(&device, 1, 1), Vec::new())
+            .await;
+        assert!(matches!(outcome, Err(Error::Unavailable(_))));
+    }
+}

@@ -379,8 +379,9 @@ impl Pump {
         let end = loop {
             let silence_deadline = last_heard + self.keep_alive;
             let paused = paused_until.is_some_and(|t| t > Instant::now());
+            // Not biased: a link the router keeps busy must still get its client's packets read,
+            // and a client that keeps sending must still get its acks.
             let round = tokio::select! {
-                biased;
                 () = self.door.shutdown.cancelled() => break End::Shutdown,
                 () = revoked.cancelled() => break End::Revoked,
                 () = taken_over.cancelled() => break End::TakenOver,

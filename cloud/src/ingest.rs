@@ -302,39 +302,39 @@ impl Ingest {
                     .store(device.clone(), user_id, batch, checked.taken_at)
                     .await
             }
-            None => store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await,
+            None => {
+                store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await
+            }
         };
-        let stored =
-            match stored
-            {
-                Ok(store::StoreOutcome::Stored(stored)) => stored,
-                Ok(store::StoreOutcome::WithoutConsent) => {
-                    return Ok(discarded(device, user_id, readings, Some(ack)));
-                }
-                Ok(store::StoreOutcome::RegistrationGone) => {
-                    return Ok(not_accepted(device, Rejection::UnknownDevice));
-                }
-                // The registration read above is not part of the batch's transaction: the person
-                // was erased (or the device deleted) in between. Nothing of theirs is kept.
-                Err(Error::Database(e)) if store::registration_gone(&e) => {
-                    return Ok(not_accepted(device, Rejection::UnknownDevice));
-                }
-                Err(Error::Database(e)) if store::refused_by_database(&e) => {
-                    let rejection = Rejection::RefusedByDatabase(e.to_string());
-                    return self
-                        .dead_letter(
-                            topic,
-                            device,
-                            payload,
-                            rejection,
-                            Some(ack),
-                            readings,
-                            delivery,
-                        )
-                        .await;
-                }
-                Err(e) => return Err(e),
-            };
+        let stored = match stored {
+            Ok(store::StoreOutcome::Stored(stored)) => stored,
+            Ok(store::StoreOutcome::WithoutConsent) => {
+                return Ok(discarded(device, user_id, readings, Some(ack)));
+            }
+            Ok(store::StoreOutcome::RegistrationGone) => {
+                return Ok(not_accepted(device, Rejection::UnknownDevice));
+            }
+            // The registration read above is not part of the batch's transaction: the person
+            // was erased (or the device deleted) in between. Nothing of theirs is kept.
+            Err(Error::Database(e)) if store::registration_gone(&e) => {
+                return Ok(not_accepted(device, Rejection::UnknownDevice));
+            }
+            Err(Error::Database(e)) if store::refused_by_database(&e) => {
+                let rejection = Rejection::RefusedByDatabase(e.to_string());
+                return self
+                    .dead_letter(
+                        topic,
+                        device,
+                        payload,
+                        rejection,
+                        Some(ack),
+                        readings,
+                        delivery,
+                    )
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
         if stored.came_back_with_mail
             && let Some(notifier) = &self.device_seen
         {

@@ -131,7 +131,8 @@ async fn commit(pool: &PgPool, mut group: Vec<Request>) {
     let started = Instant::now();
     match together(pool, &group).await {
         Ok(outcomes) => {
-            metrics::histogram!("ecs_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("ecs_ingest_commit_seconds")
+                .record(started.elapsed().as_secs_f64());
             debug!(batches = group.len(), "group committed");
             for (request, outcome) in group.into_iter().zip(outcomes) {
                 let _ = request.reply.send(Ok(outcome));
@@ -286,7 +287,12 @@ mod tests {
         drop(task);
         let device = DeviceId::random();
         let outcome = committer
-            .store(device.clone(), Uuid::new_v4(), batch(&device, 1, 1), Vec::new())
+            .store(
+                device.clone(),
+                Uuid::new_v4(),
+                batch(&device, 1, 1),
+                Vec::new(),
+            )
             .await;
         assert!(matches!(outcome, Err(Error::Unavailable(_))));
     }

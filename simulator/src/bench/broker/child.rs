@@ -129,7 +129,10 @@ impl BrokerLaunch {
             // Every phone of the bench dials from 127.0.0.1, unlike a real fleet: the rate and
             // the handshake share per address would otherwise be the bench's bottleneck.
             .env("ECS_BROKER_CONNECT_RATE_PER_IP", CONNECT_RATE.to_string())
-            .env("ECS_BROKER_MAX_HANDSHAKES_PER_IP", MAX_HANDSHAKES.to_string())
+            .env(
+                "ECS_BROKER_MAX_HANDSHAKES_PER_IP",
+                MAX_HANDSHAKES.to_string(),
+            )
             .env("ECS_BROKER_MAX_HANDSHAKES", MAX_HANDSHAKES.to_string())
             .stdin(Stdio::null())
             .stdout(log)

@@ -173,22 +173,31 @@ impl Door {
     }
 }
 
+/// The next TCP connection, or `None` at shutdown. An accept error (out of file descriptors,
+/// mostly) pauses the loop instead of letting it spin.
+async fn next_connection(
+    door: &Door,
+    listener: &TcpListener,
+    which: Listener,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            () = door.shutdown.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(error) => {
+                    tracing::error!(%error, listener = which.as_str(), "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Accepts device connections until shutdown.
 pub(crate) async fn accept_devices(door: Arc<Door>, listener: TcpListener) {
     door.metrics.accepting(Listener::Device, true);
-    loop {
-        let (stream, addr) = tokio::select! {
-            () = door.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors, mostly: pause instead of spinning.
-                    tracing::error!(%error, "device listener cannot accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, addr)) = next_connection(&door, &listener, Listener::Device).await {
         if door.probes.arrived(addr) {
             continue;
         }
@@ -330,18 +339,7 @@ fn classify(error: &std::io::Error) -> HandshakeOutcome {
 /// Accepts service connections until shutdown: plain TCP, then CONNECT with a password.
 pub(crate) async fn accept_services(door: Arc<Door>, listener: TcpListener) {
     door.metrics.accepting(Listener::Service, true);
-    loop {
-        let (stream, addr) = tokio::select! {
-            () = door.shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::error!(%error, "service listener cannot accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, addr)) = next_connection(&door, &listener, Listener::Service).await {
         // Before its login a connection holds only a login slot, capped per address: idle
         // sockets from one address cannot fill the listener.
         let Ok(login) = door.service_logins.try_take(addr.ip()) else {

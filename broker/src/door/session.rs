@@ -167,7 +167,14 @@ where
     if let Some(previous) = claim.previous()
         && !previous.end(TAKEOVER_WAIT).await
     {
+        // Registering now would have the router drop a link under a live pump: refuse, the
+        // client retries (by then the old session has ended).
         tracing::warn!(peer = %addr, client, "the previous session of this client id did not end in time");
+        let refusal = named(
+            Refused::RouterRefused,
+            ConnectReturnCode::ServiceUnavailable,
+        );
+        return refusal.send(&door, wire).await;
     }
 
     // The router's registration blocks until the router thread answers; a bounded number at
@@ -220,10 +227,10 @@ where
         subscriptions: HashSet::new(),
         keep_alive: keep_alive_deadline(&connect),
         device_rate: is_device.then(|| DeviceRate::new(&door)),
+        revoked,
+        taken_over: claim.stop().clone(),
     };
-    let end = pump
-        .run(&mut wire, link_tx, link_rx, &revoked, claim.stop())
-        .await;
+    let end = pump.run(&mut wire, link_tx, link_rx).await;
     // The router has been told; a newer session of this id may register now.
     drop(claim);
     // Only now does the device get its connection slot back.
@@ -351,6 +358,10 @@ struct Pump {
     subscriptions: HashSet<String>,
     keep_alive: Duration,
     device_rate: Option<DeviceRate>,
+    /// Cancelled when the device is revoked.
+    revoked: CancellationToken,
+    /// Cancelled when a newer session claims the client id.
+    taken_over: CancellationToken,
 }
 
 impl Drop for Pump {
@@ -367,9 +378,8 @@ impl Pump {
         wire: &mut Wire<S>,
         mut link_tx: LinkTx,
         mut link_rx: LinkRx,
-        revoked: &CancellationToken,
-        taken_over: &CancellationToken,
     ) -> End {
+        let (revoked, taken_over) = (self.revoked.clone(), self.taken_over.clone());
         let mut last_heard = Instant::now();
         // Reading pauses until then when the device has spent its budget.
         let mut paused_until: Option<Instant> = None;
@@ -506,12 +516,27 @@ impl Pump {
             link_tx.send(last).await.map_err(|_| End::RouterDropped)?;
         }
         if answered_locally {
-            wire.flush().await.map_err(End::ClientGone)?;
+            self.flush(wire).await?;
         }
         if client_disconnected {
             return Err(End::ClientDisconnected);
         }
         Ok(Forwarded { pause, more })
+    }
+
+    /// Writes what is queued, unless the session must end first: a client that stopped reading
+    /// holds its flush for up to the write timeout, and a takeover, a revocation or a shutdown
+    /// must not wait for that.
+    async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        wire: &mut Wire<S>,
+    ) -> Result<(), End> {
+        tokio::select! {
+            flushed = wire.flush() => flushed.map_err(End::ClientGone),
+            () = self.taken_over.cancelled() => Err(End::TakenOver),
+            () = self.revoked.cancelled() => Err(End::Revoked),
+            () = self.door.shutdown.cancelled() => Err(End::Shutdown),
+        }
     }
 
     /// Every packet a device sends costs from its budget (a flood of PINGREQs too), publishes
@@ -568,7 +593,7 @@ impl Pump {
                     next = waiting(link_rx).await;
                 }
             }
-            wire.flush().await.map_err(End::ClientGone)?;
+            self.flush(wire).await?;
             if !unscheduled {
                 return Ok(());
             }

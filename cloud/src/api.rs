@@ -25,8 +25,11 @@ use tower_http::{
 use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+mod analytics;
+
 use crate::{
     Error,
+    analytics::Analytics,
     auth::{Authenticator, HasAuthenticator, Principal, issue_user_token},
     error::{ErrorBody, Result},
     features::EmotionFeatures,
@@ -47,6 +50,8 @@ pub struct AppState {
     /// False while ingest is stalled: messages wait and none has been taken for a while.
     pub ingest_flowing: BrokerProbe,
     pub metrics: PrometheusHandle,
+    /// The analytics views (the dashboard's data).
+    pub analytics: Analytics,
 }
 
 impl HasAuthenticator for AppState {
@@ -90,6 +95,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{user_id}/credit-limit", get(get_credit_limit))
         .route("/v1/credit-offers/{offer_id}", get(get_offer))
         .route("/v1/credit-offers/{offer_id}/accept", post(accept_offer))
+        .merge(analytics::routes())
+        .merge(crate::dashboard::routes())
         // Only matched routes: the label is the route template, so its cardinality is bounded.
         .route_layer(axum::middleware::from_fn(record_http_metrics))
         .fallback(not_found)
@@ -186,6 +193,24 @@ where
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| Self(p.0))
+            .map_err(|e| Error::BadRequest(e.body_text()))
+    }
+}
+
+/// `Query` whose rejections speak our error format.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
             .map_err(|e| Error::BadRequest(e.body_text()))
     }
 }
@@ -858,7 +883,10 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Empathic Credit System API", version = "1"),
     paths(healthz, readyz, create_user, get_user, erase_user, get_emotional_profile,
           set_consent, rotate_token, register_device, revoke_device, record_transactions,
-          create_offer, get_offer, accept_offer, get_credit_limit),
+          create_offer, get_offer, accept_offer, get_credit_limit,
+          analytics::me, analytics::hourly_mood, analytics::credit_limits,
+          analytics::interest_rates, analytics::decisions, analytics::funnel, analytics::ingest,
+          analytics::personal),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

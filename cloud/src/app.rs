@@ -19,6 +19,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::{
     Error,
+    analytics::Analytics,
     api::{self, AppState},
     auth::Authenticator,
     config::Settings,
@@ -348,6 +349,7 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         broker_connected: Arc::new(move || link.is_ready() && out_link.is_ready()),
         ingest_flowing: Arc::new(move || !intake.stalled(INGEST_STALL)),
         metrics: metrics_handle(),
+        analytics: Analytics::new(pool.clone(), settings.analytics_min_group),
     };
     let router = api::router(state);
     let stop = shutdown.clone();

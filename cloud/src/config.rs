@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, builder::TypedValueParser};
 
-use crate::model::{BreakerSettings, HttpSettings, LocalModelKind, ModelKind};
+use crate::{
+    analytics::MinGroupSize,
+    model::{BreakerSettings, HttpSettings, LocalModelKind, ModelKind},
+};
 
 /// The broker the cloud connects to, as a service (not as a device).
 /// `Debug` redacts the password.
@@ -383,6 +386,10 @@ pub struct Settings {
     #[arg(long, env = "ECS_REVOCATION_RESEND_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub revocation_resend_secs: u64,
+    /// Smallest number of distinct people a population figure of the analytics views (and the
+    /// dashboard) is computed over; smaller groups are shown as suppressed (at least 2).
+    #[arg(long, env = "ECS_ANALYTICS_MIN_GROUP", default_value_t = MinGroupSize::DEFAULT)]
+    pub analytics_min_group: MinGroupSize,
 }
 
 const REDACTED: &str = "[redacted]";
@@ -407,6 +414,7 @@ impl std::fmt::Debug for Settings {
                 &self.dead_letter_retention_days,
             )
             .field("revocation_resend_secs", &self.revocation_resend_secs)
+            .field("analytics_min_group", &self.analytics_min_group)
             .finish()
     }
 }
@@ -487,12 +495,27 @@ mod tests {
             ["x", "--ingest-concurrency", "0"],
             ["x", "--db-max-connections", "0"],
             ["x", "--revocation-resend-secs", "0"],
+            ["x", "--analytics-min-group", "1"],
         ] {
             assert!(
                 <Cli as clap::Parser>::try_parse_from(args).is_err(),
                 "{args:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_analytics_group_size_defaults_to_ten() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let parsed = <Cli as clap::Parser>::try_parse_from(["x"]).unwrap();
+        assert_eq!(parsed.settings.analytics_min_group, MinGroupSize::DEFAULT);
+        let parsed =
+            <Cli as clap::Parser>::try_parse_from(["x", "--analytics-min-group", "3"]).unwrap();
+        assert_eq!(parsed.settings.analytics_min_group.get(), 3);
     }
 
     #[test]

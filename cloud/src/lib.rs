@@ -6,12 +6,16 @@
 //! in the background, [`notify`] tells the phone, [`api`] is the REST surface and [`auth`] guards
 //! it. [`mqtt`] is the one connection to the broker, through which [`revocations`] tells the broker
 //! which devices to cut off; [`app`] wires it all from a [`config::Settings`]. What ingest could
-//! never store waits in [`dead_letters`] for an operator to look at and replay.
+//! never store waits in [`dead_letters`] for an operator to look at and replay. [`analytics`] reads
+//! what the data shows (population figures only over groups of at least k people), and
+//! [`dashboard`] draws it in the browser.
 
+pub mod analytics;
 pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod dead_letters;
 pub mod error;
 pub mod features;

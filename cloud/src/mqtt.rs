@@ -279,7 +279,8 @@ impl LinkDriver {
             Role::Uplinks { filter, .. } => Some(filter.clone()),
             Role::Publisher { .. } => None,
         };
-        let subscriber = keep_subscription(client.clone(), filter, plan_rx);
+        let subscriber = keep_subscription(client.clone(), filter.clone(), plan_rx);
+        let waker = wake_on_shutdown(client.clone(), filter, &role, shutdown.clone());
         let connection = drive(eventloop, client, role, status, plan_tx, shutdown);
         // One task, two futures: the subscriber may wait for room in the request queue, which
         // only the event loop drains, so it must not run inside the event loop's iteration. It
@@ -289,6 +290,7 @@ impl LinkDriver {
                 biased;
                 () = connection => {}
                 () = subscriber => {}
+                () = waker => {}
             }
         }
         .instrument(span)
@@ -368,11 +370,13 @@ async fn drive(
     let mut backoff = Backoff::default();
     let mut refusals = Backoff::default();
     loop {
-        let event = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            event = eventloop.poll() => event,
-        };
+        // Never dropped half-way: rumqttc's `poll` takes a request (an ack) off its queue and
+        // then awaits the write, so cancelling it there would lose that request. Shutdown is
+        // noticed between polls; `wake_on_shutdown` makes the next poll return.
+        let event = eventloop.poll().await;
+        if shutdown.is_cancelled() {
+            break;
+        }
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 // poll() turns a refused ConnAck into an error, so this one is a success.
@@ -452,6 +456,38 @@ async fn drive(
     }
     status.disconnected();
     info!("broker link stopped");
+}
+
+/// Makes the event loop's next poll return once shutdown begins, with the first request of
+/// leaving: an uplink link unsubscribes at once; a publisher, once the publishers are done,
+/// disconnects (after everything they queued). Never ends by itself: it is dropped with the
+/// connection.
+fn wake_on_shutdown(
+    client: AsyncClient,
+    filter: Option<String>,
+    role: &Role,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + use<> {
+    let done = match role {
+        Role::Publisher { done } => Some(done.clone()),
+        Role::Uplinks { .. } => None,
+    };
+    async move {
+        shutdown.cancelled().await;
+        match (&filter, done) {
+            (Some(filter), _) => {
+                let _ = client.try_unsubscribe(filter.as_str());
+            }
+            (None, Some(done)) => {
+                // Bounded like the rest of leaving: a publisher that never finishes does not
+                // keep the link.
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, done.cancelled()).await;
+                let _ = client.try_disconnect();
+            }
+            (None, None) => {}
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// The subscription's side of the link: queues a subscription request whenever `plan` says one

@@ -35,6 +35,19 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
+    /// Every code, in declaration order (analytics lists each, counted or not).
+    pub const ALL: [ReasonCode; 9] = [
+        ReasonCode::ProbabilityOfDefaultTooHigh,
+        ReasonCode::NoIncomeHistory,
+        ReasonCode::IrregularIncome,
+        ReasonCode::VulnerabilityCap,
+        ReasonCode::EmotionalDataNotUsed,
+        ReasonCode::LimitBelowMinimum,
+        ReasonCode::LimitCappedAtMaximum,
+        ReasonCode::RateCappedAtMaximum,
+        ReasonCode::LongTermEligible,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReasonCode::ProbabilityOfDefaultTooHigh => "probability_of_default_too_high",
@@ -225,6 +238,25 @@ impl CreditPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_code_is_listed_once_in_order() {
+        // Exhaustive: a new code fails to compile here until it has a place in `ALL`.
+        let position = |code: ReasonCode| match code {
+            ReasonCode::ProbabilityOfDefaultTooHigh => 0,
+            ReasonCode::NoIncomeHistory => 1,
+            ReasonCode::IrregularIncome => 2,
+            ReasonCode::VulnerabilityCap => 3,
+            ReasonCode::EmotionalDataNotUsed => 4,
+            ReasonCode::LimitBelowMinimum => 5,
+            ReasonCode::LimitCappedAtMaximum => 6,
+            ReasonCode::RateCappedAtMaximum => 7,
+            ReasonCode::LongTermEligible => 8,
+        };
+        for (i, code) in ReasonCode::ALL.into_iter().enumerate() {
+            assert_eq!(position(code), i, "{code:?}");
+        }
+    }
 
     fn salary(monthly_cents: i64, months: i64) -> FinancialFeatures {
         FinancialFeatures {

@@ -5,6 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use ecs_cloud::{
+    analytics::{Analytics, MinGroupSize},
     api::{self, AppState},
     app::metrics_handle,
     auth::Authenticator,
@@ -17,6 +18,16 @@ use sqlx::PgPool;
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
 pub fn app(pool: &PgPool, model: Arc<dyn RiskModel>, broker_up: bool) -> Router {
+    app_with_min_group(pool, model, broker_up, MinGroupSize::DEFAULT)
+}
+
+/// [`app`] with the analytics views' group size `k` chosen by the test.
+pub fn app_with_min_group(
+    pool: &PgPool,
+    model: Arc<dyn RiskModel>,
+    broker_up: bool,
+    min_group: MinGroupSize,
+) -> Router {
     api::router(AppState {
         pool: pool.clone(),
         auth: Arc::new(Authenticator::new(ADMIN, pool.clone()).unwrap()),
@@ -29,5 +40,6 @@ pub fn app(pool: &PgPool, model: Arc<dyn RiskModel>, broker_up: bool) -> Router 
         broker_connected: Arc::new(move || broker_up),
         ingest_flowing: Arc::new(|| true),
         metrics: metrics_handle(),
+        analytics: Analytics::new(pool.clone(), min_group),
     })
 }

@@ -164,6 +164,7 @@ fn cloud_settings(
         reading_retention_days: 90,
         dead_letter_retention_days: 30,
         revocation_resend_secs: 30,
+        analytics_min_group: ecs_cloud::analytics::MinGroupSize::DEFAULT,
     })
 }
 

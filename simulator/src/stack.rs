@@ -57,6 +57,54 @@ pub(crate) fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How the cloud logs in to an embedded broker's service listener.
+pub(crate) fn embedded_broker_login(
+    broker: &RunningBroker,
+    username: String,
+    password: String,
+) -> MqttSettings {
+    MqttSettings {
+        url: MqttUrl {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: broker.service_addr().port(),
+        },
+        username: Some(username),
+        password: Some(password),
+        password_file: None,
+        ca_file: None,
+        client_id: format!("ecs-cloud-{}", DeviceId::random()),
+        group: "ecs-cloud".into(),
+    }
+}
+
+/// The settings of an in-process cloud (the demo, the tests, the benchmarks): a free HTTP port,
+/// a small pool, short worker and notifier intervals, everything else the defaults.
+pub(crate) fn cloud_settings(
+    database_url: &str,
+    admin_token: String,
+    mqtt: MqttSettings,
+    model: ModelSettings,
+) -> anyhow::Result<Settings> {
+    Ok(Settings {
+        database_url: database_url.to_owned(),
+        db_max_connections: 10,
+        http_addr: "127.0.0.1:0".parse()?,
+        admin_token: Some(admin_token),
+        admin_token_file: None,
+        mqtt,
+        model,
+        ingest_concurrency: 8,
+        worker_poll_ms: 500,
+        notify_resend_ms: 2_000,
+        offer_ttl_hours: 72,
+        reading_retention_days: 90,
+        dead_letter_retention_days: 30,
+        revocation_resend_secs: 30,
+        analytics_min_group: ecs_cloud::analytics::MinGroupSize::DEFAULT,
+    })
+}
+
 impl Stack {
     pub async fn start(options: &StackOptions) -> anyhow::Result<Self> {
         app::migrate(&options.database_url)
@@ -79,19 +127,7 @@ impl Stack {
                 let broker = tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
                     .await
                     .context("starting the broker")??;
-                let mqtt = MqttSettings {
-                    url: MqttUrl {
-                        tls: false,
-                        host: "127.0.0.1".into(),
-                        port: broker.service_addr().port(),
-                    },
-                    username: Some(username),
-                    password: Some(password),
-                    password_file: None,
-                    ca_file: None,
-                    client_id: format!("ecs-cloud-{}", DeviceId::random()),
-                    group: "ecs-cloud".into(),
-                };
+                let mqtt = embedded_broker_login(&broker, username, password);
                 let device_broker: BrokerUrl =
                     format!("mqtts://127.0.0.1:{}", broker.device_addr().port()).parse()?;
                 (mqtt, device_broker, Some(pki), Some(Arc::new(broker)))
@@ -112,27 +148,12 @@ impl Stack {
             }
         };
 
-        let settings = Settings {
-            database_url: options.database_url.clone(),
-            db_max_connections: 10,
-            http_addr: "127.0.0.1:0".parse()?,
-            admin_token: Some(admin_token.clone()),
-            admin_token_file: None,
-            mqtt,
-            model: ModelSettings {
-                kind: options.model,
-                seed: options.model_seed,
-                ..ModelSettings::default()
-            },
-            ingest_concurrency: 8,
-            worker_poll_ms: 500,
-            notify_resend_ms: 2_000,
-            offer_ttl_hours: 72,
-            reading_retention_days: 90,
-            dead_letter_retention_days: 30,
-            revocation_resend_secs: 30,
-            analytics_min_group: ecs_cloud::analytics::MinGroupSize::DEFAULT,
+        let model = ModelSettings {
+            kind: options.model,
+            seed: options.model_seed,
+            ..ModelSettings::default()
         };
+        let settings = cloud_settings(&options.database_url, admin_token.clone(), mqtt, model)?;
         let cloud = app::spawn(settings.clone())
             .await
             .context("starting the cloud")?;

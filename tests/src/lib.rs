@@ -1,4 +1,4 @@
-//! Support for the end-to-end tests: a throwaway database per test.
+//! Support for the end-to-end tests: a throwaway database per test, and a running system on it.
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -62,6 +62,29 @@ impl ScratchDatabase {
         .await?;
         Ok(())
     }
+}
+
+/// A fresh database and the whole system on it (the demo's stack, scorecard model), ready: the
+/// cloud answers `/readyz`. Panics with the reason when it cannot start (these are tests).
+pub async fn ready_stack(
+    broker: ecs_simulator::stack::BrokerChoice,
+) -> (ScratchDatabase, ecs_simulator::stack::Stack) {
+    let db = ScratchDatabase::create()
+        .await
+        .expect("Postgres reachable at DATABASE_URL");
+    let stack = ecs_simulator::stack::Stack::start(&ecs_simulator::stack::StackOptions {
+        database_url: db.url.clone(),
+        broker,
+        model: ecs_cloud::model::ModelKind::Scorecard,
+        model_seed: None,
+    })
+    .await
+    .expect("the stack starts");
+    stack
+        .wait_ready(std::time::Duration::from_secs(30))
+        .await
+        .expect("the stack becomes ready");
+    (db, stack)
 }
 
 #[cfg(test)]

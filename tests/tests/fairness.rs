@@ -8,14 +8,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ecs_cloud::model::ModelKind;
 use ecs_protocol::{
     DeviceId, Downlink, Emotions, Reading, ReadingBatch, Uplink, decode_downlink, encode_uplink,
     topic,
 };
 use ecs_simulator::mobile::ApiClient;
-use ecs_simulator::stack::{BrokerChoice, Stack, StackOptions};
-use ecs_tests::ScratchDatabase;
+use ecs_simulator::stack::BrokerChoice;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
 
@@ -168,18 +166,8 @@ async fn person_with_phone(admin: &ApiClient, name: &str) -> (uuid::Uuid, Device
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_phone_and_a_locked_person_cost_only_themselves() {
     ecs_telemetry::install_crypto_provider();
-    let db = ScratchDatabase::create()
-        .await
-        .expect("Postgres reachable at DATABASE_URL");
-    let stack = Stack::start(&StackOptions {
-        database_url: db.url.clone(),
-        broker: BrokerChoice::External("mqtt://127.0.0.1:1883".into()),
-        model: ModelKind::Scorecard,
-        model_seed: None,
-    })
-    .await
-    .expect("the stack starts");
-    stack.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let (db, stack) =
+        ecs_tests::ready_stack(BrokerChoice::External("mqtt://127.0.0.1:1883".into())).await;
     let admin = ApiClient::new(&stack.api_base, &stack.admin_token).unwrap();
     let (_, flood_id) = person_with_phone(&admin, "Flávia").await;
     let (locked_user, locked_id) = person_with_phone(&admin, "Lúcio").await;

@@ -3,11 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ecs_cloud::model::ModelKind;
 use ecs_protocol::DeviceId;
 use ecs_simulator::mobile::ApiClient;
-use ecs_simulator::stack::{BrokerChoice, Stack, StackOptions};
-use ecs_tests::ScratchDatabase;
+use ecs_simulator::stack::{BrokerChoice, Stack};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, TlsConfiguration, Transport};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -55,18 +53,7 @@ async fn connects(event_loop: &mut EventLoop) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_revoked_through_the_api_is_cut_off_within_seconds() {
     ecs_telemetry::install_crypto_provider();
-    let db = ScratchDatabase::create()
-        .await
-        .expect("Postgres reachable at DATABASE_URL");
-    let stack = Stack::start(&StackOptions {
-        database_url: db.url.clone(),
-        broker: BrokerChoice::Embedded,
-        model: ModelKind::Scorecard,
-        model_seed: None,
-    })
-    .await
-    .expect("the stack starts");
-    stack.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let (db, stack) = ecs_tests::ready_stack(BrokerChoice::Embedded).await;
     let admin = ApiClient::new(&stack.api_base, &stack.admin_token).unwrap();
     let person = admin.create_user("Ana", true).await.unwrap();
     let device = DeviceId::parse("revokedphone1").unwrap();

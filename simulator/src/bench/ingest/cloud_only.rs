@@ -14,10 +14,9 @@ use chrono::Utc;
 use ecs_broker::{BrokerSettings, PkiDir, RunningBroker, Secret};
 use ecs_cloud::{
     app::{self, RunningApp},
-    config::{ModelSettings, MqttSettings, MqttUrl, Settings},
+    config::{ModelSettings, Settings},
     model::ModelKind,
 };
-use ecs_protocol::DeviceId;
 use sqlx::PgPool;
 
 use super::generator::{Generator, Login, Totals};
@@ -133,39 +132,13 @@ fn cloud_settings(
     login: &Login,
     password: String,
 ) -> anyhow::Result<Settings> {
-    Ok(Settings {
-        database_url: database_url.to_owned(),
-        db_max_connections: 10,
-        http_addr: "127.0.0.1:0".parse()?,
-        admin_token: Some(random_secret()),
-        admin_token_file: None,
-        mqtt: MqttSettings {
-            url: MqttUrl {
-                tls: false,
-                host: "127.0.0.1".into(),
-                port: broker.service_addr().port(),
-            },
-            username: Some(login.username.clone()),
-            password: Some(password),
-            password_file: None,
-            ca_file: None,
-            client_id: format!("ecs-cloud-{}", DeviceId::random()),
-            group: "ecs-cloud".into(),
-        },
-        model: ModelSettings {
-            kind: ModelKind::Scorecard,
-            seed: Some(7),
-            ..ModelSettings::default()
-        },
-        ingest_concurrency: 8,
-        worker_poll_ms: 500,
-        notify_resend_ms: 2_000,
-        offer_ttl_hours: 72,
-        reading_retention_days: 90,
-        dead_letter_retention_days: 30,
-        revocation_resend_secs: 30,
-        analytics_min_group: ecs_cloud::analytics::MinGroupSize::DEFAULT,
-    })
+    let mqtt = crate::stack::embedded_broker_login(broker, login.username.clone(), password);
+    let model = ModelSettings {
+        kind: ModelKind::Scorecard,
+        seed: Some(7),
+        ..ModelSettings::default()
+    };
+    crate::stack::cloud_settings(database_url, random_secret(), mqtt, model)
 }
 
 async fn wait_ready(cloud: &RunningApp) -> anyhow::Result<()> {

@@ -21,14 +21,14 @@ use crate::{
     Error,
     analytics::Analytics,
     api::{self, AppState},
-    auth::Authenticator,
+    auth::{ApiRates, Authenticator},
     config::Settings,
     error::Result,
     ingest::Ingest,
     model,
     mqtt::BrokerLink,
     notify::Notifier,
-    offers::{Assessor, OfferWorker},
+    offers::{AssessmentLimit, Assessor, OfferWorker},
     policy::CreditPolicy,
     revocations::RevocationPublisher,
 };
@@ -243,7 +243,17 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         })?;
     // Before anything connects: a bad model file is a configuration error, reported at once.
     let model = model::build(&settings.model)?;
-    let auth = Arc::new(Authenticator::new(&admin_token, pool.clone())?);
+    let rates = ApiRates {
+        per_user: f64::from(settings.api_rate_per_user),
+        per_user_burst: 2.0 * f64::from(settings.api_rate_per_user),
+        admin: f64::from(settings.api_rate_admin),
+        admin_burst: 2.0 * f64::from(settings.api_rate_admin),
+    };
+    let auth = Arc::new(Authenticator::with_rates(
+        &admin_token,
+        pool.clone(),
+        rates,
+    )?);
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .map_err(|e| {
@@ -338,6 +348,10 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         model,
         policy: CreditPolicy::default(),
         offer_ttl: Duration::from_secs(u64::from(settings.offer_ttl_hours) * 3600),
+        limit: AssessmentLimit {
+            max: settings.assessments_per_hour,
+            period: Duration::from_secs(3600),
+        },
     });
     let (link, out_link) = (Arc::new(link), Arc::new(out_link));
     let state = AppState {

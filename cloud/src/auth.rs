@@ -3,8 +3,15 @@
 //! Two kinds of caller: the admin/service token (from the environment, full rights) and per-user
 //! tokens (issued when a user is created, stored only as SHA-256, reaching only that user's data).
 //! Tokens are compared as digests in constant time, and never logged.
+//!
+//! Every authenticated request spends a token of its caller's rate (per principal, not per
+//! address: a person's phone and laptop share one budget, and one person's flood never slows
+//! another's requests); over it, the answer is 429 with `Retry-After`.
+
+use std::time::{Duration, Instant};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
+use ecs_limits::KeyedRates;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 use sqlx::{PgExecutor, PgPool};
@@ -16,8 +23,60 @@ use crate::{Error, error::Result};
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 const USER_TOKEN_PREFIX: &str = "ecs_u_";
 
+/// A secret in the clear (an API token at the moment it is issued): it cannot be printed, and
+/// leaves the process only in the one response that hands it to its owner.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Requests per second (and burst) per caller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ApiRates {
+    pub per_user: f64,
+    pub per_user_burst: f64,
+    /// The admin/service token (the bank's systems posting transactions, operators).
+    pub admin: f64,
+    pub admin_burst: f64,
+}
+
+impl Default for ApiRates {
+    fn default() -> Self {
+        Self {
+            per_user: 20.0,
+            per_user_burst: 40.0,
+            admin: 2_000.0,
+            admin_burst: 4_000.0,
+        }
+    }
+}
+
+/// Callers remembered at most by the rate table.
+const MAX_RATED_CALLERS: usize = 100_000;
+
 /// Who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Principal {
     Admin,
     User(Uuid),
@@ -45,10 +104,17 @@ impl Principal {
 pub struct Authenticator {
     admin_digest: [u8; 32],
     pool: PgPool,
+    user_rates: KeyedRates<Uuid>,
+    admin_rate: std::sync::Mutex<ecs_limits::TokenBucket>,
 }
 
 impl Authenticator {
+    /// With the default [`ApiRates`].
     pub fn new(admin_token: &str, pool: PgPool) -> Result<Self> {
+        Self::with_rates(admin_token, pool, ApiRates::default())
+    }
+
+    pub fn with_rates(admin_token: &str, pool: PgPool, rates: ApiRates) -> Result<Self> {
         if admin_token.len() < MIN_ADMIN_TOKEN_LEN {
             return Err(Error::InvalidInput(format!(
                 "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters"
@@ -57,6 +123,29 @@ impl Authenticator {
         Ok(Self {
             admin_digest: digest(admin_token),
             pool,
+            user_rates: KeyedRates::new(rates.per_user, rates.per_user_burst, MAX_RATED_CALLERS),
+            admin_rate: std::sync::Mutex::new(ecs_limits::TokenBucket::new(
+                rates.admin,
+                rates.admin_burst,
+                Instant::now(),
+            )),
+        })
+    }
+
+    /// Spends one request of the caller's rate.
+    pub fn spend(&self, principal: Principal) -> Result<()> {
+        let now = Instant::now();
+        let taken = match principal {
+            Principal::Admin => self
+                .admin_rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_or_wait(1.0, now),
+            Principal::User(id) => self.user_rates.take_or_wait(&id, now),
+        };
+        taken.map_err(|wait| Error::RateLimited {
+            what: "request rate exceeded for this token",
+            retry_after: wait.min(Duration::from_secs(3600)),
         })
     }
 
@@ -85,7 +174,7 @@ impl Authenticator {
 
 /// Creates a token for `user_id`, stores its digest, and returns the token: the only time it is
 /// ever visible.
-pub async fn issue_user_token(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<String> {
+pub async fn issue_user_token(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Secret> {
     let mut secret = [0u8; 32];
     rand::rng().fill(&mut secret[..]);
     let token = format!("{USER_TOKEN_PREFIX}{}", hex::encode(secret));
@@ -95,7 +184,7 @@ pub async fn issue_user_token(executor: impl PgExecutor<'_>, user_id: Uuid) -> R
         .bind(&digest(&token)[..])
         .execute(executor)
         .await?;
-    Ok(token)
+    Ok(Secret(token))
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -123,7 +212,9 @@ where
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let principal = state.authenticator().authenticate(header).await?;
+        let auth = state.authenticator();
+        let principal = auth.authenticate(header).await?;
+        auth.spend(principal)?;
         let span = tracing::Span::current();
         match principal {
             Principal::Admin => span.record("principal", "admin"),
@@ -152,6 +243,33 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_does_not_print() {
+        let s = Secret::new("ecs_u_very_secret".into());
+        assert_eq!(format!("{s:?}"), "Secret(..)");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"ecs_u_very_secret\"");
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn each_caller_has_its_own_rate(pool: PgPool) {
+        let rates = ApiRates {
+            per_user: 0.0,
+            per_user_burst: 2.0,
+            admin: 0.0,
+            admin_burst: 1.0,
+        };
+        let auth = Authenticator::with_rates("an-admin-token-long-enough", pool, rates).unwrap();
+        let (ana, bia) = (
+            Principal::User(Uuid::new_v4()),
+            Principal::User(Uuid::new_v4()),
+        );
+        assert!(auth.spend(ana).is_ok() && auth.spend(ana).is_ok());
+        assert!(matches!(auth.spend(ana), Err(Error::RateLimited { .. })));
+        assert!(auth.spend(bia).is_ok());
+        assert!(auth.spend(Principal::Admin).is_ok());
+        assert!(auth.spend(Principal::Admin).is_err());
+    }
+
+    #[test]
     fn digests_compare_by_content() {
         assert!(constant_time_eq(&digest("abc"), &digest("abc")));
         assert!(!constant_time_eq(&digest("abc"), &digest("abd")));
@@ -168,6 +286,7 @@ mod tests {
             .await
             .unwrap();
         let token = issue_user_token(&pool, user).await.unwrap();
+        let token = token.expose().to_owned();
 
         let bearer = |t: &str| format!("Bearer {t}");
         assert_eq!(

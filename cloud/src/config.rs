@@ -390,6 +390,18 @@ pub struct Settings {
     /// dashboard) is computed over; smaller groups are shown as suppressed (at least 2).
     #[arg(long, env = "ECS_ANALYTICS_MIN_GROUP", default_value_t = MinGroupSize::DEFAULT)]
     pub analytics_min_group: MinGroupSize,
+    /// Requests per second one person's token may make (twice that in a burst); past it, 429.
+    #[arg(long, env = "ECS_API_RATE_PER_USER", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub api_rate_per_user: u32,
+    /// Requests per second the admin/service token may make (twice that in a burst).
+    #[arg(long, env = "ECS_API_RATE_ADMIN", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub api_rate_admin: u32,
+    /// Assessments (`POST .../credit-offers`) per person per hour; past it, 429.
+    #[arg(long, env = "ECS_ASSESSMENTS_PER_HOUR", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub assessments_per_hour: u32,
 }
 
 const REDACTED: &str = "[redacted]";
@@ -415,6 +427,9 @@ impl std::fmt::Debug for Settings {
             )
             .field("revocation_resend_secs", &self.revocation_resend_secs)
             .field("analytics_min_group", &self.analytics_min_group)
+            .field("api_rate_per_user", &self.api_rate_per_user)
+            .field("api_rate_admin", &self.api_rate_admin)
+            .field("assessments_per_hour", &self.assessments_per_hour)
             .finish()
     }
 }

@@ -27,25 +27,42 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/dashboard",
-            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+            get(|| async {
+                asset(
+                    INDEX_HTML,
+                    "text/html; charset=utf-8",
+                    CONTENT_SECURITY_POLICY,
+                )
+            }),
         )
         .route(
             "/dashboard/dashboard.js",
-            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
+            get(|| async {
+                asset(
+                    SCRIPT,
+                    "text/javascript; charset=utf-8",
+                    CONTENT_SECURITY_POLICY,
+                )
+            }),
         )
         .route(
             "/dashboard/dashboard.css",
-            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
+            get(|| async { asset(STYLE, "text/css; charset=utf-8", CONTENT_SECURITY_POLICY) }),
         )
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response {
+/// A file built into the binary, with the headers that keep a page to its own origin.
+pub(crate) fn asset(
+    body: &'static str,
+    content_type: &'static str,
+    content_security_policy: &'static str,
+) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+                HeaderValue::from_static(content_security_policy),
             ),
             (
                 header::X_CONTENT_TYPE_OPTIONS,

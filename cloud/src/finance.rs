@@ -1,9 +1,147 @@
-//! Financial features, derived from a person's transactions.
+//! A person's financial transactions (as the bank's core systems report them), and the
+//! financial features derived from them.
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
+use utoipa::ToSchema;
 use uuid::Uuid;
+
+use crate::{Error, error::Result, people::PersonTx, people::is_clean_text};
+
+/// Largest number of transactions accepted in one request.
+pub const MAX_TRANSACTIONS_PER_REQUEST: usize = 1_000;
+pub const MAX_EXTERNAL_REF_CHARS: usize = 100;
+pub const MAX_CATEGORY_CHARS: usize = 50;
+/// Largest amount of one transaction, in cents (R$ 10 billion).
+pub const MAX_AMOUNT_CENTS: i64 = 1_000_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inflow,
+    Outflow,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inflow => "inflow",
+            Direction::Outflow => "outflow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Direction::Inflow, Direction::Outflow]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+}
+
+ecs_protocol::sql_text_enum!(Direction);
+
+/// One transaction, checked: every field within the limits the table enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    external_ref: String,
+    direction: Direction,
+    amount_cents: i64,
+    /// Lower-cased: categories are compared as words, not spellings.
+    category: String,
+    occurred_at: DateTime<Utc>,
+}
+
+impl Transaction {
+    /// Checks one reported transaction; `field` is its place in the request, for the error.
+    pub fn parse(
+        field: &str,
+        external_ref: &str,
+        direction: Direction,
+        amount_cents: i64,
+        category: &str,
+        occurred_at: DateTime<Utc>,
+    ) -> Result<Self> {
+        if !is_clean_text(external_ref, MAX_EXTERNAL_REF_CHARS) {
+            return Err(Error::invalid(
+                format!("{field}.external_ref"),
+                format!(
+                    "must be 1-{MAX_EXTERNAL_REF_CHARS} characters, without control characters"
+                ),
+            ));
+        }
+        if !(1..=MAX_AMOUNT_CENTS).contains(&amount_cents) {
+            return Err(Error::invalid(
+                format!("{field}.amount_cents"),
+                format!("must be between 1 and {MAX_AMOUNT_CENTS}"),
+            ));
+        }
+        // Checked after lower-casing: some characters lower-case to two ('İ' → "i̇"), so a
+        // category that fits before may not fit after, and the table checks what is stored.
+        let category = category.to_lowercase();
+        if !is_clean_text(&category, MAX_CATEGORY_CHARS) {
+            return Err(Error::invalid(
+                format!("{field}.category"),
+                format!(
+                    "must be 1-{MAX_CATEGORY_CHARS} characters once lower-cased, without control characters"
+                ),
+            ));
+        }
+        if occurred_at > Utc::now() + chrono::Duration::minutes(5) {
+            return Err(Error::invalid(
+                format!("{field}.occurred_at"),
+                "is in the future",
+            ));
+        }
+        Ok(Self {
+            external_ref: external_ref.to_owned(),
+            direction,
+            amount_cents,
+            category,
+            occurred_at,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransactionsRecorded {
+    pub received: usize,
+    pub inserted: u64,
+    /// Already known by `external_ref`.
+    pub duplicates: u64,
+}
+
+/// Records transactions in the person's transaction, idempotent by `external_ref`.
+pub async fn record(tx: &mut PersonTx, txs: &[Transaction]) -> Result<TransactionsRecorded> {
+    let ids: Vec<Uuid> = txs.iter().map(|_| Uuid::new_v4()).collect();
+    let refs: Vec<&str> = txs.iter().map(|t| t.external_ref.as_str()).collect();
+    let directions: Vec<&str> = txs.iter().map(|t| t.direction.as_str()).collect();
+    let amounts: Vec<i64> = txs.iter().map(|t| t.amount_cents).collect();
+    let categories: Vec<&str> = txs.iter().map(|t| t.category.as_str()).collect();
+    let times: Vec<DateTime<Utc>> = txs.iter().map(|t| t.occurred_at).collect();
+    let user_id = tx.user_id();
+    let inserted = sqlx::query(
+        "INSERT INTO transactions (transaction_id, user_id, external_ref, direction, amount_cents, category, occurred_at)
+         SELECT id, $1, r, d, a, c, o
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::timestamptz[])
+             AS t(id, r, d, a, c, o)
+         ON CONFLICT (user_id, external_ref) DO NOTHING",
+    )
+    .bind(user_id)
+    .bind(&ids)
+    .bind(&refs)
+    .bind(&directions)
+    .bind(&amounts)
+    .bind(&categories)
+    .bind(&times)
+    .execute(tx.conn())
+    .await?
+    .rows_affected();
+    Ok(TransactionsRecorded {
+        received: txs.len(),
+        inserted,
+        duplicates: txs.len() as u64 - inserted,
+    })
+}
 
 /// Window over which financial behaviour is summarised.
 pub const WINDOW_DAYS: i32 = 90;

@@ -24,7 +24,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use ecs_protocol::{DeviceId, Downlink, Notification, NotificationKind, encode_downlink, topic};
 use rumqttc::{AsyncClient, QoS};
-use sqlx::{PgPool, Postgres, Transaction, types::Json};
+use sqlx::{PgPool, types::Json};
 use tokio::{sync::Notify, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -47,7 +47,7 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// unique, so replaying the state change that announces the offer creates nothing twice (and
 /// returns no ids).
 pub async fn create_for_user(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut sqlx::PgConnection,
     user_id: Uuid,
     offer_id: Uuid,
     kind: &NotificationKind,
@@ -70,7 +70,7 @@ pub async fn create_for_user(
     .bind(kind.name())
     .bind(offer_id)
     .bind(Json(kind))
-    .fetch_all(&mut **tx)
+    .fetch_all(conn)
     .await?;
     Ok(ids)
 }

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use ecs_protocol::{CreditType, NotificationKind};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Postgres, Transaction, postgres::PgListener};
+use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -19,16 +19,61 @@ use uuid::Uuid;
 
 use crate::{
     Error,
+    auth::Principal,
     error::Result,
     features::EmotionFeatures,
     finance::FinancialFeatures,
     model::{FeatureVector, ModelError, RiskModel, RiskScore},
     notify,
-    policy::{CreditPolicy, Wellbeing},
+    people::{self, PersonTx},
+    policy::{CreditPolicy, Decision, Wellbeing},
+    pricing::{self, LoanTerms, Quote},
 };
 
 /// Postgres channel the accept path NOTIFYs and the worker LISTENs on.
 pub const OUTBOX_CHANNEL: &str = "ecs_outbox";
+
+/// Where an offer is in its life: `offered` → `accepted` → `applied`; `declined`, `expired`
+/// and `superseded` are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferStatus {
+    Offered,
+    Declined,
+    Accepted,
+    Applied,
+    Expired,
+    /// Replaced by a newer assessment of the same person.
+    Superseded,
+}
+
+impl OfferStatus {
+    pub const ALL: [OfferStatus; 6] = [
+        OfferStatus::Offered,
+        OfferStatus::Declined,
+        OfferStatus::Accepted,
+        OfferStatus::Applied,
+        OfferStatus::Expired,
+        OfferStatus::Superseded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfferStatus::Offered => "offered",
+            OfferStatus::Declined => "declined",
+            OfferStatus::Accepted => "accepted",
+            OfferStatus::Applied => "applied",
+            OfferStatus::Expired => "expired",
+            OfferStatus::Superseded => "superseded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+ecs_protocol::sql_text_enum!(OfferStatus);
 
 /// A credit offer as stored, and as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -38,14 +83,19 @@ pub struct CreditOffer {
     /// The model evaluation behind the offer (inputs, version, contributions are stored).
     pub assessment_id: Uuid,
     pub approved: bool,
-    /// offered, declined, accepted, applied or expired.
-    pub status: String,
+    pub status: OfferStatus,
+    /// The credit line offered (0 when declined).
     pub credit_limit_cents: i64,
-    /// Annual rate in basis points (1 bp = 0.01 %).
+    /// Annual effective rate in basis points (1 bp = 0.01 %).
     pub interest_rate_bps: i32,
-    /// short_term or long_term.
-    pub credit_type: String,
+    pub credit_type: CreditType,
     pub term_months: i32,
+    /// The amount the request asked to borrow, if it named one.
+    pub requested_amount_cents: Option<i64>,
+    /// The price of borrowing (the requested amount, or the whole line) over the term, as a
+    /// Brazilian lender must show it; absent when declined.
+    #[schema(value_type = Option<Quote>)]
+    pub pricing: Option<sqlx::types::Json<Quote>>,
     /// Why the policy decided as it did (see `policy::ReasonCode`).
     pub reason_codes: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -61,7 +111,8 @@ macro_rules! offer_columns {
         "offer_id, user_id, assessment_id, approved, \
          CASE WHEN status = 'offered' AND expires_at <= now() THEN 'expired' ELSE status END \
              AS status, \
-         credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes, \
+         credit_limit_cents, interest_rate_bps, credit_type, term_months, \
+         requested_amount_cents, pricing, reason_codes, \
          created_at, expires_at, accepted_at, applied_at"
     };
 }
@@ -73,16 +124,60 @@ pub struct Assessment {
     pub score: RiskScore,
 }
 
-/// Turns a person's data into an offer: features → model → policy → stored offer.
+/// How many assessments a person may have per period: with a model that is not deterministic
+/// (`ECS_MODEL=random`), or data that moves, re-assessing until the draw is good is gaming the
+/// decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssessmentLimit {
+    pub max: u32,
+    pub period: Duration,
+}
+
+impl Default for AssessmentLimit {
+    fn default() -> Self {
+        Self {
+            max: 10,
+            period: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// What the person asked for: an amount and a term, both optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OfferRequest {
+    pub amount_cents: Option<i64>,
+    pub term_months: Option<i32>,
+}
+
+/// The reads and the model's answer for one assessment, made before any lock is taken (the
+/// model may take a while; nobody waits for it).
+pub struct Prepared {
+    request: OfferRequest,
+    consent: bool,
+    features: FeatureVector,
+    score: RiskScore,
+    decision: Decision,
+    now: DateTime<Utc>,
+}
+
+impl Prepared {
+    pub fn score(&self) -> &RiskScore {
+        &self.score
+    }
+}
+
+/// Turns a person's data into an offer: features → model → policy → priced, stored offer.
 pub struct Assessor {
     pub pool: PgPool,
     pub model: Arc<dyn RiskModel>,
     pub policy: CreditPolicy,
     pub offer_ttl: Duration,
+    pub limit: AssessmentLimit,
 }
 
 impl Assessor {
-    pub async fn assess(&self, user_id: Uuid) -> Result<Assessment> {
+    /// Reads the person's features and asks the model, without locking anything.
+    pub async fn prepare(&self, user_id: Uuid, request: OfferRequest) -> Result<Prepared> {
         let now = Utc::now();
         let consent: Option<bool> =
             sqlx::query_scalar("SELECT emotional_data_consent FROM users WHERE user_id = $1")
@@ -116,26 +211,65 @@ impl Assessor {
             stress_share: e.stress_share,
             financial_worry: e.financial_worry,
         });
-        let decision = self
-            .policy
-            .decide(score.probability_of_default, &finance, wellbeing);
+        let decision = self.policy.decide_for(
+            score.probability_of_default,
+            &finance,
+            wellbeing,
+            request.amount_cents,
+            request.term_months,
+        );
+        Ok(Prepared {
+            request,
+            consent,
+            features,
+            score,
+            decision,
+            now,
+        })
+    }
 
+    /// Stores the assessment and its offer in the person's transaction: the person's open
+    /// offer is superseded, so the newest decision is the only one that can be accepted.
+    pub async fn record(&self, tx: &mut PersonTx, prepared: &Prepared) -> Result<CreditOffer> {
+        let user_id = tx.user_id();
+        if tx.consents_to_emotional_data() != prepared.consent {
+            return Err(Error::Conflict(
+                "the person's consent changed during the assessment; assess again".into(),
+            ));
+        }
+        self.check_limit(tx).await?;
+        let Prepared {
+            request,
+            features,
+            score,
+            decision,
+            now,
+            ..
+        } = prepared;
+        let pricing = if decision.approved {
+            let terms = LoanTerms::new(
+                decision.principal_cents,
+                u32::try_from(decision.term_months).unwrap_or(0),
+                decision.interest_rate_bps,
+                now.date_naive(),
+            )
+            .map_err(|e| Error::Internal(format!("pricing an approved offer: {e}")))?;
+            Some(sqlx::types::Json(pricing::quote(&terms)))
+        } else {
+            None
+        };
         let assessment_id = Uuid::new_v4();
         let offer_id = Uuid::new_v4();
-        let expires_at = now
+        let expires_at = *now
             + chrono::Duration::from_std(self.offer_ttl)
                 .map_err(|e| Error::Internal(format!("offer ttl: {e}")))?;
-        let mut tx = self.pool.begin().await?;
-        // One assessment of a person at a time, and the newest decision is the only open one:
-        // the open offer it replaces is superseded (or recorded as expired).
-        crate::people::lock(&mut tx, user_id).await?;
         sqlx::query(
             "UPDATE credit_offers
              SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'superseded' END
              WHERE user_id = $1 AND status = 'offered'",
         )
         .bind(user_id)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         sqlx::query(
             "INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
@@ -147,17 +281,22 @@ impl Assessor {
         .bind(&score.model_name)
         .bind(&score.model_version)
         .bind(score.probability_of_default)
-        .bind(sqlx::types::Json(&features))
+        .bind(sqlx::types::Json(features))
         .bind(sqlx::types::Json(&score.contributions))
         .bind(now)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
         let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.as_str()).collect();
+        let status = if decision.approved {
+            OfferStatus::Offered
+        } else {
+            OfferStatus::Declined
+        };
         let offer: CreditOffer = sqlx::query_as(concat!(
             "INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
                  credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
-                 created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 created_at, expires_at, requested_amount_cents, pricing)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              RETURNING ",
             offer_columns!(),
             ""
@@ -166,25 +305,51 @@ impl Assessor {
         .bind(user_id)
         .bind(assessment_id)
         .bind(decision.approved)
-        .bind(if decision.approved {
-            "offered"
-        } else {
-            "declined"
-        })
+        .bind(status)
         .bind(decision.credit_limit_cents)
         .bind(decision.interest_rate_bps)
-        .bind(decision.credit_type.as_str())
+        .bind(decision.credit_type)
         .bind(decision.term_months)
         .bind(&reasons)
         .bind(now)
         .bind(expires_at)
-        .fetch_one(&mut *tx)
+        .bind(request.amount_cents)
+        .bind(&pricing)
+        .fetch_one(tx.conn())
         .await?;
-        tx.commit().await?;
         metrics::counter!("ecs_offers_created_total", "approved" => decision.approved.to_string())
             .increment(1);
         info!(%user_id, %offer_id, approved = decision.approved, pd = score.probability_of_default, "offer created");
-        Ok(Assessment { offer, score })
+        Ok(offer)
+    }
+
+    /// Refuses an assessment past the person's allowance for the period (counted under the
+    /// person's lock, so concurrent requests cannot both slip under it).
+    async fn check_limit(&self, tx: &mut PersonTx) -> Result<()> {
+        let period_secs = self.limit.period.as_secs_f64();
+        let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM (
+                 SELECT created_at FROM risk_assessments
+                 WHERE user_id = $1 AND created_at > now() - make_interval(secs => $2)
+                 ORDER BY created_at DESC LIMIT $3) recent",
+        )
+        .bind(tx.user_id())
+        .bind(period_secs)
+        .bind(i64::from(self.limit.max))
+        .fetch_one(tx.conn())
+        .await?;
+        if count < i64::from(self.limit.max) {
+            return Ok(());
+        }
+        let frees_at = oldest.unwrap_or_else(Utc::now)
+            + chrono::Duration::from_std(self.limit.period).unwrap_or(chrono::Duration::zero());
+        let wait = (frees_at - Utc::now())
+            .to_std()
+            .unwrap_or(Duration::from_secs(1));
+        Err(Error::RateLimited {
+            what: "this person's assessments for the period are used up",
+            retry_after: wait,
+        })
     }
 }
 
@@ -203,15 +368,33 @@ pub fn feature_vector(
 }
 
 pub async fn find(pool: &PgPool, offer_id: Uuid) -> Result<CreditOffer> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        offer_columns!(),
-        " FROM credit_offers WHERE offer_id = $1"
-    ))
-    .bind(offer_id)
-    .fetch_optional(pool)
-    .await?
-    .ok_or(Error::NotFound("offer"))
+    find_in(pool, offer_id, false)
+        .await?
+        .ok_or(Error::NotFound("offer"))
+}
+
+async fn find_in(
+    executor: impl sqlx::PgExecutor<'_>,
+    offer_id: Uuid,
+    for_update: bool,
+) -> Result<Option<CreditOffer>> {
+    let query = if for_update {
+        concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM credit_offers WHERE offer_id = $1 FOR UPDATE"
+        )
+    } else {
+        concat!(
+            "SELECT ",
+            offer_columns!(),
+            " FROM credit_offers WHERE offer_id = $1"
+        )
+    };
+    Ok(sqlx::query_as(query)
+        .bind(offer_id)
+        .fetch_optional(executor)
+        .await?)
 }
 
 /// The payload of an `offer_accepted` outbox event.
@@ -220,48 +403,47 @@ struct OfferAccepted {
     offer_id: Uuid,
 }
 
-/// Accepts an offer on behalf of `principal`: records the acceptance and an outbox event in one
-/// transaction. Accepting an already accepted (or applied) offer is a no-op that reports its
-/// state, so a client may safely retry.
-pub async fn accept(
-    pool: &PgPool,
-    principal: crate::auth::Principal,
-    offer_id: Uuid,
-) -> Result<CreditOffer> {
-    let mut tx = pool.begin().await?;
-    let offer: CreditOffer = sqlx::query_as(concat!(
-        "SELECT ",
-        offer_columns!(),
-        " FROM credit_offers WHERE offer_id = $1 FOR UPDATE"
-    ))
-    .bind(offer_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(Error::NotFound("offer"))?;
-    // Someone else's offer is "not found", not "forbidden": ids are not to be probed.
-    if principal.ensure_can_access(offer.user_id).is_err() {
-        return Err(Error::NotFound("offer"));
-    }
-    match offer.status.as_str() {
-        "accepted" | "applied" => return Ok(offer),
-        "declined" => return Err(Error::Conflict("the offer was declined".into())),
-        "superseded" => {
+/// Accepts an offer on behalf of `principal`: records the acceptance and an outbox event in the
+/// owner's person transaction. Accepting an already accepted (or applied) offer is a no-op that
+/// reports its state, so a client may safely retry.
+pub async fn accept(pool: &PgPool, principal: Principal, offer_id: Uuid) -> Result<CreditOffer> {
+    people::retry(|| async move {
+        let mut tx = PersonTx::lock_offer_owner(pool, offer_id).await?;
+        // Someone else's offer is "not found", not "forbidden": ids are not to be probed.
+        if principal.ensure_can_access(tx.user_id()).is_err() {
+            return Err(Error::NotFound("offer"));
+        }
+        let offer = accept_in(&mut tx, offer_id).await;
+        // An expired offer's answer is a conflict, but what it recorded is kept.
+        tx.finish().await?;
+        offer
+    })
+    .await
+}
+
+async fn accept_in(tx: &mut PersonTx, offer_id: Uuid) -> Result<CreditOffer> {
+    let offer = find_in(tx.conn(), offer_id, true)
+        .await?
+        .ok_or(Error::NotFound("offer"))?;
+    match offer.status {
+        OfferStatus::Accepted | OfferStatus::Applied => return Ok(offer),
+        OfferStatus::Declined => return Err(Error::Conflict("the offer was declined".into())),
+        OfferStatus::Superseded => {
             return Err(Error::Conflict(
                 "the offer was replaced by a newer assessment".into(),
             ));
         }
-        "expired" => {
-            // Record what reads already show.
+        OfferStatus::Expired => {
+            // Record what reads already show; the answer is still the conflict.
             sqlx::query(
                 "UPDATE credit_offers SET status = 'expired' WHERE offer_id = $1 AND status = 'offered'",
             )
             .bind(offer_id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
-            tx.commit().await?;
             return Err(Error::Conflict("the offer has expired".into()));
         }
-        _ => {}
+        OfferStatus::Offered => {}
     }
     let accepted: CreditOffer = sqlx::query_as(concat!(
         "UPDATE credit_offers SET status = 'accepted', accepted_at = now()
@@ -270,7 +452,7 @@ pub async fn accept(
         ""
     ))
     .bind(offer_id)
-    .fetch_one(&mut *tx)
+    .fetch_one(tx.conn())
     .await?;
     sqlx::query(
         "INSERT INTO outbox (event_id, kind, user_id, payload) VALUES ($1, 'offer_accepted', $2, $3)",
@@ -278,16 +460,38 @@ pub async fn accept(
     .bind(Uuid::new_v4())
     .bind(accepted.user_id)
     .bind(sqlx::types::Json(OfferAccepted { offer_id }))
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(OUTBOX_CHANNEL)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
-    tx.commit().await?;
     metrics::counter!("ecs_offers_accepted_total").increment(1);
     info!(user_id = %accepted.user_id, %offer_id, "offer accepted");
     Ok(accepted)
+}
+
+/// A person's current credit line.
+#[derive(Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct CreditLine {
+    pub user_id: Uuid,
+    pub credit_limit_cents: i64,
+    pub interest_rate_bps: i32,
+    pub credit_type: CreditType,
+    pub offer_id: Uuid,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The person's current line; `NotFound` until an offer has been applied.
+pub async fn credit_line(pool: &PgPool, user_id: Uuid) -> Result<CreditLine> {
+    sqlx::query_as(
+        "SELECT user_id, credit_limit_cents, interest_rate_bps, credit_type, offer_id, updated_at
+         FROM credit_limits WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::NotFound("credit limit"))
 }
 
 /// What one pass of the worker did.
@@ -341,29 +545,48 @@ impl OfferWorker {
     /// processed, all in one transaction.
     pub async fn process_next(&self) -> Result<ExecutionOutcome> {
         let mut tx = self.pool.begin().await?;
-        let event: Option<(Uuid, sqlx::types::Json<OfferAccepted>, i32)> = sqlx::query_as(
-            "SELECT event_id, payload, attempts FROM outbox
-             WHERE processed_at IS NULL AND available_at <= now()
-             ORDER BY available_at
+        // The person first, as everywhere (`people::lock`): the person of the oldest due event
+        // whose person nobody else holds (another replica applying, an assessment, an
+        // erasure). Their event second: nobody locks a person's events without the person.
+        let person: Option<(Uuid, bool)> = sqlx::query_as(
+            "SELECT u.user_id, u.emotional_data_consent
+             FROM outbox o JOIN users u ON u.user_id = o.user_id
+             WHERE o.processed_at IS NULL AND o.available_at <= now()
+             ORDER BY o.available_at
              LIMIT 1
-             FOR UPDATE SKIP LOCKED",
+             FOR UPDATE OF u SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((event_id, payload, attempts)) = event else {
+        let Some((user_id, consent)) = person else {
             return Ok(ExecutionOutcome::EmptyQueue);
         };
+        let mut tx = PersonTx::locked(tx, user_id, consent);
+        let event: Option<(Uuid, sqlx::types::Json<OfferAccepted>, i32)> = sqlx::query_as(
+            "SELECT event_id, payload, attempts FROM outbox
+             WHERE user_id = $1 AND processed_at IS NULL AND available_at <= now()
+             ORDER BY available_at
+             LIMIT 1
+             FOR UPDATE",
+        )
+        .bind(user_id)
+        .fetch_optional(tx.conn())
+        .await?;
+        let Some((event_id, payload, attempts)) = event else {
+            // Processed by another replica between the two statements.
+            return Ok(ExecutionOutcome::TaskCompleted);
+        };
         let offer_id = payload.0.offer_id;
-        let span = info_span!("apply_offer", %event_id, %offer_id, user_id = tracing::field::Empty);
+        let span = info_span!("apply_offer", %event_id, %offer_id, %user_id);
         match apply(&mut tx, offer_id).instrument(span.clone()).await {
             Ok(applied) => {
                 sqlx::query(
                     "UPDATE outbox SET processed_at = now(), attempts = attempts + 1 WHERE event_id = $1",
                 )
                 .bind(event_id)
-                .execute(&mut *tx)
+                .execute(tx.conn())
                 .await?;
-                tx.commit().await?;
+                tx.finish().await?;
                 if applied {
                     metrics::counter!("ecs_offers_applied_total").increment(1);
                     self.notifier.notify_one();
@@ -392,42 +615,27 @@ impl OfferWorker {
     }
 }
 
-/// Applies one accepted offer inside `tx`. Returns false when it was already applied.
-async fn apply(tx: &mut Transaction<'_, Postgres>, offer_id: Uuid) -> Result<bool> {
-    // The person's row serialises every change of their credit line (two replicas applying two
-    // offers of one person; `credit_limits` may have no row yet to lock). It is locked first,
-    // as assessments do, so the two never wait on each other in opposite orders.
-    let owner: Option<Uuid> = sqlx::query_scalar(
-        "SELECT u.user_id FROM users u JOIN credit_offers o ON o.user_id = u.user_id
-         WHERE o.offer_id = $1 FOR UPDATE OF u",
-    )
-    .bind(offer_id)
-    .fetch_optional(&mut **tx)
-    .await?;
-    owner.ok_or(Error::NotFound("offer"))?;
-    let offer: CreditOffer = sqlx::query_as(concat!(
-        "SELECT ",
-        offer_columns!(),
-        " FROM credit_offers WHERE offer_id = $1 FOR UPDATE"
-    ))
-    .bind(offer_id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or(Error::NotFound("offer"))?;
-    tracing::Span::current().record("user_id", tracing::field::display(offer.user_id));
-    match offer.status.as_str() {
-        "applied" => return Ok(false),
-        "accepted" => {}
+/// Applies one accepted offer inside the owner's person transaction. Returns false when it was
+/// already applied.
+async fn apply(tx: &mut PersonTx, offer_id: Uuid) -> Result<bool> {
+    let offer = find_in(tx.conn(), offer_id, true)
+        .await?
+        .filter(|o| o.user_id == tx.user_id())
+        .ok_or(Error::NotFound("offer"))?;
+    match offer.status {
+        OfferStatus::Applied => return Ok(false),
+        OfferStatus::Accepted => {}
         other => {
             return Err(Error::Internal(format!(
-                "offer is {other}; only accepted offers can be applied"
+                "offer is {}; only accepted offers can be applied",
+                other.as_str()
             )));
         }
     }
     let previous: Option<i64> =
         sqlx::query_scalar("SELECT credit_limit_cents FROM credit_limits WHERE user_id = $1")
             .bind(offer.user_id)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(tx.conn())
             .await?;
     sqlx::query(
         "INSERT INTO credit_limits (user_id, credit_limit_cents, interest_rate_bps, credit_type, offer_id, updated_at)
@@ -442,9 +650,9 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, offer_id: Uuid) -> Result<boo
     .bind(offer.user_id)
     .bind(offer.credit_limit_cents)
     .bind(offer.interest_rate_bps)
-    .bind(&offer.credit_type)
+    .bind(offer.credit_type)
     .bind(offer.offer_id)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     sqlx::query(
         "INSERT INTO credit_limit_history (user_id, offer_id, previous_limit_cents, new_limit_cents, interest_rate_bps)
@@ -456,20 +664,17 @@ async fn apply(tx: &mut Transaction<'_, Postgres>, offer_id: Uuid) -> Result<boo
     .bind(previous)
     .bind(offer.credit_limit_cents)
     .bind(offer.interest_rate_bps)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
     sqlx::query(
         "UPDATE credit_offers SET status = 'applied', applied_at = now() WHERE offer_id = $1",
     )
     .bind(offer.offer_id)
-    .execute(&mut **tx)
+    .execute(tx.conn())
     .await?;
-    let credit_type = match offer.credit_type.as_str() {
-        "long_term" => CreditType::LongTerm,
-        _ => CreditType::ShortTerm,
-    };
+    let credit_type = offer.credit_type;
     notify::create_for_user(
-        tx,
+        tx.conn(),
         offer.user_id,
         offer.offer_id,
         &NotificationKind::OfferApplied {

@@ -1,22 +1,202 @@
-//! The person's row as the lock that orders every change about a person.
+//! People: creating a person, their profile, consent, tokens, and erasure (LGPD Art. 18).
 //!
-//! Assessments, credit-line changes, token rotation, consent changes, erasure and ingest's batch
-//! transactions all take the person's `users` row first (then, where needed, their devices or
-//! offers). One lock, always first, means they serialise per person and never wait on each other
-//! in opposite orders.
+//! Every change here runs in a [`PersonTx`] (see [`lock`]): the person's row is locked first.
 
-use sqlx::PgConnection;
+pub mod lock;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{Error, error::Result};
+pub use lock::{NewPersonRow, PersonTx, retry};
 
-/// Locks the person's row for the rest of the transaction; `NotFound` when there is no such
-/// person.
-pub async fn lock(conn: &mut PgConnection, user_id: Uuid) -> Result<()> {
-    let exists: Option<i32> =
-        sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
-            .bind(user_id)
-            .fetch_optional(conn)
+use crate::{
+    Error,
+    auth::{Secret, issue_user_token},
+    error::Result,
+    features::EmotionFeatures,
+};
+
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
+
+/// 1..=`max` characters and no control characters: Postgres text cannot hold NUL (it would be a
+/// 500), and the others have no place in a name or a reference.
+pub fn is_clean_text(value: &str, max: usize) -> bool {
+    let len = value.chars().count();
+    (1..=max).contains(&len) && !value.chars().any(char::is_control)
+}
+
+/// How a person wants to be called: 1–200 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+impl DisplayName {
+    pub fn parse(raw: &str) -> Result<Self> {
+        if !is_clean_text(raw, MAX_DISPLAY_NAME_CHARS) || raw.trim().is_empty() {
+            return Err(Error::invalid(
+                "display_name",
+                format!(
+                    "must be 1-{MAX_DISPLAY_NAME_CHARS} characters, not only spaces, without control characters"
+                ),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PersonCreated {
+    pub user_id: Uuid,
+    /// The person's own API token. Shown only now; only its hash is stored.
+    #[schema(value_type = String)]
+    pub api_token: Secret,
+    pub emotional_data_consent: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Creates the person and their first API token in `tx` (begun by [`PersonTx::insert`]).
+pub async fn create(tx: &mut PersonTx) -> Result<PersonCreated> {
+    let created_at: DateTime<Utc> =
+        sqlx::query_scalar("SELECT created_at FROM users WHERE user_id = $1")
+            .bind(tx.user_id())
+            .fetch_one(tx.conn())
             .await?;
-    exists.map(drop).ok_or(Error::NotFound("user"))
+    let user_id = tx.user_id();
+    let api_token = issue_user_token(tx.conn(), user_id).await?;
+    Ok(PersonCreated {
+        user_id,
+        api_token,
+        emotional_data_consent: tx.consents_to_emotional_data(),
+        created_at,
+    })
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct PersonView {
+    pub user_id: Uuid,
+    pub display_name: String,
+    pub emotional_data_consent: bool,
+    pub created_at: DateTime<Utc>,
+    pub device_count: i64,
+    pub reading_count: i64,
+}
+
+/// A person's profile: one indexed read.
+pub async fn view(pool: &PgPool, user_id: Uuid) -> Result<PersonView> {
+    sqlx::query_as(
+        "SELECT u.user_id, u.display_name, u.emotional_data_consent, u.created_at,
+                (SELECT count(*) FROM devices d WHERE d.user_id = u.user_id) AS device_count,
+                COALESCE((SELECT readings_count FROM emotion_features f WHERE f.user_id = u.user_id), 0)
+                    AS reading_count
+         FROM users u WHERE u.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(Error::NotFound("user"))
+}
+
+/// Rolling emotional features, exponentially weighted by recency.
+#[derive(Serialize, ToSchema)]
+pub struct EmotionalProfile {
+    pub user_id: Uuid,
+    #[serde(flatten)]
+    pub features: EmotionFeatures,
+}
+
+/// What the system has concluded from a person's emotional data.
+pub async fn emotional_profile(pool: &PgPool, user_id: Uuid) -> Result<EmotionalProfile> {
+    let features = crate::features::load(pool, user_id)
+        .await?
+        .ok_or(Error::NotFound("emotional profile"))?;
+    Ok(EmotionalProfile { user_id, features })
+}
+
+/// Erases the person and everything about them. Every personal table references `users`
+/// ON DELETE CASCADE; dead letters are linked by device only, so they go first.
+pub async fn erase(tx: &mut PersonTx) -> Result<()> {
+    let user_id = tx.user_id();
+    // Holding the devices keeps ingest from writing a dead letter for them between the two
+    // deletes below.
+    sqlx::query("SELECT 1 FROM devices WHERE user_id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    sqlx::query(
+        "DELETE FROM dead_letters WHERE device_id IN (SELECT device_id FROM devices WHERE user_id = $1)",
+    )
+    .bind(user_id)
+    .execute(tx.conn())
+    .await?;
+    sqlx::query("DELETE FROM users WHERE user_id = $1")
+        .bind(user_id)
+        .execute(tx.conn())
+        .await?;
+    tracing::info!(%user_id, "user erased");
+    Ok(())
+}
+
+#[derive(Serialize, ToSchema, sqlx::FromRow)]
+pub struct ConsentView {
+    pub user_id: Uuid,
+    pub emotional_data_consent: bool,
+    pub consent_recorded_at: Option<DateTime<Utc>>,
+    pub consent_withdrawn_at: Option<DateTime<Utc>>,
+}
+
+/// Gives or withdraws consent. Withdrawing removes the derived emotional profile in the same
+/// transaction, so no later decision can use it.
+pub async fn set_consent(tx: &mut PersonTx, consent: bool) -> Result<ConsentView> {
+    let user_id = tx.user_id();
+    let view: ConsentView = sqlx::query_as(
+        "UPDATE users SET
+             emotional_data_consent = $2,
+             consent_recorded_at = CASE WHEN $2 AND NOT emotional_data_consent THEN now()
+                                        ELSE consent_recorded_at END,
+             consent_withdrawn_at = CASE WHEN NOT $2 AND emotional_data_consent THEN now()
+                                         ELSE consent_withdrawn_at END
+         WHERE user_id = $1
+         RETURNING user_id, emotional_data_consent, consent_recorded_at, consent_withdrawn_at",
+    )
+    .bind(user_id)
+    .bind(consent)
+    .fetch_one(tx.conn())
+    .await?;
+    if !consent {
+        sqlx::query("DELETE FROM emotion_features WHERE user_id = $1")
+            .bind(user_id)
+            .execute(tx.conn())
+            .await?;
+    }
+    tracing::info!(%user_id, consent, "consent recorded");
+    Ok(view)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenIssued {
+    pub user_id: Uuid,
+    /// The new token. Shown only now; every earlier token of the person no longer works.
+    #[schema(value_type = String)]
+    pub api_token: Secret,
+}
+
+/// Revokes every token of the person and issues a new one.
+pub async fn rotate_token(tx: &mut PersonTx) -> Result<TokenIssued> {
+    let user_id = tx.user_id();
+    sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(tx.conn())
+    .await?;
+    let api_token = issue_user_token(tx.conn(), user_id).await?;
+    tracing::info!(%user_id, "API token rotated");
+    Ok(TokenIssued { user_id, api_token })
 }

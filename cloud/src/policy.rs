@@ -32,11 +32,15 @@ pub enum ReasonCode {
     RateCappedAtMaximum,
     /// Risk is low and income regular: a long-term line.
     LongTermEligible,
+    /// The amount asked for is above the approved line: the offer prices the whole line.
+    RequestedAmountReduced,
+    /// The term asked for is longer than the policy allows for the credit type.
+    TermCappedAtMaximum,
 }
 
 impl ReasonCode {
     /// Every code, in declaration order (analytics lists each, counted or not).
-    pub const ALL: [ReasonCode; 9] = [
+    pub const ALL: [ReasonCode; 11] = [
         ReasonCode::ProbabilityOfDefaultTooHigh,
         ReasonCode::NoIncomeHistory,
         ReasonCode::IrregularIncome,
@@ -46,6 +50,8 @@ impl ReasonCode {
         ReasonCode::LimitCappedAtMaximum,
         ReasonCode::RateCappedAtMaximum,
         ReasonCode::LongTermEligible,
+        ReasonCode::RequestedAmountReduced,
+        ReasonCode::TermCappedAtMaximum,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +65,8 @@ impl ReasonCode {
             ReasonCode::LimitCappedAtMaximum => "limit_capped_at_maximum",
             ReasonCode::RateCappedAtMaximum => "rate_capped_at_maximum",
             ReasonCode::LongTermEligible => "long_term_eligible",
+            ReasonCode::RequestedAmountReduced => "requested_amount_reduced",
+            ReasonCode::TermCappedAtMaximum => "term_capped_at_maximum",
         }
     }
 }
@@ -94,8 +102,12 @@ pub struct CreditPolicy {
     pub max_rate_bps: i64,
     pub stress_share_threshold: f64,
     pub financial_worry_threshold: f64,
+    /// Default terms, when the request names none.
     pub short_term_months: i32,
     pub long_term_months: i32,
+    /// Longest terms a request may ask for.
+    pub short_term_max_months: i32,
+    pub long_term_max_months: i32,
 }
 
 impl Default for CreditPolicy {
@@ -118,6 +130,8 @@ impl Default for CreditPolicy {
             financial_worry_threshold: 0.4,
             short_term_months: 6,
             long_term_months: 24,
+            short_term_max_months: 12,
+            long_term_max_months: 48,
         }
     }
 }
@@ -127,6 +141,9 @@ impl Default for CreditPolicy {
 pub struct Decision {
     pub approved: bool,
     pub credit_limit_cents: i64,
+    /// What is priced: the amount asked for, at most the line (the whole line when the request
+    /// names no amount; 0 when declined).
+    pub principal_cents: i64,
     pub interest_rate_bps: i32,
     pub credit_type: CreditType,
     pub term_months: i32,
@@ -202,11 +219,49 @@ impl CreditPolicy {
         Decision {
             approved: true,
             credit_limit_cents: limit,
+            principal_cents: limit,
             interest_rate_bps: rate,
             credit_type,
             term_months,
             reasons,
         }
+    }
+
+    /// [`CreditPolicy::decide`], then shaped by what the person asked for: an amount (priced up
+    /// to the line) and a term (up to the type's maximum). Asking never changes the line, the
+    /// rate or the type, so a request cannot talk the policy into more credit.
+    pub fn decide_for(
+        &self,
+        probability_of_default: f64,
+        finance: &FinancialFeatures,
+        wellbeing: Option<Wellbeing>,
+        amount_cents: Option<i64>,
+        term_months: Option<i32>,
+    ) -> Decision {
+        let mut d = self.decide(probability_of_default, finance, wellbeing);
+        if !d.approved {
+            return d;
+        }
+        if let Some(amount) = amount_cents {
+            if amount > d.credit_limit_cents {
+                d.reasons.push(ReasonCode::RequestedAmountReduced);
+            } else {
+                d.principal_cents = amount.max(1);
+            }
+        }
+        if let Some(term) = term_months {
+            let max = match d.credit_type {
+                CreditType::ShortTerm => self.short_term_max_months,
+                CreditType::LongTerm => self.long_term_max_months,
+            };
+            if term > max {
+                d.term_months = max;
+                d.reasons.push(ReasonCode::TermCappedAtMaximum);
+            } else {
+                d.term_months = term.max(1);
+            }
+        }
+        d
     }
 
     /// Risk-based price: cost of funds + expected loss (PD × LGD) + margin, capped.
@@ -227,6 +282,7 @@ impl CreditPolicy {
         Decision {
             approved: false,
             credit_limit_cents: 0,
+            principal_cents: 0,
             interest_rate_bps: rate,
             credit_type: CreditType::ShortTerm,
             term_months: self.short_term_months,
@@ -252,6 +308,8 @@ mod tests {
             ReasonCode::LimitCappedAtMaximum => 6,
             ReasonCode::RateCappedAtMaximum => 7,
             ReasonCode::LongTermEligible => 8,
+            ReasonCode::RequestedAmountReduced => 9,
+            ReasonCode::TermCappedAtMaximum => 10,
         };
         for (i, code) in ReasonCode::ALL.into_iter().enumerate() {
             assert_eq!(position(code), i, "{code:?}");
@@ -365,6 +423,24 @@ mod tests {
         let tiny = policy.decide(0.2, &salary(10_000, 3), calm());
         assert!(!tiny.approved);
         assert!(tiny.reasons.contains(&ReasonCode::LimitBelowMinimum));
+    }
+
+    #[test]
+    fn a_request_shapes_the_price_but_never_the_line() {
+        let policy = CreditPolicy::default();
+        let finance = salary(500_000, 3);
+        let plain = policy.decide(0.02, &finance, calm());
+        let small = policy.decide_for(0.02, &finance, calm(), Some(100_000), Some(12));
+        assert_eq!(small.credit_limit_cents, plain.credit_limit_cents);
+        assert_eq!(small.interest_rate_bps, plain.interest_rate_bps);
+        assert_eq!((small.principal_cents, small.term_months), (100_000, 12));
+        let greedy = policy.decide_for(0.02, &finance, calm(), Some(i64::MAX), Some(120));
+        assert_eq!(greedy.principal_cents, plain.credit_limit_cents);
+        assert_eq!(greedy.term_months, policy.long_term_max_months);
+        assert!(greedy.reasons.contains(&ReasonCode::RequestedAmountReduced));
+        assert!(greedy.reasons.contains(&ReasonCode::TermCappedAtMaximum));
+        let declined = policy.decide_for(0.9, &finance, calm(), Some(100_000), Some(12));
+        assert_eq!(declined.principal_cents, 0);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Retention {
 pub struct Purged {
     pub readings: u64,
     pub dead_letters: u64,
+    /// Idempotency keys past their retention (`idempotency::RETENTION_HOURS`).
+    pub idempotency_keys: u64,
 }
 
 impl Retention {
@@ -70,6 +72,7 @@ impl Retention {
                 break;
             }
         }
+        purged.idempotency_keys = crate::idempotency::purge(pool).await?;
         metrics::counter!("ecs_retention_readings_deleted_total").increment(purged.readings);
         metrics::counter!("ecs_retention_dead_letters_deleted_total")
             .increment(purged.dead_letters);

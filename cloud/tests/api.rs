@@ -5,14 +5,10 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Router,
     body::Body,
     http::{Method, Request, StatusCode, header},
 };
-use ecs_cloud::{
-    model::{FeatureVector, ModelError, RiskModel, RiskScore, ScoreFuture},
-    offers::{ExecutionOutcome, OfferWorker},
-};
+use ecs_cloud::offers::{ExecutionOutcome, OfferWorker};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -20,132 +16,10 @@ use tower::ServiceExt;
 
 mod common;
 
-use common::{ADMIN, app};
-
-/// Always answers the same probability of default.
-struct FixedModel(f64);
-
-impl RiskModel for FixedModel {
-    fn name(&self) -> &str {
-        "fixed"
-    }
-    fn version(&self) -> &str {
-        "test"
-    }
-    fn score<'a>(&'a self, _features: &'a FeatureVector) -> ScoreFuture<'a> {
-        let score = RiskScore {
-            probability_of_default: self.0,
-            model_name: "fixed".into(),
-            model_version: "test".into(),
-            contributions: Vec::new(),
-        };
-        Box::pin(std::future::ready(Ok(score)))
-    }
-}
-
-/// A model service that is down.
-struct DownModel;
-
-impl RiskModel for DownModel {
-    fn name(&self) -> &str {
-        "down"
-    }
-    fn version(&self) -> &str {
-        "test"
-    }
-    fn score<'a>(&'a self, _features: &'a FeatureVector) -> ScoreFuture<'a> {
-        Box::pin(std::future::ready(Err(ModelError::Unavailable(
-            "connection refused".into(),
-        ))))
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
-}
-
-async fn call(
-    app: &Router,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> Reply {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = match body {
-        Some(b) => request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_owned())),
-        None => request.body(Body::empty()),
-    }
-    .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Creates a consenting user with three months of salary and a phone; returns (id, token).
-async fn person(app: &Router) -> (String, String) {
-    let r = call(
-        app,
-        Method::POST,
-        "/v1/users",
-        Some(ADMIN),
-        Some(r#"{"display_name":"Ana","emotional_data_consent":true}"#),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let user = r.body["user_id"].as_str().unwrap().to_owned();
-    let token = r.body["api_token"].as_str().unwrap().to_owned();
-    let now = chrono::Utc::now();
-    let txs: Vec<Value> = (1..=3)
-        .map(|m| {
-            json!({
-                "external_ref": format!("salary-{m}"),
-                "direction": "inflow",
-                "amount_cents": 500_000,
-                "category": "salary",
-                "occurred_at": now - chrono::Duration::days(30 * m - 5),
-            })
-        })
-        .collect();
-    let body = json!({ "transactions": txs }).to_string();
-    let r = call(
-        app,
-        Method::POST,
-        &format!("/v1/users/{user}/transactions"),
-        Some(ADMIN),
-        Some(&body),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    assert_eq!(r.body["inserted"], 3);
-    let r = call(
-        app,
-        Method::POST,
-        &format!("/v1/users/{user}/devices"),
-        Some(&token),
-        Some("{}"),
-    )
-    .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    (user, token)
-}
+use common::{
+    ADMIN, app,
+    client::{DownModel, FixedModel, call, person},
+};
 
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
 async fn liveness_readiness_metrics_and_openapi(pool: PgPool) {
@@ -163,7 +37,10 @@ async fn liveness_readiness_metrics_and_openapi(pool: PgPool) {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.body["broker"], false);
     assert_eq!(r.body["postgres"], true);
+    // Operations data is the operator's: the admin token, or nothing.
     let r = call(&up, Method::GET, "/metrics", None, None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = call(&up, Method::GET, "/metrics", Some(ADMIN), None).await;
     assert_eq!(r.status, StatusCode::OK);
     let text = r.body.as_str().unwrap_or_default().to_owned();
     assert!(
@@ -191,7 +68,7 @@ async fn tokens_decide_who_reaches_what(pool: PgPool) {
     let r = call(&app, Method::GET, &format!("/v1/users/{ana}"), None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers.get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
-    assert_eq!(r.body["error"], "unauthenticated");
+    assert_eq!(r.body["type"], "/problems/unauthenticated");
     let r = call(
         &app,
         Method::GET,
@@ -400,7 +277,7 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
                 r#"{"transactions":[{"external_ref":"a","direction":"inflow","amount_cents":-5,"category":"salary","occurred_at":"2026-01-01T00:00:00Z"}]}"#,
             ),
             StatusCode::UNPROCESSABLE_ENTITY,
-            "transactions[0]: amount_cents",
+            "transactions[0].amount_cents",
         ),
         (
             Method::POST,
@@ -438,6 +315,54 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
             StatusCode::NOT_FOUND,
             "offer",
         ),
+        // A NUL byte in a path segment: Postgres text cannot hold it; the id's type refuses it.
+        (
+            Method::DELETE,
+            format!("/v1/users/{user}/devices/ab%00cd"),
+            Some(ADMIN),
+            None,
+            StatusCode::BAD_REQUEST,
+            "path parameter",
+        ),
+        // 50 characters that lower-case to 100: checked as stored.
+        (
+            Method::POST,
+            format!("/v1/users/{user}/transactions"),
+            Some(ADMIN),
+            Some(&*Box::leak(
+                format!(
+                    r#"{{"transactions":[{{"external_ref":"a","direction":"inflow","amount_cents":5,"category":"{}","occurred_at":"2026-01-01T00:00:00Z"}}]}}"#,
+                    "İ".repeat(50)
+                )
+                .into_boxed_str(),
+            )),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "transactions[0].category",
+        ),
+        (
+            Method::PATCH,
+            format!("/v1/users/{user}"),
+            Some(ADMIN),
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method",
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/credit-offers"),
+            Some(ADMIN),
+            Some(r#"{"amount_cents":0}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "amount_cents",
+        ),
+        (
+            Method::POST,
+            format!("/v1/users/{user}/credit-offers"),
+            Some(ADMIN),
+            Some(r#"{"term_months":"long"}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "term_months",
+        ),
     ];
     // Not JSON at all, and far too much of it.
     let request = Request::builder()
@@ -462,13 +387,13 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
     for (method, path, token, body, status, says) in cases {
         let r = call(&app, method.clone(), &path, token, body).await;
         assert_eq!(r.status, status, "{method} {path} {body:?}: {:?}", r.body);
-        let message = r.body["message"].as_str().unwrap_or_default();
+        let message = r.body["detail"].as_str().unwrap_or_default();
         assert!(
             message.contains(says),
             "{method} {path}: message {message:?} should mention {says:?}"
         );
         assert!(
-            r.body["error"].is_string(),
+            r.body["type"].is_string(),
             "{method} {path}: JSON error body"
         );
     }
@@ -495,7 +420,7 @@ async fn consent_and_device_identity_rules(pool: PgPool) {
     )
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.body["message"].as_str().unwrap().contains("consented"));
+    assert!(r.body["detail"].as_str().unwrap().contains("consented"));
 
     let (ana, _) = person(&app).await;
     let body = r#"{"device_id":"phone42"}"#;
@@ -752,7 +677,7 @@ async fn declined_and_expired_offers_cannot_be_accepted(pool: PgPool) {
     )
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.body["message"].as_str().unwrap().contains("expired"));
+    assert!(r.body["detail"].as_str().unwrap().contains("expired"));
     let r = call(
         &safe,
         Method::GET,
@@ -779,7 +704,7 @@ async fn a_model_outage_is_a_503_with_retry_after_and_stores_nothing(pool: PgPoo
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.headers.get(header::RETRY_AFTER).is_some());
     assert!(
-        !r.body["message"]
+        !r.body["detail"]
             .as_str()
             .unwrap()
             .contains("connection refused"),
@@ -961,7 +886,7 @@ async fn a_newer_assessment_supersedes_the_open_offer(pool: PgPool) {
     )
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
-    assert!(r.body["message"].as_str().unwrap().contains("newer"));
+    assert!(r.body["detail"].as_str().unwrap().contains("newer"));
     let r = call(
         &cautious,
         Method::POST,

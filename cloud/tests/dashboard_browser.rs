@@ -249,3 +249,33 @@ async fn the_dashboard_draws_every_chart_for_the_operator_and_the_persons_own_vi
     screenshot(&base, &ana.token, &dir.join("dashboard-person.png"), 820).await;
     server.abort();
 }
+
+/// `/docs` in a browser that can reach nothing but the cloud: every other host name fails to
+/// resolve, so the page works only if everything it needs is served by the cloud itself.
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn the_api_docs_load_with_no_network_and_list_the_credit_offer_operation(pool: PgPool) {
+    let app = seed::app(&pool, 3);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let offline = [
+        "--dump-dom".to_owned(),
+        "--window-size=1280,1200".to_owned(),
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1".to_owned(),
+        "--proxy-server=http://127.0.0.1:9".to_owned(),
+        "--proxy-bypass-list=<-loopback>;127.0.0.1".to_owned(),
+    ];
+    let dom = browse(&format!("{base}/docs"), &offline, 8_000).await;
+    // Swagger UI rendered the document it fetched from this server: the operations are there.
+    assert!(
+        dom.contains("/v1/users/{user_id}/credit-offers"),
+        "the docs page did not list the credit-offer operation: {}",
+        &dom[..dom.len().min(2_000)]
+    );
+    assert!(dom.contains("Empathic Credit System API"));
+    assert!(
+        dom.contains("opblock"),
+        "operations are drawn as Swagger UI blocks"
+    );
+    server.abort();
+}

@@ -100,9 +100,9 @@ async fn with_the_breaker_open_a_credit_request_is_a_fast_503(pool: PgPool) {
     let took = started.elapsed();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(headers.get(header::RETRY_AFTER).is_some());
-    assert_eq!(body["error"], "unavailable");
+    assert_eq!(body["type"], "/problems/unavailable");
     assert!(
-        !body["message"].as_str().unwrap().contains("circuit"),
+        !body["detail"].as_str().unwrap().contains("circuit"),
         "internals stay in the log"
     );
     assert!(

@@ -101,8 +101,8 @@ async fn bad_requests_are_4xx_with_our_error_body() {
             .unwrap();
         assert_eq!(response.status().as_u16(), status, "{body}");
         let error: serde_json::Value = response.json().await.unwrap();
-        assert!(error["error"].is_string(), "{body}: {error}");
-        let message = error["message"].as_str().unwrap();
+        assert!(error["type"].is_string(), "{body}: {error}");
+        let message = error["detail"].as_str().unwrap();
         assert!(
             message.contains(says),
             "{body}: {message} should say {says}"

@@ -15,6 +15,8 @@
 
 mod message;
 mod reading;
+#[cfg(feature = "sqlx")]
+mod sql;
 pub mod topic;
 
 pub use message::{

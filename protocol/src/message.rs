@@ -70,18 +70,28 @@ pub struct Notification {
     pub kind: NotificationKind,
 }
 
+/// Names are snake_case in text formats; postcard encodes the variant's index, so the wire
+/// does not depend on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
 pub enum CreditType {
     ShortTerm,
     LongTerm,
 }
 
 impl CreditType {
+    pub const ALL: [CreditType; 2] = [CreditType::ShortTerm, CreditType::LongTerm];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CreditType::ShortTerm => "short_term",
             CreditType::LongTerm => "long_term",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 }
 

@@ -102,6 +102,10 @@ pub(crate) fn cloud_settings(
         dead_letter_retention_days: 30,
         revocation_resend_secs: 30,
         analytics_min_group: ecs_cloud::analytics::MinGroupSize::DEFAULT,
+        api_rate_per_user: 20,
+        // The demo's driver (and the benchmarks) act through the admin token for every phone.
+        api_rate_admin: 100_000,
+        assessments_per_hour: 10,
     })
 }
 

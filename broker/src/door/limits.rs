@@ -4,69 +4,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use ecs_limits::KeyedRates;
+pub(crate) use ecs_limits::TokenBucket;
 use ecs_protocol::DeviceId;
 use tokio_util::sync::CancellationToken;
-
-/// A rate with a burst: `rate` tokens per second, at most `burst` saved up.
-///
-/// Time is passed in, so the arithmetic is tested without clocks.
-#[derive(Debug, Clone)]
-pub(crate) struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    updated: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket. A rate of zero never refills: only the burst is ever available.
-    pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> Self {
-        let burst = burst.max(1.0);
-        Self {
-            rate: rate.max(0.0),
-            burst,
-            tokens: burst,
-            updated: now,
-        }
-    }
-
-    fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.updated = now;
-    }
-
-    /// Takes `cost` tokens if they are there.
-    pub(crate) fn try_take(&mut self, cost: f64, now: Instant) -> bool {
-        self.refill(now);
-        if self.tokens >= cost {
-            self.tokens -= cost;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Takes `cost` tokens, going into debt if need be, and says how long the caller must wait
-    /// until the debt is paid: a connection that read a burst pauses reading for that long,
-    /// which is how its rate is bounded without dropping anything it already sent.
-    pub(crate) fn take_with_debt(&mut self, cost: f64, now: Instant) -> Duration {
-        self.refill(now);
-        self.tokens -= cost;
-        if self.tokens >= 0.0 || self.rate == 0.0 {
-            return Duration::ZERO;
-        }
-        Duration::from_secs_f64(-self.tokens / self.rate)
-    }
-
-    /// Whether the bucket would be full now (an idle entry can then be forgotten).
-    fn is_full(&mut self, now: Instant) -> bool {
-        self.refill(now);
-        self.tokens >= self.burst
-    }
-}
 
 /// Slots for something every connection needs for a while (a TLS handshake, a login): at most
 /// `total` at once, and at most `per_address` from one IP address, so one address cannot take
@@ -143,52 +86,11 @@ impl Drop for AddressSlot {
 }
 
 /// A connect rate per IP address, in front of the listener's overall one: an address that
-/// connects faster than its rate is refused without spending the others' budget. Addresses that
-/// have rested back to a full bucket are forgotten, so the table holds only recent connectors.
-#[derive(Debug)]
-pub(crate) struct AddressRates {
-    rate: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
-}
+/// connects faster than its rate is refused without spending the others' budget.
+pub(crate) type AddressRates = KeyedRates<IpAddr>;
 
 /// Addresses remembered at most; past it, rested ones are forgotten first, then any.
-const MAX_RATED_ADDRESSES: usize = 65_536;
-
-impl AddressRates {
-    pub(crate) fn new(rate: f64, burst: f64) -> Self {
-        Self {
-            rate,
-            burst,
-            buckets: Mutex::default(),
-        }
-    }
-
-    pub(crate) fn try_take(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_RATED_ADDRESSES && !buckets.contains_key(&ip) {
-            buckets.retain(|_, b| !b.is_full(now));
-            if buckets.len() >= MAX_RATED_ADDRESSES
-                && let Some(any) = buckets.keys().next().copied()
-            {
-                buckets.remove(&any);
-            }
-        }
-        let (rate, burst) = (self.rate, self.burst);
-        buckets
-            .entry(ip)
-            .or_insert_with(|| TokenBucket::new(rate, burst, now))
-            .try_take(1.0, now)
-    }
-
-    /// Forgets addresses whose bucket is full again.
-    pub(crate) fn sweep(&self, now: Instant) {
-        self.buckets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, b| !b.is_full(now));
-    }
-}
+pub(crate) const MAX_RATED_ADDRESSES: usize = 65_536;
 
 /// How many connections each device may hold and how often it may connect.
 #[derive(Debug, Clone, Copy)]
@@ -337,6 +239,7 @@ impl DeviceRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn address_slots_cap_each_address_and_the_total() {
@@ -352,42 +255,8 @@ mod tests {
         assert_eq!(slots.in_use(), 2);
     }
 
-    #[test]
-    fn one_address_spending_its_rate_leaves_others_theirs() {
-        let rates = AddressRates::new(1.0, 2.0);
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let now = Instant::now();
-        assert!(rates.try_take(a, now) && rates.try_take(a, now));
-        assert!(!rates.try_take(a, now));
-        assert!(rates.try_take(b, now));
-    }
-
     fn at(start: Instant, ms: u64) -> Instant {
         start + Duration::from_millis(ms)
-    }
-
-    #[test]
-    fn a_bucket_allows_its_burst_then_its_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(10.0, 3.0, start);
-        assert!((0..3).all(|_| bucket.try_take(1.0, start)));
-        assert!(!bucket.try_take(1.0, start));
-        assert!(!bucket.try_take(1.0, at(start, 50)));
-        assert!(bucket.try_take(1.0, at(start, 100)));
-        // Never more than the burst, however long it rested.
-        let later = at(start, 60_000);
-        assert!((0..3).all(|_| bucket.try_take(1.0, later)));
-        assert!(!bucket.try_take(1.0, later));
-    }
-
-    #[test]
-    fn debt_is_paid_by_waiting() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(100.0, 100.0, start);
-        assert_eq!(bucket.take_with_debt(100.0, start), Duration::ZERO);
-        let wait = bucket.take_with_debt(50.0, start);
-        assert_eq!(wait, Duration::from_millis(500));
-        assert_eq!(bucket.take_with_debt(0.0, start + wait), Duration::ZERO);
     }
 
     fn registry(max_connections: usize) -> DeviceRegistry {

@@ -121,6 +121,7 @@ impl Door {
             connect_rates: AddressRates::new(
                 settings.connect_rate_per_ip,
                 settings.connect_rate_per_ip,
+                limits::MAX_RATED_ADDRESSES,
             ),
             credentials: ServiceCredentials::new(
                 settings.service_username.clone(),
@@ -156,7 +157,7 @@ impl Door {
     /// flooding address does not spend everyone's budget.
     fn may_connect(&self, ip: std::net::IpAddr) -> Result<(), &'static str> {
         let now = Instant::now();
-        if !self.connect_rates.try_take(ip, now) {
+        if !self.connect_rates.try_take(&ip, now) {
             return Err("connect rate of this address");
         }
         let global = self

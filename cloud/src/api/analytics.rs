@@ -16,7 +16,7 @@ use crate::{
         traffic::IngestView,
     },
     auth::Principal,
-    error::{ErrorBody, Result},
+    error::{Problem, Result},
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -36,6 +36,7 @@ pub(super) fn routes() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct HoursQuery {
     /// Hours to look back, the current one included: 1–744 (default 24).
+    #[param(minimum = 1, maximum = 744)]
     pub hours: Option<u32>,
 }
 
@@ -44,6 +45,7 @@ pub struct HoursQuery {
 #[serde(deny_unknown_fields)]
 pub struct DaysQuery {
     /// Days of offers to look back at: 1–366 (default 30).
+    #[param(minimum = 1, maximum = 366)]
     pub days: Option<u32>,
 }
 
@@ -52,6 +54,7 @@ pub struct DaysQuery {
 #[serde(deny_unknown_fields)]
 pub struct MinutesQuery {
     /// Minutes to look back, the current one included: 1–360 (default 30).
+    #[param(minimum = 1, maximum = 360)]
     pub minutes: Option<u32>,
 }
 
@@ -67,7 +70,9 @@ pub struct Me {
 
 /// Who the bearer token belongs to (the dashboard picks the operator's or the person's view).
 #[utoipa::path(get, path = "/v1/me",
-    responses((status = 200, body = Me), (status = 401, body = ErrorBody)),
+    responses((status = 200, body = Me), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn me(principal: Principal) -> Json<Me> {
     Json(match principal {
@@ -85,8 +90,11 @@ async fn me(principal: Principal) -> Json<Me> {
 /// The population's mean valence, stress and arousal, hour by hour (admin only). Hours with
 /// fewer than k people are suppressed.
 #[utoipa::path(get, path = "/v1/analytics/emotions/hourly", params(HoursQuery),
-    responses((status = 200, body = HourlyMood), (status = 403, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+    responses((status = 200, body = HourlyMood), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json"),
+              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn hourly_mood(
     State(state): State<AppState>,
@@ -101,7 +109,10 @@ async fn hourly_mood(
 /// How many people's current credit limit falls in each band (admin only; bands of fewer than
 /// k people are suppressed).
 #[utoipa::path(get, path = "/v1/analytics/credit-limits",
-    responses((status = 200, body = Distribution), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = Distribution), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json"),
+              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn credit_limits(
     State(state): State<AppState>,
@@ -114,7 +125,10 @@ async fn credit_limits(
 /// How many people's current interest rate falls in each band (admin only; bands of fewer than
 /// k people are suppressed).
 #[utoipa::path(get, path = "/v1/analytics/interest-rates",
-    responses((status = 200, body = Distribution), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = Distribution), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json"),
+              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn interest_rates(
     State(state): State<AppState>,
@@ -126,8 +140,11 @@ async fn interest_rates(
 
 /// Approval rate and the reasons of declined and approved offers in the window (admin only).
 #[utoipa::path(get, path = "/v1/analytics/decisions", params(DaysQuery),
-    responses((status = 200, body = Decisions), (status = 403, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+    responses((status = 200, body = Decisions), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json"),
+              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn decisions(
     State(state): State<AppState>,
@@ -141,8 +158,11 @@ async fn decisions(
 
 /// The offer funnel: assessed → approved → accepted → applied → notified (admin only).
 #[utoipa::path(get, path = "/v1/analytics/funnel", params(DaysQuery),
-    responses((status = 200, body = Funnel), (status = 403, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+    responses((status = 200, body = Funnel), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json"),
+              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn funnel(
     State(state): State<AppState>,
@@ -157,8 +177,11 @@ async fn funnel(
 /// Readings stored per minute, their lag from the sensor, and the phones connected now (admin
 /// only).
 #[utoipa::path(get, path = "/v1/analytics/ingest", params(MinutesQuery),
-    responses((status = 200, body = IngestView), (status = 403, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+    responses((status = 200, body = IngestView), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json"),
+              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn ingest(
     State(state): State<AppState>,
@@ -172,9 +195,13 @@ async fn ingest(
 
 /// A person's own view: their mood by hour, their recent offers with reasons, their credit line
 /// (the person or admin).
-#[utoipa::path(get, path = "/v1/users/{user_id}/analytics", params(HoursQuery),
-    responses((status = 200, body = PersonalView), (status = 403, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+#[utoipa::path(get, path = "/v1/users/{user_id}/analytics",
+    params(("user_id" = Uuid, Path, description = "The person."), HoursQuery),
+    responses((status = 200, body = PersonalView), (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json"),
+              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 async fn personal(
     State(state): State<AppState>,

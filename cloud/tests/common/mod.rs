@@ -10,15 +10,23 @@ use ecs_cloud::{
     app::metrics_handle,
     auth::Authenticator,
     model::RiskModel,
-    offers::Assessor,
+    offers::{AssessmentLimit, Assessor},
     policy::CreditPolicy,
 };
 use sqlx::PgPool;
+
+pub mod client;
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
 pub fn app(pool: &PgPool, model: Arc<dyn RiskModel>, broker_up: bool) -> Router {
     app_with_min_group(pool, model, broker_up, MinGroupSize::DEFAULT)
+}
+
+/// [`app`] with the assessments allowed per person per hour chosen by the test.
+#[allow(dead_code)] // Not every test crate uses it.
+pub fn app_with_assessment_limit(pool: &PgPool, model: Arc<dyn RiskModel>, max: u32) -> Router {
+    build(pool, model, true, MinGroupSize::DEFAULT, max)
 }
 
 /// [`app`] with the analytics views' group size `k` chosen by the test.
@@ -28,6 +36,16 @@ pub fn app_with_min_group(
     broker_up: bool,
     min_group: MinGroupSize,
 ) -> Router {
+    build(pool, model, broker_up, min_group, 1_000)
+}
+
+fn build(
+    pool: &PgPool,
+    model: Arc<dyn RiskModel>,
+    broker_up: bool,
+    min_group: MinGroupSize,
+    assessments_per_hour: u32,
+) -> Router {
     api::router(AppState {
         pool: pool.clone(),
         auth: Arc::new(Authenticator::new(ADMIN, pool.clone()).unwrap()),
@@ -36,6 +54,10 @@ pub fn app_with_min_group(
             model,
             policy: CreditPolicy::default(),
             offer_ttl: Duration::from_secs(3600),
+            limit: AssessmentLimit {
+                max: assessments_per_hour,
+                period: Duration::from_secs(3600),
+            },
         }),
         broker_connected: Arc::new(move || broker_up),
         ingest_flowing: Arc::new(|| true),

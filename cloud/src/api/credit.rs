@@ -1,0 +1,231 @@
+//! Routes of credit: assessing a person into an offer, reading and accepting it, the credit line.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, Uri},
+    response::Response,
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{ApiPath, AppState, OptionalJson, json};
+use crate::{
+    Error,
+    auth::Principal,
+    error::{Problem, Result},
+    idempotency::{self, Answer, MaybeKey, Once},
+    model::{NamedValue, RiskScore},
+    offers::{self, CreditLine, CreditOffer, OfferRequest},
+    people::{self, PersonTx},
+    pricing,
+};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/users/{user_id}/credit-offers", post(create_offer))
+        .route("/v1/users/{user_id}/credit-limit", get(get_credit_limit))
+        .route("/v1/credit-offers/{offer_id}", get(get_offer))
+        .route("/v1/credit-offers/{offer_id}/accept", post(accept_offer))
+}
+
+/// The model's result.
+#[derive(Serialize, ToSchema)]
+pub struct RiskView {
+    /// Probability of default, 0–1.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub probability_of_default: f64,
+    /// 0 (certain default) to 1000 (no risk): `round(1000 × (1 − PD))`.
+    #[schema(minimum = 0, maximum = 1000)]
+    pub risk_score: i32,
+    pub model_name: String,
+    pub model_version: String,
+    pub contributions: Vec<NamedValue>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OfferView {
+    #[serde(flatten)]
+    pub offer: CreditOffer,
+    /// The model's result; present on the response that created the offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<RiskView>,
+}
+
+impl OfferView {
+    /// The view of a new offer, with the model's result behind it.
+    fn assessed(offer: CreditOffer, score: &RiskScore) -> Self {
+        let pd = score.probability_of_default;
+        Self {
+            offer,
+            risk: Some(RiskView {
+                probability_of_default: pd,
+                risk_score: ((1.0 - pd) * 1000.0).round() as i32,
+                model_name: score.model_name.clone(),
+                model_version: score.model_version.clone(),
+                contributions: score.contributions.clone(),
+            }),
+        }
+    }
+}
+
+impl From<CreditOffer> for OfferView {
+    fn from(offer: CreditOffer) -> Self {
+        Self { offer, risk: None }
+    }
+}
+
+/// What the person asks for; both optional.
+#[derive(Deserialize, Serialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OfferBody {
+    /// The amount to borrow, in cents; priced up to the approved line (the whole line when
+    /// absent).
+    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
+    pub amount_cents: Option<i64>,
+    /// Months to repay in; capped at the policy's maximum for the credit type.
+    #[schema(minimum = 1, maximum = 120)]
+    pub term_months: Option<i32>,
+}
+
+impl OfferBody {
+    fn parse(&self) -> Result<OfferRequest> {
+        if let Some(a) = self.amount_cents
+            && !(1..=pricing::MAX_PRINCIPAL_CENTS).contains(&a)
+        {
+            return Err(Error::invalid(
+                "amount_cents",
+                format!("must be between 1 and {}", pricing::MAX_PRINCIPAL_CENTS),
+            ));
+        }
+        if let Some(t) = self.term_months
+            && !(1..=120).contains(&t)
+        {
+            return Err(Error::invalid("term_months", "must be between 1 and 120"));
+        }
+        Ok(OfferRequest {
+            amount_cents: self.amount_cents,
+            term_months: self.term_months,
+        })
+    }
+}
+
+/// Assess a person now and create a credit offer: approved or declined, with reasons, the
+/// model's result and, when approved, its price (monthly rate, IOF, CET, installments).
+/// At most a set number of assessments per person per period (429 past it).
+#[utoipa::path(post, path = "/v1/users/{user_id}/credit-offers", tag = "credit",
+    request_body(content = Option<OfferBody>, description = "Optional: an amount and a term."),
+    params(("user_id" = Uuid, Path, description = "The person."),
+           ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255,
+            pattern = "^[\\x21-\\x7E]+$",
+            description = "Makes a retry safe: the same key and body answer the first response.")),
+    responses((status = 201, body = OfferView),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
+              (status = 413, body = Problem, content_type = "application/problem+json"),
+              (status = 415, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(super) async fn create_offer(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+    MaybeKey(key): MaybeKey,
+    uri: Uri,
+    OptionalJson(body): OptionalJson<OfferBody>,
+) -> Result<Answer> {
+    principal.ensure_can_access(user_id)?;
+    let request = body.parse()?;
+    let once = key.map(|k| Once::new(principal, &k, uri.path(), &body));
+    if let Some(replay) = idempotency::replay(once.as_ref(), &state.pool).await? {
+        return Ok(replay);
+    }
+    let prepared = state.assessor.prepare(user_id, request).await?;
+    let (pool, once, assessor, prepared) =
+        (&state.pool, once.as_ref(), &*state.assessor, &prepared);
+    people::retry(|| async move {
+        let mut tx = PersonTx::lock(pool, user_id).await?;
+        let answer = match idempotency::claim(once, &mut tx).await? {
+            Some(replayed) => replayed,
+            None => {
+                let offer = assessor.record(&mut tx, prepared).await?;
+                let view = OfferView::assessed(offer, prepared.score());
+                idempotency::record(once, &mut tx, StatusCode::CREATED, &view).await?
+            }
+        };
+        tx.finish().await?;
+        Ok(answer)
+    })
+    .await
+}
+
+/// An offer's current state.
+#[utoipa::path(get, path = "/v1/credit-offers/{offer_id}", tag = "credit",
+    params(("offer_id" = Uuid, Path, description = "The offer.")),
+    responses((status = 200, body = OfferView),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(super) async fn get_offer(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(offer_id): ApiPath<Uuid>,
+) -> Result<Json<OfferView>> {
+    let offer = offers::find(&state.pool, offer_id).await?;
+    // Someone else's offer is "not found", not "forbidden": ids are not to be probed.
+    if principal.ensure_can_access(offer.user_id).is_err() {
+        return Err(Error::NotFound("offer"));
+    }
+    Ok(Json(offer.into()))
+}
+
+/// Accept an offer. The new limit is applied asynchronously; the phone is notified when it is.
+/// Accepting an accepted or applied offer again answers its state (safe to retry).
+#[utoipa::path(post, path = "/v1/credit-offers/{offer_id}/accept", tag = "credit",
+    params(("offer_id" = Uuid, Path, description = "The offer.")),
+    responses((status = 202, body = OfferView),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(super) async fn accept_offer(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(offer_id): ApiPath<Uuid>,
+) -> Result<Response> {
+    let offer = offers::accept(&state.pool, principal, offer_id).await?;
+    Ok(json(StatusCode::ACCEPTED, OfferView::from(offer)))
+}
+
+/// The person's current credit line (404 until an offer has been applied).
+#[utoipa::path(get, path = "/v1/users/{user_id}/credit-limit", tag = "credit",
+    params(("user_id" = Uuid, Path, description = "The person.")),
+    responses((status = 200, body = CreditLine),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(super) async fn get_credit_limit(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+) -> Result<Json<CreditLine>> {
+    principal.ensure_can_access(user_id)?;
+    Ok(Json(offers::credit_line(&state.pool, user_id).await?))
+}

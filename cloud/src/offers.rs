@@ -271,29 +271,20 @@ impl Assessor {
         .bind(user_id)
         .execute(tx.conn())
         .await?;
-        sqlx::query(
-            "INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
-                 probability_of_default, features, contributions, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(assessment_id)
-        .bind(user_id)
-        .bind(&score.model_name)
-        .bind(&score.model_version)
-        .bind(score.probability_of_default)
-        .bind(sqlx::types::Json(features))
-        .bind(sqlx::types::Json(&score.contributions))
-        .bind(now)
-        .execute(tx.conn())
-        .await?;
         let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.as_str()).collect();
         let status = if decision.approved {
             OfferStatus::Offered
         } else {
             OfferStatus::Declined
         };
+        // The assessment and its offer in one statement (one round trip): the offer's foreign
+        // key to the assessment is checked at the end of the statement, when both exist.
         let offer: CreditOffer = sqlx::query_as(concat!(
-            "INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
+            "WITH assessment AS (
+                 INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
+                     probability_of_default, features, contributions, created_at)
+                 VALUES ($3, $2, $15, $16, $17, $18, $19, $11))
+             INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
                  credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
                  created_at, expires_at, requested_amount_cents, pricing)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
@@ -315,6 +306,11 @@ impl Assessor {
         .bind(expires_at)
         .bind(request.amount_cents)
         .bind(&pricing)
+        .bind(&score.model_name)
+        .bind(&score.model_version)
+        .bind(score.probability_of_default)
+        .bind(sqlx::types::Json(features))
+        .bind(sqlx::types::Json(&score.contributions))
         .fetch_one(tx.conn())
         .await?;
         metrics::counter!("ecs_offers_created_total", "approved" => decision.approved.to_string())

@@ -36,9 +36,10 @@ use crate::{Error, error::Result};
 /// retry later.
 pub const MAX_ATTEMPTS: u32 = 5;
 
-/// Longest wait for the person's row: past it the request is answered 503 `busy` rather than
-/// queueing behind a stuck transaction until the request times out.
-const LOCK_WAIT: &str = "SET LOCAL lock_timeout = '5s'";
+/// The transaction's first statement, with the longest wait for a lock: past it the request is
+/// answered 503 `busy` rather than queueing behind a stuck transaction until the request times
+/// out. One simple-protocol round trip for both.
+const BEGIN: &str = "BEGIN; SET LOCAL lock_timeout = '5s'";
 
 /// A transaction holding the lock on one person's row. Dropped without [`PersonTx::finish`], it
 /// rolls back.
@@ -53,8 +54,7 @@ pub struct PersonTx {
 impl PersonTx {
     /// Begins a transaction and locks the person's row; `NotFound` when there is no such person.
     pub async fn lock(pool: &PgPool, user_id: Uuid) -> Result<Self> {
-        let mut tx = pool.begin().await?;
-        sqlx::query(LOCK_WAIT).execute(&mut *tx).await?;
+        let mut tx = pool.begin_with(BEGIN).await?;
         let consent: Option<bool> = sqlx::query_scalar(
             "SELECT emotional_data_consent FROM users WHERE user_id = $1 FOR UPDATE",
         )
@@ -73,7 +73,7 @@ impl PersonTx {
     /// Begins a transaction and creates the person's row in it: the new row is locked by its
     /// insert, so the discipline holds from the first statement.
     pub async fn insert(pool: &PgPool, person: &NewPersonRow<'_>) -> Result<Self> {
-        let mut tx = pool.begin().await?;
+        let mut tx = pool.begin_with(BEGIN).await?;
         sqlx::query(
             "INSERT INTO users (user_id, display_name, emotional_data_consent, consent_recorded_at)
              VALUES ($1, $2, $3, CASE WHEN $3 THEN now() END)",

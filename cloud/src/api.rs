@@ -55,6 +55,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// The analytics views (the dashboard's data).
     pub analytics: Analytics,
+    /// Keys the derivations of stored idempotent answers.
+    pub idempotency: crate::idempotency::ServerKey,
 }
 
 impl HasAuthenticator for AppState {
@@ -179,7 +181,7 @@ async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes> {
 /// wrong type or a missing or unknown field is 422 with its path.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         match inner.classify() {
@@ -189,7 +191,12 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             }
             _ => Error::BadRequest(format!("the body is not valid JSON: {inner}")),
         }
-    })
+    })?;
+    // Anything after the value is not the request the client meant (and would be replayed as
+    // if it were, under an Idempotency-Key).
+    de.end()
+        .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    Ok(value)
 }
 
 /// A JSON body whose rejections speak problem+json and name the field.
@@ -209,7 +216,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A JSON body that may be absent (no body at all): then `T::default()`.
+/// A JSON body that may be absent (no body at all, or `null`): then `T::default()`.
 pub struct OptionalJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
@@ -227,7 +234,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
                 "a body must be JSON, with Content-Type: application/json".into(),
             ));
         }
-        parse_json(&bytes).map(Self)
+        parse_json::<Option<T>>(&bytes).map(|v| Self(v.unwrap_or_default()))
     }
 }
 
@@ -397,6 +404,7 @@ impl utoipa::Modify for BearerAuth {
           persons::create_user, persons::get_user, persons::erase_user,
           persons::get_emotional_profile, persons::set_consent, persons::rotate_token,
           persons::register_device, persons::revoke_device, persons::record_transactions,
+          persons::list_notifications,
           credit::create_offer, credit::get_offer, credit::accept_offer, credit::get_credit_limit,
           analytics::me, analytics::hourly_mood, analytics::credit_limits,
           analytics::interest_rates, analytics::decisions, analytics::funnel, analytics::ingest,
@@ -445,5 +453,11 @@ mod tests {
         );
         let err = parse_json::<Outer>(b"{").unwrap_err();
         assert!(matches!(err, Error::BadRequest(_)), "{err:?}");
+        let err = parse_json::<Outer>(br#"{"items":[]} and more"#).unwrap_err();
+        assert!(
+            matches!(err, Error::BadRequest(_)),
+            "trailing text: {err:?}"
+        );
+        assert!(parse_json::<Outer>(b"{\"items\":[]}  \n").is_ok());
     }
 }

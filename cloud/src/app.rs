@@ -364,6 +364,7 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         ingest_flowing: Arc::new(move || !intake.stalled(INGEST_STALL)),
         metrics: metrics_handle(),
         analytics: Analytics::new(pool.clone(), settings.analytics_min_group),
+        idempotency: crate::idempotency::ServerKey::derive_from(&admin_token),
     };
     let router = api::router(state);
     let stop = shutdown.clone();

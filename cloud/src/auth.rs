@@ -150,16 +150,22 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or(Error::Unauthenticated)?;
         let token_digest = digest(token);
         if constant_time_eq(&token_digest, &self.admin_digest) {
             return Ok(Principal::Admin);
         }
-        if !token.starts_with(USER_TOKEN_PREFIX) {
+        // Only something shaped like a token we issue costs a database query.
+        let shaped = token
+            .strip_prefix(USER_TOKEN_PREFIX)
+            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !shaped {
             return Err(Error::Unauthenticated);
         }
         let user: Option<Uuid> = sqlx::query_scalar(
@@ -297,6 +303,12 @@ mod tests {
         );
         assert_eq!(
             auth.authenticate(Some(&bearer(&token))).await.unwrap(),
+            Principal::User(user)
+        );
+        assert_eq!(
+            auth.authenticate(Some(&format!("bearer {token}")))
+                .await
+                .unwrap(),
             Principal::User(user)
         );
         for bad in [

@@ -41,9 +41,6 @@ pub enum Error {
     /// The request is well-formed but conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
-    /// A request with the same `Idempotency-Key` is still being processed.
-    #[error("a request with this Idempotency-Key is still in progress")]
-    IdempotencyKeyInProgress,
     /// The `Idempotency-Key` was used before for a different request.
     #[error("this Idempotency-Key was used for a different request")]
     IdempotencyKeyReused,
@@ -98,7 +95,6 @@ impl Error {
             Error::NotFound(_) => ProblemType::NotFound,
             Error::MethodNotAllowed => ProblemType::MethodNotAllowed,
             Error::Conflict(_) => ProblemType::Conflict,
-            Error::IdempotencyKeyInProgress => ProblemType::IdempotencyKeyInProgress,
             Error::IdempotencyKeyReused => ProblemType::IdempotencyKeyReused,
             Error::RateLimited { .. } => ProblemType::RateLimited,
             Error::Unavailable(_) => ProblemType::Unavailable,
@@ -118,9 +114,7 @@ impl Error {
         match self {
             Error::RateLimited { retry_after, .. } => Some(*retry_after),
             _ => match self.problem_type() {
-                ProblemType::Busy | ProblemType::IdempotencyKeyInProgress => {
-                    Some(Duration::from_secs(1))
-                }
+                ProblemType::Busy => Some(Duration::from_secs(1)),
                 ProblemType::Unavailable | ProblemType::Timeout => Some(Duration::from_secs(5)),
                 _ => None,
             },
@@ -151,7 +145,6 @@ pub enum ProblemType {
     NotFound,
     MethodNotAllowed,
     Conflict,
-    IdempotencyKeyInProgress,
     PayloadTooLarge,
     UnsupportedMediaType,
     Validation,
@@ -164,14 +157,13 @@ pub enum ProblemType {
 }
 
 impl ProblemType {
-    pub const ALL: [ProblemType; 16] = [
+    pub const ALL: [ProblemType; 15] = [
         ProblemType::BadRequest,
         ProblemType::Unauthenticated,
         ProblemType::Forbidden,
         ProblemType::NotFound,
         ProblemType::MethodNotAllowed,
         ProblemType::Conflict,
-        ProblemType::IdempotencyKeyInProgress,
         ProblemType::PayloadTooLarge,
         ProblemType::UnsupportedMediaType,
         ProblemType::Validation,
@@ -223,12 +215,6 @@ impl ProblemType {
                 "Conflicts with the current state",
                 "The request is valid but the resource's state does not allow it (an offer already declined, a device id taken).",
             ),
-            ProblemType::IdempotencyKeyInProgress => (
-                "idempotency-key-in-progress",
-                S::CONFLICT,
-                "Request in progress",
-                "A request with this Idempotency-Key is still being processed; retry after Retry-After.",
-            ),
             ProblemType::PayloadTooLarge => (
                 "payload-too-large",
                 S::PAYLOAD_TOO_LARGE,
@@ -275,7 +261,7 @@ impl ProblemType {
                 "busy",
                 S::SERVICE_UNAVAILABLE,
                 "Contention",
-                "Concurrent changes to the same person kept conflicting; the request changed nothing; retry.",
+                "Concurrent changes to the same person kept conflicting (or a request with the same Idempotency-Key held it too long); the request changed nothing; retry.",
             ),
             ProblemType::Timeout => (
                 "timeout",

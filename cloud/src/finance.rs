@@ -92,6 +92,14 @@ impl Transaction {
                 "is in the future",
             ));
         }
+        // Postgres cannot store dates before 4713 BC (a 500 once), and a bank has no
+        // transaction before 1970 to report.
+        if occurred_at < DateTime::UNIX_EPOCH {
+            return Err(Error::invalid(
+                format!("{field}.occurred_at"),
+                "is before 1970-01-01",
+            ));
+        }
         Ok(Self {
             external_ref: external_ref.to_owned(),
             direction,
@@ -194,7 +202,8 @@ impl FinancialFeatures {
     }
 
     /// Summarises the window ending at `now` in one aggregate query over the
-    /// `(user_id, occurred_at)` index.
+    /// `(user_id, occurred_at)` index. Sums saturate at `i64::MAX` cents rather than overflow
+    /// (a person with absurd totals is still assessed, not answered 500).
     pub async fn load(
         executor: impl PgExecutor<'_>,
         user_id: Uuid,
@@ -202,16 +211,16 @@ impl FinancialFeatures {
     ) -> sqlx::Result<Self> {
         sqlx::query_as(
             "SELECT
-                 COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'inflow'), 0)::bigint
-                     AS inflow_cents,
-                 COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'outflow'), 0)::bigint
-                     AS outflow_cents,
+                 LEAST(COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'inflow'), 0),
+                       9223372036854775807)::bigint AS inflow_cents,
+                 LEAST(COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'outflow'), 0),
+                       9223372036854775807)::bigint AS outflow_cents,
                  COUNT(*) AS transaction_count,
                  COUNT(DISTINCT date_trunc('month', occurred_at))
                      FILTER (WHERE direction = 'inflow') AS months_with_inflow,
-                 COALESCE(SUM(amount_cents) FILTER (
-                     WHERE direction = 'outflow' AND category = ANY($3)), 0)::bigint
-                     AS discretionary_outflow_cents
+                 LEAST(COALESCE(SUM(amount_cents) FILTER (
+                     WHERE direction = 'outflow' AND category = ANY($3)), 0),
+                       9223372036854775807)::bigint AS discretionary_outflow_cents
              FROM transactions
              WHERE user_id = $1
                AND occurred_at > $2 - make_interval(days => $4)

@@ -10,9 +10,16 @@
 //!
 //! Stored answers can hold a secret (a new person's API token), so they are sealed with
 //! ChaCha20-Poly1305 under a key derived from the client's Idempotency-Key, which is never
-//! stored: the table holds a digest to look the key up by and ciphertext only its client can
-//! open. Keys are scoped to the caller (the same key from two tokens is two keys), kept for
+//! stored: the table holds a digest to look the key up by and ciphertext only the client's key
+//! opens. Both are HMAC-SHA-256 under a [`ServerKey`] that lives outside the database (derived
+//! from the admin token), so a dump of the table alone cannot be searched for weak keys offline.
+//! Keys are scoped to the caller (the same key from two tokens is two keys), kept for
 //! [`RETENTION_HOURS`], and erased with the person.
+//!
+//! Consequences worth knowing: a replay after the person was erased finds nothing and runs
+//! again (a new person, for `POST /v1/users`); a replay of `POST /v1/users` after the person's
+//! token was rotated answers the first (now revoked) token; rotating the admin token forgets
+//! every stored answer.
 
 use axum::{
     extract::FromRequestParts,
@@ -23,6 +30,7 @@ use chacha20poly1305::{
     ChaCha20Poly1305, KeyInit, Nonce,
     aead::{Aead, Payload},
 };
+use hmac::{Hmac, Mac};
 use rand::RngExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -82,6 +90,26 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybeKey {
     }
 }
 
+/// The server's own key for deriving lookups and sealing keys: never stored with the data.
+#[derive(Clone)]
+pub struct ServerKey([u8; 32]);
+
+impl std::fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerKey(..)")
+    }
+}
+
+impl ServerKey {
+    /// Derived from a secret the server already keeps out of the database (the admin token).
+    pub fn derive_from(secret: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"ecs idempotency server key v1\0");
+        h.update(secret.as_bytes());
+        Self(h.finalize().into())
+    }
+}
+
 /// One keyed request: where its answer is looked up, what it must match, how it is sealed.
 pub struct Once {
     lookup: [u8; 32],
@@ -93,6 +121,7 @@ impl Once {
     /// `path` and `body` are what must match on a replay: the same key for another resource or
     /// another body is refused.
     pub fn new(
+        server: &ServerKey,
         principal: Principal,
         key: &IdempotencyKey,
         path: &str,
@@ -103,12 +132,14 @@ impl Once {
             Principal::User(id) => id.to_string(),
         };
         let derive = |purpose: &str| -> [u8; 32] {
-            let mut h = Sha256::new();
+            // Any key length is valid for HMAC.
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&server.0)
+                .expect("HMAC takes keys of any length");
             for part in [purpose, scope.as_str(), key.0.as_str()] {
-                h.update((part.len() as u64).to_be_bytes());
-                h.update(part.as_bytes());
+                mac.update(&(part.len() as u64).to_be_bytes());
+                mac.update(part.as_bytes());
             }
-            h.finalize().into()
+            mac.finalize().into_bytes().into()
         };
         let mut h = Sha256::new();
         h.update((path.len() as u64).to_be_bytes());
@@ -283,6 +314,22 @@ pub async fn record<T: Serialize>(
     Ok(answer)
 }
 
+/// Inside the person's transaction: the first request's answer when `once` was answered before
+/// (and the transaction marked to roll back), else `work` — evaluated only then — answered with
+/// `status` and recorded with the key, in the same transaction. `tx` is `&mut PersonTx`.
+macro_rules! answer_once {
+    ($once:expr, $tx:expr, $status:expr, $work:expr) => {
+        match $crate::idempotency::claim($once, $tx).await? {
+            Some(replayed) => replayed,
+            None => {
+                let value = $work;
+                $crate::idempotency::record($once, $tx, $status, &value).await?
+            }
+        }
+    };
+}
+pub(crate) use answer_once;
+
 /// Forgets keys past retention (run by the retention job).
 pub async fn purge(pool: &sqlx::PgPool) -> Result<u64> {
     Ok(sqlx::query(
@@ -303,6 +350,10 @@ mod tests {
         IdempotencyKey::parse(s.as_bytes()).unwrap()
     }
 
+    fn server() -> ServerKey {
+        ServerKey::derive_from("an-admin-token-long-enough")
+    }
+
     #[test]
     fn keys_must_be_long_visible_ascii() {
         assert!(IdempotencyKey::parse(b"0123456789abcdef").is_ok());
@@ -320,10 +371,10 @@ mod tests {
     fn keys_are_scoped_to_the_caller_and_requests_must_match() {
         let k = key("a-key-of-enough-length");
         let ana = Principal::User(Uuid::new_v4());
-        let a = Once::new(ana, &k, "/p", &1);
-        let same = Once::new(ana, &k, "/p", &1);
-        let other_caller = Once::new(Principal::Admin, &k, "/p", &1);
-        let other_body = Once::new(ana, &k, "/p", &2);
+        let a = Once::new(&server(), ana, &k, "/p", &1);
+        let same = Once::new(&server(), ana, &k, "/p", &1);
+        let other_caller = Once::new(&server(), Principal::Admin, &k, "/p", &1);
+        let other_body = Once::new(&server(), ana, &k, "/p", &2);
         assert_eq!(a.lookup, same.lookup);
         assert_eq!(a.fingerprint, same.fingerprint);
         assert_ne!(a.lookup, other_caller.lookup);
@@ -331,13 +382,22 @@ mod tests {
         assert_ne!(a.fingerprint, other_body.fingerprint);
         // The sealing key is not the lookup digest (which is stored).
         assert_ne!(a.lookup, a.seal);
+        // Without the server's key, the same client key leads elsewhere.
+        let elsewhere = Once::new(
+            &ServerKey::derive_from("another-admin-token"),
+            ana,
+            &k,
+            "/p",
+            &1,
+        );
+        assert_ne!(a.lookup, elsewhere.lookup);
     }
 
     #[test]
     fn a_sealed_answer_opens_only_with_its_key() {
         let ana = Principal::User(Uuid::new_v4());
-        let a = Once::new(ana, &key("a-key-of-enough-length"), "/p", &1);
-        let b = Once::new(ana, &key("another-key-of-length"), "/p", &1);
+        let a = Once::new(&server(), ana, &key("a-key-of-enough-length"), "/p", &1);
+        let b = Once::new(&server(), ana, &key("another-key-of-length"), "/p", &1);
         let (nonce, sealed) = a.seal(b"{\"api_token\":\"secret\"}").unwrap();
         assert!(!sealed.windows(6).any(|w| w == b"secret"));
         assert_eq!(

@@ -28,6 +28,7 @@ pub mod model;
 pub mod mqtt;
 pub mod notify;
 pub mod offers;
+pub mod outbox;
 pub mod people;
 pub mod policy;
 pub mod pricing;

@@ -11,6 +11,7 @@ use ecs_cloud::{
     config::{ModelServerSettings, Settings},
     dead_letters::{self, DeadLetterId, Filter, MAX_LIST, Mode, ReasonCode, Selection},
     model::server,
+    outbox,
 };
 use ecs_protocol::DeviceId;
 use ecs_telemetry::{LogFormat, LogTarget};
@@ -73,6 +74,45 @@ enum Command {
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
+    /// Look at the offer worker's queue (accepted offers waiting to be applied, failing, or
+    /// parked after their tries) and put parked events back.
+    Outbox {
+        /// Postgres connection string.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/ecs",
+            global = true
+        )]
+        database_url: String,
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// Unprocessed events, oldest first: waiting, failing (with the last error) or parked.
+    List {
+        /// Only parked events.
+        #[arg(long)]
+        parked: bool,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=outbox::MAX_LIST))]
+        limit: i64,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put parked events back in the queue with a fresh allowance of tries.
+    #[command(group(ArgGroup::new("selection").required(true).args(["ids", "all"])))]
+    Retry {
+        /// These events.
+        ids: Vec<uuid::Uuid>,
+        /// Every parked event.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,7 +164,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // An operator's command prints its answer on stdout: logs must not mix into it.
-        Command::DeadLetters { .. } => {
+        Command::DeadLetters { .. } | Command::Outbox { .. } => {
             ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, "warn")
         }
         _ => ecs_telemetry::init_logs(cli.log_format),
@@ -135,20 +175,19 @@ async fn main() -> anyhow::Result<()> {
             database_url,
             command,
         } => {
-            let result = match connect(&database_url).await {
-                Ok(pool) => {
-                    let result = dead_letters_command(&pool, command).await;
-                    pool.close().await;
-                    result
-                }
-                Err(e) => Err(e),
-            };
-            // An operator's mistake or an unreachable database, not a bug: one line on stderr
-            // and exit status 1, without the backtrace anyhow adds under RUST_BACKTRACE.
-            if let Err(e) = result {
-                eprintln!("Error: {e:#}");
-                std::process::exit(1);
-            }
+            operator(&database_url, async |pool| {
+                dead_letters_command(pool, command).await
+            })
+            .await
+        }
+        Command::Outbox {
+            database_url,
+            command,
+        } => {
+            operator(&database_url, async |pool| {
+                outbox_command(pool, command).await
+            })
+            .await
         }
         Command::Migrate { database_url } => app::migrate(&database_url).await?,
         Command::Serve { settings, migrate } => {
@@ -192,6 +231,57 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Runs an operator's command on a pool of its own. An operator's mistake or an unreachable
+/// database is not a bug: one line on stderr and exit status 1, without the backtrace anyhow
+/// adds under RUST_BACKTRACE.
+async fn operator(database_url: &str, command: impl AsyncFnOnce(&PgPool) -> anyhow::Result<()>) {
+    let result = match connect(database_url).await {
+        Ok(pool) => {
+            let result = command(&pool).await;
+            pool.close().await;
+            result
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn outbox_command(pool: &PgPool, command: OutboxCommand) -> anyhow::Result<()> {
+    let output = match command {
+        OutboxCommand::List {
+            parked,
+            limit,
+            json,
+        } => {
+            let filter = if parked {
+                outbox::Filter::Parked
+            } else {
+                outbox::Filter::Pending
+            };
+            let events = outbox::list(pool, filter, limit).await?;
+            if json {
+                outbox::json_lines(&events)
+            } else {
+                outbox::table(&events)
+            }
+        }
+        OutboxCommand::Retry { ids, all } => {
+            let selection = if all {
+                outbox::Selection::AllParked
+            } else {
+                outbox::Selection::Ids(ids)
+            };
+            let n = outbox::retry(pool, &selection).await?;
+            format!("{n} parked event(s) put back in the queue\n")
+        }
+    };
+    print!("{output}");
     Ok(())
 }
 

@@ -302,6 +302,118 @@ fn is_power_of_ten(mut n: i32) -> bool {
 }
 
 /// An offer to notify about, for DB tests.
+/// A position in a person's notifications, for `GET /v1/users/{id}/notifications?after=`.
+/// Clients treat it as opaque; it is the last notification's time and id, so a page never skips
+/// or repeats one, whatever arrives meanwhile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    created_at: DateTime<Utc>,
+    notification_id: Uuid,
+}
+
+impl Cursor {
+    /// Parses `<microseconds since the epoch>.<notification id>`.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let bad = || Error::invalid("after", "not a cursor this API returned");
+        let (micros, id) = raw.split_once('.').ok_or_else(bad)?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        let created_at = DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+        let notification_id = Uuid::try_parse(id).map_err(|_| bad())?;
+        Ok(Self {
+            created_at,
+            notification_id,
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        format!(
+            "{}.{}",
+            self.created_at.timestamp_micros(),
+            self.notification_id
+        )
+    }
+}
+
+/// One notification as the person's app sees it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema, sqlx::FromRow)]
+pub struct NotificationView {
+    pub notification_id: Uuid,
+    /// The phone it was addressed to (one notification per phone).
+    pub device_id: String,
+    /// `offer_made` or `offer_applied`.
+    pub kind: String,
+    pub offer_id: Uuid,
+    /// What the phone receives (the protocol's `NotificationKind`).
+    #[schema(value_type = Object)]
+    pub body: Json<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    /// When the phone acknowledged it; absent until then.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A page of a person's notifications, oldest first.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NotificationPage {
+    pub notifications: Vec<NotificationView>,
+    /// Pass as `after` for the next page, and later for what arrived since (absent when there
+    /// are none yet).
+    pub next_after: Option<String>,
+    /// True when the page is full: ask again with `next_after` at once.
+    pub more: bool,
+}
+
+/// Most notifications one page holds.
+pub const MAX_PAGE: i64 = 100;
+
+/// The person's notifications after `after` (from the first when `None`), oldest first.
+pub async fn page(
+    pool: &PgPool,
+    user_id: Uuid,
+    after: Option<Cursor>,
+    limit: i64,
+) -> Result<NotificationPage> {
+    let limit = limit.clamp(1, MAX_PAGE);
+    let (since, since_id) = after.map_or((None, None), |c| {
+        (Some(c.created_at), Some(c.notification_id))
+    });
+    let notifications: Vec<NotificationView> = sqlx::query_as(
+        "SELECT notification_id, device_id, kind, offer_id, body, created_at, delivered_at
+         FROM notifications
+         WHERE user_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, notification_id) > ($2, $3::uuid))
+         ORDER BY created_at, notification_id
+         LIMIT $4",
+    )
+    .bind(user_id)
+    .bind(since)
+    .bind(since_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    if notifications.is_empty() {
+        // Nothing for a person, or no such person: the API tells them apart.
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?;
+        exists.ok_or(Error::NotFound("user"))?;
+    }
+    let more = notifications.len() as i64 == limit;
+    let next_after = notifications
+        .last()
+        .map(|n| Cursor {
+            created_at: n.created_at,
+            notification_id: n.notification_id,
+        })
+        .or(after)
+        .map(|c| c.encode());
+    Ok(NotificationPage {
+        notifications,
+        next_after,
+        more,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod fixtures {
     use ecs_protocol::CreditType;
@@ -369,6 +481,74 @@ mod tests {
     };
 
     const QUIET: Duration = Duration::from_millis(300);
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_person_pages_through_their_notifications_without_gaps_or_repeats(pool: PgPool) {
+        let (user_id, _device) = user_with_device(&pool).await;
+        let empty = page(&pool, user_id, None, 10).await.unwrap();
+        assert!(empty.notifications.is_empty() && empty.next_after.is_none() && !empty.more);
+        // One open offer per person: each new one supersedes the last, as assessments do.
+        let supersede = async || {
+            sqlx::query("UPDATE credit_offers SET status = 'superseded' WHERE user_id = $1 AND status = 'offered'")
+                .bind(user_id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        };
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            supersede().await;
+            made.extend(notify_offer(&pool, user_id).await.1);
+        }
+        let first = page(&pool, user_id, None, 2).await.unwrap();
+        assert!(first.more);
+        let after = Cursor::parse(first.next_after.as_deref().unwrap()).unwrap();
+        let second = page(&pool, user_id, Some(after), 2).await.unwrap();
+        assert!(!second.more);
+        let seen: Vec<Uuid> = first
+            .notifications
+            .iter()
+            .chain(&second.notifications)
+            .map(|n| n.notification_id)
+            .collect();
+        let mut expected = made.clone();
+        expected.sort();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected, "every notification once");
+        // Caught up: nothing new, and the cursor stays where it was.
+        let last = second.next_after.clone().unwrap();
+        let caught_up = page(&pool, user_id, Some(Cursor::parse(&last).unwrap()), 2)
+            .await
+            .unwrap();
+        assert!(caught_up.notifications.is_empty());
+        assert_eq!(caught_up.next_after.as_deref(), Some(last.as_str()));
+        // Then one more arrives: it is the next page.
+        supersede().await;
+        let (_, newer) = notify_offer(&pool, user_id).await;
+        let next = page(&pool, user_id, Some(Cursor::parse(&last).unwrap()), 10)
+            .await
+            .unwrap();
+        let ids: Vec<Uuid> = next
+            .notifications
+            .iter()
+            .map(|n| n.notification_id)
+            .collect();
+        assert_eq!(ids, newer);
+
+        assert!(matches!(
+            Cursor::parse("nonsense"),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(
+            Cursor::parse("12.not-a-uuid"),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(
+            page(&pool, Uuid::new_v4(), None, 10).await,
+            Err(Error::NotFound(_))
+        ));
+    }
 
     async fn next_notification(phone: &mut TestClient) -> Notification {
         let message = phone

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
 
 use crate::{
@@ -32,6 +32,12 @@ use crate::{
 
 /// Postgres channel the accept path NOTIFYs and the worker LISTENs on.
 pub const OUTBOX_CHANNEL: &str = "ecs_outbox";
+
+/// Tries an event gets before it is parked (with its last error, for an operator:
+/// `ecs-cloud outbox list|retry`). With the backoff doubling from 1 s, the last try comes about
+/// four minutes after the first: long enough for a restart of Postgres or a deploy, short enough
+/// that a broken event shows up on the operator's screen the same day instead of never.
+pub const MAX_APPLY_ATTEMPTS: i32 = 8;
 
 /// Where an offer is in its life: `offered` → `accepted` → `applied`; `declined`, `expired`
 /// and `superseded` are final.
@@ -178,6 +184,7 @@ pub struct Assessor {
 impl Assessor {
     /// Reads the person's features and asks the model, without locking anything.
     pub async fn prepare(&self, user_id: Uuid, request: OfferRequest) -> Result<Prepared> {
+        self.check_limit(&self.pool, user_id).await?;
         let now = Utc::now();
         let consent: Option<bool> =
             sqlx::query_scalar("SELECT emotional_data_consent FROM users WHERE user_id = $1")
@@ -237,7 +244,8 @@ impl Assessor {
                 "the person's consent changed during the assessment; assess again".into(),
             ));
         }
-        self.check_limit(tx).await?;
+        let user = tx.user_id();
+        self.check_limit(tx.conn(), user).await?;
         let Prepared {
             request,
             features,
@@ -319,29 +327,30 @@ impl Assessor {
         Ok(offer)
     }
 
-    /// Refuses an assessment past the person's allowance for the period (counted under the
-    /// person's lock, so concurrent requests cannot both slip under it).
-    async fn check_limit(&self, tx: &mut PersonTx) -> Result<()> {
-        let period_secs = self.limit.period.as_secs_f64();
+    /// Refuses an assessment past the person's allowance for the period. Authoritative under
+    /// the person's lock (concurrent requests cannot both slip under it); also asked without
+    /// it before the model is, so a refused request costs no model call. Assessments are
+    /// stamped by this process's clock, so the window is measured by it too.
+    async fn check_limit(&self, executor: impl sqlx::PgExecutor<'_>, user_id: Uuid) -> Result<()> {
+        let now = Utc::now();
+        let period = chrono::Duration::from_std(self.limit.period)
+            .map_err(|e| Error::Internal(format!("assessment period: {e}")))?;
         let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
             "SELECT count(*), min(created_at) FROM (
                  SELECT created_at FROM risk_assessments
-                 WHERE user_id = $1 AND created_at > now() - make_interval(secs => $2)
+                 WHERE user_id = $1 AND created_at > $2
                  ORDER BY created_at DESC LIMIT $3) recent",
         )
-        .bind(tx.user_id())
-        .bind(period_secs)
+        .bind(user_id)
+        .bind(now - period)
         .bind(i64::from(self.limit.max))
-        .fetch_one(tx.conn())
+        .fetch_one(executor)
         .await?;
         if count < i64::from(self.limit.max) {
             return Ok(());
         }
-        let frees_at = oldest.unwrap_or_else(Utc::now)
-            + chrono::Duration::from_std(self.limit.period).unwrap_or(chrono::Duration::zero());
-        let wait = (frees_at - Utc::now())
-            .to_std()
-            .unwrap_or(Duration::from_secs(1));
+        let frees_at = oldest.unwrap_or(now) + period;
+        let wait = (frees_at - now).to_std().unwrap_or(Duration::from_secs(1));
         Err(Error::RateLimited {
             what: "this person's assessments for the period are used up",
             retry_after: wait,
@@ -403,26 +412,52 @@ struct OfferAccepted {
 /// owner's person transaction. Accepting an already accepted (or applied) offer is a no-op that
 /// reports its state, so a client may safely retry.
 pub async fn accept(pool: &PgPool, principal: Principal, offer_id: Uuid) -> Result<CreditOffer> {
-    people::retry(|| async move {
-        let mut tx = PersonTx::lock_offer_owner(pool, offer_id).await?;
-        // Someone else's offer is "not found", not "forbidden": ids are not to be probed.
-        if principal.ensure_can_access(tx.user_id()).is_err() {
-            return Err(Error::NotFound("offer"));
-        }
-        let offer = accept_in(&mut tx, offer_id).await;
-        // An expired offer's answer is a conflict, but what it recorded is kept.
+    // Who owns it, read without a lock and checked before one is taken: a stranger's request
+    // must neither wait on nor reveal someone else's lock. An offer never changes owner.
+    let owner: Option<Uuid> =
+        sqlx::query_scalar("SELECT user_id FROM credit_offers WHERE offer_id = $1")
+            .bind(offer_id)
+            .fetch_optional(pool)
+            .await?;
+    // Someone else's offer is "not found", not "forbidden": ids are not to be probed.
+    let owner = owner
+        .filter(|owner| principal.ensure_can_access(*owner).is_ok())
+        .ok_or(Error::NotFound("offer"))?;
+    let accepted = people::retry(|| async move {
+        let mut tx = PersonTx::lock(pool, owner).await.map_err(|e| match e {
+            // Erased in between.
+            Error::NotFound(_) => Error::NotFound("offer"),
+            e => e,
+        })?;
+        let outcome = accept_in(&mut tx, offer_id).await?;
         tx.finish().await?;
-        offer
+        Ok(outcome)
     })
-    .await
+    .await?;
+    match accepted {
+        Acceptance::Accepted(offer) => Ok(*offer),
+        // Recorded as expired (committed above); the answer is still the conflict.
+        Acceptance::Expired => Err(Error::Conflict("the offer has expired".into())),
+    }
 }
 
-async fn accept_in(tx: &mut PersonTx, offer_id: Uuid) -> Result<CreditOffer> {
+/// What accepting did, when it did not fail.
+enum Acceptance {
+    /// Accepted now, or earlier (accepted or applied).
+    Accepted(Box<CreditOffer>),
+    /// Past its expiry: recorded as expired, to be answered as a conflict.
+    Expired,
+}
+
+async fn accept_in(tx: &mut PersonTx, offer_id: Uuid) -> Result<Acceptance> {
     let offer = find_in(tx.conn(), offer_id, true)
         .await?
+        .filter(|o| o.user_id == tx.user_id())
         .ok_or(Error::NotFound("offer"))?;
     match offer.status {
-        OfferStatus::Accepted | OfferStatus::Applied => return Ok(offer),
+        OfferStatus::Accepted | OfferStatus::Applied => {
+            return Ok(Acceptance::Accepted(Box::new(offer)));
+        }
         OfferStatus::Declined => return Err(Error::Conflict("the offer was declined".into())),
         OfferStatus::Superseded => {
             return Err(Error::Conflict(
@@ -430,14 +465,14 @@ async fn accept_in(tx: &mut PersonTx, offer_id: Uuid) -> Result<CreditOffer> {
             ));
         }
         OfferStatus::Expired => {
-            // Record what reads already show; the answer is still the conflict.
+            // Record what reads already show.
             sqlx::query(
                 "UPDATE credit_offers SET status = 'expired' WHERE offer_id = $1 AND status = 'offered'",
             )
             .bind(offer_id)
             .execute(tx.conn())
             .await?;
-            return Err(Error::Conflict("the offer has expired".into()));
+            return Ok(Acceptance::Expired);
         }
         OfferStatus::Offered => {}
     }
@@ -464,12 +499,12 @@ async fn accept_in(tx: &mut PersonTx, offer_id: Uuid) -> Result<CreditOffer> {
         .await?;
     metrics::counter!("ecs_offers_accepted_total").increment(1);
     info!(user_id = %accepted.user_id, %offer_id, "offer accepted");
-    Ok(accepted)
+    Ok(Acceptance::Accepted(Box::new(accepted)))
 }
 
 /// A person's current credit line.
 #[derive(Serialize, utoipa::ToSchema, sqlx::FromRow)]
-pub struct CreditLine {
+pub struct CurrentCreditLine {
     pub user_id: Uuid,
     pub credit_limit_cents: i64,
     pub interest_rate_bps: i32,
@@ -479,7 +514,7 @@ pub struct CreditLine {
 }
 
 /// The person's current line; `NotFound` until an offer has been applied.
-pub async fn credit_line(pool: &PgPool, user_id: Uuid) -> Result<CreditLine> {
+pub async fn credit_line(pool: &PgPool, user_id: Uuid) -> Result<CurrentCreditLine> {
     sqlx::query_as(
         "SELECT user_id, credit_limit_cents, interest_rate_bps, credit_type, offer_id, updated_at
          FROM credit_limits WHERE user_id = $1",
@@ -518,6 +553,9 @@ impl OfferWorker {
                 .instrument(info_span!("outbox_listener")),
         ));
         loop {
+            if let Err(e) = crate::outbox::export_gauges(&self.pool).await {
+                warn!(error = %e, "cannot measure the outbox");
+            }
             loop {
                 match self.process_next().await {
                     Ok(ExecutionOutcome::TaskCompleted) => continue,
@@ -547,7 +585,7 @@ impl OfferWorker {
         let person: Option<(Uuid, bool)> = sqlx::query_as(
             "SELECT u.user_id, u.emotional_data_consent
              FROM outbox o JOIN users u ON u.user_id = o.user_id
-             WHERE o.processed_at IS NULL AND o.available_at <= now()
+             WHERE o.processed_at IS NULL AND o.parked_at IS NULL AND o.available_at <= now()
              ORDER BY o.available_at
              LIMIT 1
              FOR UPDATE OF u SKIP LOCKED",
@@ -558,17 +596,19 @@ impl OfferWorker {
             return Ok(ExecutionOutcome::EmptyQueue);
         };
         let mut tx = PersonTx::locked(tx, user_id, consent);
-        let event: Option<(Uuid, sqlx::types::Json<OfferAccepted>, i32)> = sqlx::query_as(
-            "SELECT event_id, payload, attempts FROM outbox
-             WHERE user_id = $1 AND processed_at IS NULL AND available_at <= now()
+        let event: Option<(Uuid, sqlx::types::Json<OfferAccepted>, i32, DateTime<Utc>)> =
+            sqlx::query_as(
+                "SELECT event_id, payload, attempts, created_at FROM outbox
+             WHERE user_id = $1 AND processed_at IS NULL AND parked_at IS NULL
+               AND available_at <= now()
              ORDER BY available_at
              LIMIT 1
              FOR UPDATE",
-        )
-        .bind(user_id)
-        .fetch_optional(tx.conn())
-        .await?;
-        let Some((event_id, payload, attempts)) = event else {
+            )
+            .bind(user_id)
+            .fetch_optional(tx.conn())
+            .await?;
+        let Some((event_id, payload, attempts, created_at)) = event else {
             // Processed by another replica between the two statements.
             return Ok(ExecutionOutcome::TaskCompleted);
         };
@@ -585,6 +625,10 @@ impl OfferWorker {
                 tx.finish().await?;
                 if applied {
                     metrics::counter!("ecs_offers_applied_total").increment(1);
+                    // From the acceptance (the event's creation) to the limit in place.
+                    let waited = (Utc::now() - created_at).to_std().unwrap_or_default();
+                    metrics::histogram!("ecs_offer_apply_latency_seconds")
+                        .record(waited.as_secs_f64());
                     self.notifier.notify_one();
                 }
                 Ok(ExecutionOutcome::TaskCompleted)
@@ -592,19 +636,30 @@ impl OfferWorker {
             Err(e) => {
                 drop(tx);
                 let backoff_secs = 2_i64.saturating_pow(attempts.clamp(0, 10) as u32);
-                span.in_scope(
-                    || warn!(error = %e, attempts, backoff_secs, "applying offer failed"),
-                );
+                let park = attempts + 1 >= MAX_APPLY_ATTEMPTS;
+                span.in_scope(|| {
+                    if park {
+                        error!(error = %e, attempts = attempts + 1, "applying offer failed; event parked");
+                    } else {
+                        warn!(error = %e, attempts, backoff_secs, "applying offer failed");
+                    }
+                });
                 sqlx::query(
                     "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-                         available_at = now() + make_interval(secs => $3)
-                     WHERE event_id = $1",
+                         available_at = now() + make_interval(secs => $3),
+                         parked_at = CASE WHEN $4 THEN now() END
+                     WHERE event_id = $1 AND processed_at IS NULL",
                 )
                 .bind(event_id)
                 .bind(e.to_string())
                 .bind(backoff_secs as f64)
+                .bind(park)
                 .execute(&self.pool)
                 .await?;
+                metrics::counter!("ecs_outbox_failures_total").increment(1);
+                if park {
+                    metrics::counter!("ecs_outbox_parked_total").increment(1);
+                }
                 Ok(ExecutionOutcome::TaskFailed)
             }
         }

@@ -35,7 +35,10 @@ pub struct DisplayName(String);
 
 impl DisplayName {
     pub fn parse(raw: &str) -> Result<Self> {
-        if !is_clean_text(raw, MAX_DISPLAY_NAME_CHARS) || raw.trim().is_empty() {
+        // U+FEFF counts as a space, as in the schema's `\s` (ECMAScript), though Unicode does
+        // not call it white space.
+        let blank = raw.chars().all(|c| c.is_whitespace() || c == '\u{feff}');
+        if !is_clean_text(raw, MAX_DISPLAY_NAME_CHARS) || blank {
             return Err(Error::invalid(
                 "display_name",
                 format!(

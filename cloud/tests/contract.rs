@@ -239,6 +239,18 @@ async fn every_problem_answers_problem_json_with_its_documented_type(pool: PgPoo
             vec![],
         ),
     ];
+    // A `null` body is no body, as documented; the auth scheme is case-insensitive.
+    let lower = format!("bearer {ADMIN}");
+    let r = send(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        &[("authorization", &lower)],
+        json,
+        b"null".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     // The device the conflict case collides with.
     let r = send(
         &app,
@@ -250,12 +262,10 @@ async fn every_problem_answers_problem_json_with_its_documented_type(pool: PgPoo
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    let mut seen = std::collections::HashSet::new();
     for (kind, app, method, path, headers, ct, body) in cases {
         let what = format!("{method} {path}");
         let r = send(app, method, &path, &headers, ct, body).await;
         assert_problem(&r, kind, &what);
-        seen.insert(kind);
     }
     let r = send(
         &app,
@@ -283,12 +293,10 @@ async fn every_problem_answers_problem_json_with_its_documented_type(pool: PgPoo
         assert_eq!(r.status, StatusCode::OK, "{}", kind.uri());
         assert_eq!(r.body["status"], kind.status().as_u16());
     }
-    assert!(seen.len() >= 10, "the table covers most kinds: {seen:?}");
 }
 
-#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
-async fn the_openapi_document_states_parameters_and_limits(pool: PgPool) {
-    let _ = pool;
+#[test]
+fn the_openapi_document_states_parameters_and_limits() {
     let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
@@ -416,6 +424,43 @@ async fn the_same_create_twice_with_one_key_creates_one_thing(pool: PgPool) {
     assert_eq!(left, 0);
 }
 
+/// A stranger's accept is answered at once, without waiting on (or revealing) the owner's lock.
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn someone_elses_offer_is_not_found_at_once_even_while_its_owner_is_busy(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (owner, _) = person(&app).await;
+    let (_, stranger) = person(&app).await;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{owner}/credit-offers"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let offer = r.body["offer_id"].as_str().unwrap().to_owned();
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE user_id = $1::uuid FOR UPDATE")
+        .bind(&owner)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        call(
+            &app,
+            Method::POST,
+            &format!("/v1/credit-offers/{offer}/accept"),
+            Some(&stranger),
+            None,
+        ),
+    )
+    .await
+    .expect("answered without waiting for the owner's lock");
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    holder.rollback().await.unwrap();
+}
+
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
 async fn a_token_past_its_rate_and_a_person_past_their_assessments_get_429(pool: PgPool) {
     let app = app_with_assessment_limit(&pool, Arc::new(FixedModel(0.05)), 2);
@@ -453,6 +498,18 @@ async fn a_token_past_its_rate_and_a_person_past_their_assessments_get_429(pool:
         (3000..=3600).contains(&wait),
         "the allowance frees within the hour: {wait}"
     );
+    // Refused before the model is asked: with the model down the answer is still 429.
+    let down = app_with_assessment_limit(&pool, Arc::new(DownModel), 2);
+    let r = send(
+        &down,
+        Method::POST,
+        &offers,
+        &[("authorization", &mine)],
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", r.body);
     // The admin token is no way around it: the allowance is the person's.
     let r = send(
         &app,

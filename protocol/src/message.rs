@@ -71,12 +71,15 @@ pub struct Notification {
 }
 
 /// Names are snake_case in text formats; postcard encodes the variant's index, so the wire
-/// does not depend on them.
+/// does not depend on them. The aliases read what earlier versions wrote as JSON (notification
+/// bodies stored before the rename).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CreditType {
+    #[serde(alias = "ShortTerm")]
     ShortTerm,
+    #[serde(alias = "LongTerm")]
     LongTerm,
 }
 
@@ -92,6 +95,29 @@ impl CreditType {
 
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod credit_type_tests {
+    use super::CreditType;
+
+    #[test]
+    fn text_names_are_snake_case_and_old_names_still_read() {
+        assert_eq!(
+            serde_json::to_string(&CreditType::LongTerm).unwrap(),
+            "\"long_term\""
+        );
+        for (text, t) in [
+            ("\"ShortTerm\"", CreditType::ShortTerm),
+            ("\"short_term\"", CreditType::ShortTerm),
+            ("\"LongTerm\"", CreditType::LongTerm),
+        ] {
+            assert_eq!(serde_json::from_str::<CreditType>(text).unwrap(), t);
+        }
+        // The wire (postcard) encodes the variant index, not the name.
+        let bytes = postcard::to_allocvec(&CreditType::LongTerm).unwrap();
+        assert_eq!(bytes, [1]);
     }
 }
 

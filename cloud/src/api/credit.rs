@@ -18,7 +18,7 @@ use crate::{
     error::{Problem, Result},
     idempotency::{self, Answer, MaybeKey, Once},
     model::{NamedValue, RiskScore},
-    offers::{self, CreditLine, CreditOffer, OfferRequest},
+    offers::{self, CreditOffer, CurrentCreditLine, OfferRequest},
     people::{self, PersonTx},
     pricing,
 };
@@ -143,7 +143,7 @@ pub(super) async fn create_offer(
 ) -> Result<Answer> {
     principal.ensure_can_access(user_id)?;
     let request = body.parse()?;
-    let once = key.map(|k| Once::new(principal, &k, uri.path(), &body));
+    let once = key.map(|k| Once::new(&state.idempotency, principal, &k, uri.path(), &body));
     if let Some(replay) = idempotency::replay(once.as_ref(), &state.pool).await? {
         return Ok(replay);
     }
@@ -152,14 +152,10 @@ pub(super) async fn create_offer(
         (&state.pool, once.as_ref(), &*state.assessor, &prepared);
     people::retry(|| async move {
         let mut tx = PersonTx::lock(pool, user_id).await?;
-        let answer = match idempotency::claim(once, &mut tx).await? {
-            Some(replayed) => replayed,
-            None => {
-                let offer = assessor.record(&mut tx, prepared).await?;
-                let view = OfferView::assessed(offer, prepared.score());
-                idempotency::record(once, &mut tx, StatusCode::CREATED, &view).await?
-            }
-        };
+        let answer = idempotency::answer_once!(once, &mut tx, StatusCode::CREATED, {
+            let offer = assessor.record(&mut tx, prepared).await?;
+            OfferView::assessed(offer, prepared.score())
+        });
         tx.finish().await?;
         Ok(answer)
     })
@@ -213,7 +209,7 @@ pub(super) async fn accept_offer(
 /// The person's current credit line (404 until an offer has been applied).
 #[utoipa::path(get, path = "/v1/users/{user_id}/credit-limit", tag = "credit",
     params(("user_id" = Uuid, Path, description = "The person.")),
-    responses((status = 200, body = CreditLine),
+    responses((status = 200, body = CurrentCreditLine),
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
@@ -225,7 +221,7 @@ pub(super) async fn get_credit_limit(
     State(state): State<AppState>,
     principal: Principal,
     ApiPath(user_id): ApiPath<Uuid>,
-) -> Result<Json<CreditLine>> {
+) -> Result<Json<CurrentCreditLine>> {
     principal.ensure_can_access(user_id)?;
     Ok(Json(offers::credit_line(&state.pool, user_id).await?))
 }

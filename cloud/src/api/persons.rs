@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{ApiJson, ApiPath, AppState, OptionalJson, json};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, OptionalJson, json};
 use crate::{
     Error,
     auth::Principal,
@@ -20,6 +20,7 @@ use crate::{
     error::{Problem, Result},
     finance::{self, Direction, MAX_TRANSACTIONS_PER_REQUEST, Transaction, TransactionsRecorded},
     idempotency::{self, Answer, MaybeKey, Once},
+    notify::{self, NotificationPage},
     people::{
         self, ConsentView, DisplayName, EmotionalProfile, NewPersonRow, PersonCreated, PersonTx,
         PersonView, TokenIssued,
@@ -45,6 +46,54 @@ pub(super) fn routes() -> Router<AppState> {
             "/v1/users/{user_id}/transactions",
             post(record_transactions),
         )
+        .route("/v1/users/{user_id}/notifications", get(list_notifications))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsQuery {
+    /// `next_after` of the previous page; absent: from the first.
+    #[param(max_length = 80)]
+    pub after: Option<String>,
+    /// Notifications per page, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+}
+
+/// The person's notifications, oldest first, a page at a time: what a phone that was away
+/// missed (catch-up), or everything. A notification counts as delivered once the phone
+/// acknowledged it over MQTT.
+#[utoipa::path(get, path = "/v1/users/{user_id}/notifications", tag = "people",
+    params(("user_id" = Uuid, Path, description = "The person."), NotificationsQuery),
+    responses((status = 200, body = NotificationPage),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 401, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              (status = 429, body = Problem, content_type = "application/problem+json"),
+              (status = 503, body = Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(super) async fn list_notifications(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiPath(user_id): ApiPath<Uuid>,
+    ApiQuery(query): ApiQuery<NotificationsQuery>,
+) -> Result<Json<NotificationPage>> {
+    principal.ensure_can_access(user_id)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(notify::Cursor::parse)
+        .transpose()?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=notify::MAX_PAGE).contains(&limit) {
+        return Err(Error::invalid("limit", "must be between 1 and 100"));
+    }
+    Ok(Json(
+        notify::page(&state.pool, user_id, after, limit).await?,
+    ))
 }
 
 #[derive(Deserialize, Serialize, ToSchema)]
@@ -86,7 +135,7 @@ pub(super) async fn create_user(
 ) -> Result<Answer> {
     principal.ensure_admin()?;
     let name = DisplayName::parse(&body.display_name)?;
-    let once = key.map(|k| Once::new(principal, &k, uri.path(), &body));
+    let once = key.map(|k| Once::new(&state.idempotency, principal, &k, uri.path(), &body));
     if let Some(replay) = idempotency::replay(once.as_ref(), &state.pool).await? {
         return Ok(replay);
     }
@@ -100,13 +149,12 @@ pub(super) async fn create_user(
     let answer = people::retry(|| async move {
         let mut tx = PersonTx::insert(pool, row).await?;
         // A replay rolls back the person just inserted.
-        let answer = match idempotency::claim(once, &mut tx).await? {
-            Some(replayed) => replayed,
-            None => {
-                let created = people::create(&mut tx).await?;
-                idempotency::record(once, &mut tx, StatusCode::CREATED, &created).await?
-            }
-        };
+        let answer = idempotency::answer_once!(
+            once,
+            &mut tx,
+            StatusCode::CREATED,
+            people::create(&mut tx).await?
+        );
         tx.finish().await?;
         Ok(answer)
     })
@@ -303,21 +351,17 @@ pub(super) async fn register_device(
         ),
         None => None,
     };
-    let once = key.map(|k| Once::new(principal, &k, uri.path(), &body));
+    let once = key.map(|k| Once::new(&state.idempotency, principal, &k, uri.path(), &body));
     if let Some(replay) = idempotency::replay(once.as_ref(), &state.pool).await? {
         return Ok(replay);
     }
     let (pool, once, chosen) = (&state.pool, once.as_ref(), &chosen);
     people::retry(|| async move {
         let mut tx = PersonTx::lock(pool, user_id).await?;
-        let answer = match idempotency::claim(once, &mut tx).await? {
-            Some(replayed) => replayed,
-            None => {
-                let device_id = chosen.clone().unwrap_or_else(DeviceId::random);
-                let registered = devices::register(&mut tx, device_id).await?;
-                idempotency::record(once, &mut tx, StatusCode::CREATED, &registered).await?
-            }
-        };
+        let answer = idempotency::answer_once!(once, &mut tx, StatusCode::CREATED, {
+            let device_id = chosen.clone().unwrap_or_else(DeviceId::random);
+            devices::register(&mut tx, device_id).await?
+        });
         tx.finish().await?;
         Ok(answer)
     })
@@ -435,20 +479,19 @@ pub(super) async fn record_transactions(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    let once = key.map(|k| Once::new(principal, &k, uri.path(), &body));
+    let once = key.map(|k| Once::new(&state.idempotency, principal, &k, uri.path(), &body));
     if let Some(replay) = idempotency::replay(once.as_ref(), &state.pool).await? {
         return Ok(replay);
     }
     let (pool, once, txs) = (&state.pool, once.as_ref(), &txs);
     people::retry(|| async move {
         let mut tx = PersonTx::lock(pool, user_id).await?;
-        let answer = match idempotency::claim(once, &mut tx).await? {
-            Some(replayed) => replayed,
-            None => {
-                let recorded = finance::record(&mut tx, txs).await?;
-                idempotency::record(once, &mut tx, StatusCode::CREATED, &recorded).await?
-            }
-        };
+        let answer = idempotency::answer_once!(
+            once,
+            &mut tx,
+            StatusCode::CREATED,
+            finance::record(&mut tx, txs).await?
+        );
         tx.finish().await?;
         Ok(answer)
     })

@@ -98,6 +98,7 @@ fn router(state: ServerState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .with_state(state)
         .layer(TraceLayer::new_for_http())
 }

@@ -63,5 +63,6 @@ fn build(
         ingest_flowing: Arc::new(|| true),
         metrics: metrics_handle(),
         analytics: Analytics::new(pool.clone(), min_group),
+        idempotency: ecs_cloud::idempotency::ServerKey::derive_from(ADMIN),
     })
 }

@@ -234,10 +234,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { kind } => {
-            // stdout is the report, as for the demo. The ingest bench embeds the broker, whose
-            // router logs its own connection bookkeeping as errors: quiet, as in the demo.
+            // stdout is the report, as for the demo. The ingest and API benches embed the broker,
+            // whose router logs its own connection bookkeeping as errors: quiet, as in the demo.
             let filter = match kind {
-                BenchKind::Ingest(_) => "warn,rumqttd=off",
+                BenchKind::Ingest(_) | BenchKind::Api(_) => "warn,rumqttd=off",
                 BenchKind::Broker(_) => "warn",
             };
             ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, filter);
@@ -261,6 +261,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 BenchKind::Ingest(args) => {
                     // The bench handles Ctrl-C itself: it drops its scratch database first.
                     let report = bench::ingest::run(&args).await?;
+                    for line in report.summary() {
+                        println!("{line}");
+                    }
+                    if args.json {
+                        println!("{}", serde_json::to_string(&report)?);
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                BenchKind::Api(args) => {
+                    // The bench handles Ctrl-C itself: it drops its scratch database first.
+                    let report = bench::api::run(&args).await?;
                     for line in report.summary() {
                         println!("{line}");
                     }

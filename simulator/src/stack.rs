@@ -57,8 +57,68 @@ pub(crate) fn random_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An embedded broker on free loopback ports, with a certificate authority of its own and a
+/// fresh password for the service listener.
+pub(crate) struct EmbeddedBroker {
+    pub pki: PkiDir,
+    pub broker: RunningBroker,
+    /// The service listener's login.
+    pub username: String,
+    pub password: String,
+}
+
+impl EmbeddedBroker {
+    /// Creates the certificate authority in `pki_dir` and starts the broker.
+    pub async fn start(pki_dir: PathBuf) -> anyhow::Result<Self> {
+        let pki = PkiDir::init(pki_dir, &["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .context("creating the certificate authority")?;
+        let password = random_secret();
+        let settings = BrokerSettings::loopback(&pki, Secret::new(password.clone()))
+            .context("finding free ports for the broker")?;
+        let username = settings.service_username.clone();
+        let broker = tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
+            .await
+            .context("starting the broker")??;
+        Ok(Self {
+            pki,
+            broker,
+            username,
+            password,
+        })
+    }
+
+    /// How the cloud logs in to this broker.
+    pub fn cloud_login(&self) -> MqttSettings {
+        embedded_broker_login(&self.broker, self.username.clone(), self.password.clone())
+    }
+}
+
+/// Polls `{base_url}/readyz` until the cloud reports ready (Postgres and broker reachable), for
+/// at most `timeout`.
+pub(crate) async fn wait_ready(base_url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let url = format!("{base_url}/readyz");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let ready = client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the cloud did not become ready within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// How the cloud logs in to an embedded broker's service listener.
-pub(crate) fn embedded_broker_login(
+fn embedded_broker_login(
     broker: &RunningBroker,
     username: String,
     password: String,
@@ -119,22 +179,17 @@ impl Stack {
 
         let (mqtt, device_broker, pki, broker) = match &options.broker {
             BrokerChoice::Embedded => {
-                let pki = PkiDir::init(
-                    workdir.path().join("pki"),
-                    &["localhost".to_owned(), "127.0.0.1".to_owned()],
-                )
-                .context("creating the certificate authority")?;
-                let password = random_secret();
-                let settings = BrokerSettings::loopback(&pki, Secret::new(password.clone()))
-                    .context("finding free ports for the broker")?;
-                let username = settings.service_username.clone();
-                let broker = tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
-                    .await
-                    .context("starting the broker")??;
-                let mqtt = embedded_broker_login(&broker, username, password);
+                let embedded = EmbeddedBroker::start(workdir.path().join("pki")).await?;
+                let mqtt = embedded.cloud_login();
                 let device_broker: BrokerUrl =
-                    format!("mqtts://127.0.0.1:{}", broker.device_addr().port()).parse()?;
-                (mqtt, device_broker, Some(pki), Some(Arc::new(broker)))
+                    format!("mqtts://127.0.0.1:{}", embedded.broker.device_addr().port())
+                        .parse()?;
+                (
+                    mqtt,
+                    device_broker,
+                    Some(embedded.pki),
+                    Some(Arc::new(embedded.broker)),
+                )
             }
             BrokerChoice::External(url) => {
                 let mqtt = MqttSettings {
@@ -207,22 +262,7 @@ impl Stack {
 
     /// Waits until the cloud reports ready (Postgres and broker reachable).
     pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let ready = client
-                .get(format!("{}/readyz", self.api_base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("the cloud did not become ready within {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(&self.api_base, timeout).await
     }
 
     /// Kills the cloud (every task aborted at once, as in a crash: batches may be committed but

@@ -1,16 +1,21 @@
 //! Benchmarks: each kind stands up the component under test the way it runs in production and
 //! drives it with simulated clients until it reports figures a target can be checked against.
 //!
-//! [`broker`] and [`ingest`] exist so far; `api`, `edge` and `notify` are meant to join them as
-//! sibling modules and [`BenchKind`] variants. What they share lives here, below all of them:
-//! [`latency`] (percentiles), [`progress`] (bars on a terminal only) and [`open_files`] (the
-//! descriptor limit a benchmark with thousands of sockets needs).
+//! [`broker`], [`ingest`] and [`api`] exist so far; `edge` and `notify` are meant to join them
+//! as sibling modules and [`BenchKind`] variants. What they share lives here, below all of them:
+//! [`latency`] (percentiles), [`progress`] (bars on a terminal only), [`open_files`] (the
+//! descriptor limit a benchmark with thousands of sockets needs), [`scratch`] (a database of
+//! the run's own, dropped however the run ends) and [`cloud`] (the embedded broker and the
+//! cloud in this process, ready).
 
+pub mod api;
 pub mod broker;
+pub mod cloud;
 pub mod ingest;
 pub mod latency;
 pub mod open_files;
 pub mod progress;
+pub mod scratch;
 
 /// Which component to benchmark.
 #[derive(Debug, clap::Subcommand)]
@@ -21,6 +26,9 @@ pub enum BenchKind {
     /// Phones to Postgres in this process, the cloud alone, and a plain COPY of the same rows:
     /// readings per second, sensor-to-commit lag, CPU and memory, on a scratch database.
     Ingest(ingest::IngestBenchArgs),
+    /// The cloud's REST API in this process: credit assessments and person reads per second
+    /// and their latency, at most and at half rate, against pgbench on the same Postgres.
+    Api(api::ApiBenchArgs),
 }
 
 /// Warns on stderr when this binary was built without optimisations: the figures of a debug
@@ -32,4 +40,15 @@ pub fn warn_if_debug_build() {
              Build with cargo build --release -p ecs-simulator -p ecs-broker"
         );
     }
+}
+
+/// Parses a benchmark's arguments as the command line gives them, for the benches' tests.
+#[cfg(test)]
+pub(crate) fn parse_args<A: clap::Args>(args: &[&str]) -> Result<A, clap::Error> {
+    #[derive(clap::Parser)]
+    struct Cli<A: clap::Args> {
+        #[command(flatten)]
+        args: A,
+    }
+    Ok(<Cli<A> as clap::Parser>::try_parse_from([&["bench"], args].concat())?.args)
 }

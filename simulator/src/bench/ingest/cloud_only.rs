@@ -1,6 +1,6 @@
-//! The cloud alone: the embedded broker and the cloud (`ecs_cloud::app::spawn`, with the
-//! settings the demo's stack uses), fed pre-encoded batches by the [`generator`] on the
-//! service listener, so neither phones nor TLS share the machine with it.
+//! The cloud alone: the embedded broker and the cloud ([`BenchCloud`], with the settings the
+//! demo's stack uses), fed pre-encoded batches by the [`generator`] on the broker's service
+//! listener, so neither phones nor TLS share the machine with it.
 //!
 //! [`generator`]: super::generator
 
@@ -9,30 +9,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::Utc;
-use ecs_broker::{BrokerSettings, PkiDir, RunningBroker, Secret};
-use ecs_cloud::{
-    app::{self, RunningApp},
-    config::{ModelSettings, Settings},
-    model::ModelKind,
-};
 use sqlx::PgPool;
 
-use super::generator::{Generator, Login, Totals};
+use super::generator::{Generator, Totals};
 use super::uplinks::{self, Uplinks};
 use super::usage::{CpuFigures, Memory};
 use super::window::{Mark, per_second};
+use crate::bench::cloud::{BenchCloud, ServiceLogin};
 use crate::bench::progress::Progress;
-use crate::stack::random_secret;
 
 /// Readings per second the batch pool is made for: far above what one cloud commits here, so
 /// the generator never runs out (if it does, the report says so).
 const POOL_READINGS_PER_S: f64 = 100_000.0;
-/// How long the cloud gets to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the broker gets to stop.
-const BROKER_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct CloudOnlyPlan {
@@ -89,84 +79,23 @@ pub async fn run(
     .context("the encoding task failed")??;
     let uplinks = Arc::new(uplinks);
 
-    let pki = PkiDir::init(
-        workdir.join("cloud-only-pki"),
-        &["localhost".to_owned(), "127.0.0.1".to_owned()],
-    )
-    .context("creating the certificate authority")?;
-    let password = random_secret();
-    let settings = BrokerSettings::loopback(&pki, Secret::new(password.clone()))
-        .context("finding free ports for the broker")?;
-    let username = settings.service_username.clone();
-    let broker = tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
-        .await
-        .context("starting the broker")??;
-    let login = Login {
-        addr: broker.service_addr(),
-        username,
-        password: Secret::new(password.clone()),
-    };
-    let cloud = app::spawn(cloud_settings(database_url, &broker, &login, password)?)
-        .await
-        .context("starting the cloud")?;
-    let measured = match wait_ready(&cloud).await {
-        Ok(()) => measure(pool, plan, login, Arc::clone(&uplinks), progress).await,
-        Err(e) => Err(e),
-    };
-    cloud.stop().await;
-    let stopped = tokio::time::timeout(
-        BROKER_STOP_TIMEOUT,
-        tokio::task::spawn_blocking(move || broker.stop()),
+    let cloud = BenchCloud::start(database_url, workdir, |_| {}).await?;
+    let measured = measure(
+        pool,
+        plan,
+        cloud.service.clone(),
+        Arc::clone(&uplinks),
+        progress,
     )
     .await;
-    if stopped.is_err() {
-        tracing::warn!("the cloud-only broker did not stop within {BROKER_STOP_TIMEOUT:?}");
-    }
+    cloud.stop().await;
     Ok((measured?, uplinks))
-}
-
-/// The settings `Stack::start` gives the demo's cloud, on this broker.
-fn cloud_settings(
-    database_url: &str,
-    broker: &RunningBroker,
-    login: &Login,
-    password: String,
-) -> anyhow::Result<Settings> {
-    let mqtt = crate::stack::embedded_broker_login(broker, login.username.clone(), password);
-    let model = ModelSettings {
-        kind: ModelKind::Scorecard,
-        seed: Some(7),
-        ..ModelSettings::default()
-    };
-    crate::stack::cloud_settings(database_url, random_secret(), mqtt, model)
-}
-
-async fn wait_ready(cloud: &RunningApp) -> anyhow::Result<()> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let url = format!("http://{}/readyz", cloud.http_addr);
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        let ready = client
-            .get(&url)
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if ready {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the cloud did not become ready within {READY_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn measure(
     pool: &PgPool,
     plan: &CloudOnlyPlan,
-    login: Login,
+    login: ServiceLogin,
     uplinks: Arc<Uplinks>,
     progress: &Progress,
 ) -> anyhow::Result<CloudOnlyFigures> {

@@ -7,19 +7,19 @@
 //! bench's runtime it would compete with the cloud for the same scheduler.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use ecs_broker::{MAX_PACKET_BYTES, Secret};
+use ecs_broker::MAX_PACKET_BYTES;
 use ecs_protocol::{Ack, Downlink, decode_downlink, topic};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::uplinks::Uplinks;
+use crate::bench::cloud::ServiceLogin;
 
 /// How long connecting and subscribing may take.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,14 +28,6 @@ const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long stopping may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where and as whom the generator logs in (the broker's service listener).
-#[derive(Debug, Clone)]
-pub struct Login {
-    pub addr: SocketAddr,
-    pub username: String,
-    pub password: Secret,
-}
 
 /// Running totals, read by the bench at the edges of its window.
 #[derive(Debug, Default)]
@@ -60,7 +52,7 @@ impl Generator {
     /// Connects, subscribes to every downlink, and starts publishing `in_flight` batches per
     /// device. Returns once the first batches are on their way.
     pub async fn start(
-        login: Login,
+        login: ServiceLogin,
         uplinks: Arc<Uplinks>,
         in_flight: usize,
     ) -> anyhow::Result<Self> {
@@ -135,7 +127,7 @@ struct Lane {
 }
 
 async fn generate(
-    login: Login,
+    login: ServiceLogin,
     uplinks: Arc<Uplinks>,
     in_flight: usize,
     totals: Arc<Totals>,
@@ -246,7 +238,7 @@ impl Sender<'_> {
 
 /// Connects on the service listener and subscribes to every downlink, waiting for the SUBACK.
 async fn connect(
-    login: &Login,
+    login: &ServiceLogin,
     devices: usize,
     in_flight: usize,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {

@@ -1,7 +1,7 @@
 //! `ecs-simulator bench ingest`: how fast readings get from phones into Postgres, against how
 //! fast Postgres takes the same rows by itself.
 //!
-//! One run, on a scratch database of its own ([`scratch`]), `emotion_readings` emptied before
+//! One run, on a scratch database of its own ([`with_scratch`]), `emotion_readings` emptied before
 //! each phase:
 //! 1. **end to end** ([`pipeline`]): phones in this process as the demo runs them, offered more
 //!    than the pipeline takes; readings committed and acked per second, sensor-to-commit lag
@@ -20,7 +20,6 @@ pub mod generator;
 pub mod lag;
 pub mod pipeline;
 pub mod report;
-pub mod scratch;
 pub mod uplinks;
 pub mod usage;
 pub mod window;
@@ -28,7 +27,7 @@ pub mod window;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use ecs_edge_agent::AgentConfig;
 use ecs_protocol::MAX_READINGS_PER_BATCH;
 use sqlx::{PgPool, postgres::PgPoolOptions};
@@ -36,7 +35,7 @@ use sqlx::{PgPool, postgres::PgPoolOptions};
 use self::cloud_only::CloudOnlyPlan;
 use self::pipeline::PipelinePlan;
 use self::report::{Findings, IngestReport};
-use self::scratch::ScratchDatabase;
+use crate::bench::scratch::{ScratchDatabase, ScratchServer, with_scratch};
 use crate::bench::{open_files, progress::Progress};
 
 /// Descriptors per phone: its TLS socket, the broker's end of it, its SQLite file with WAL and
@@ -45,15 +44,9 @@ const FILES_PER_PHONE: u64 = 8;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IngestBenchArgs {
-    /// Postgres server to run on. The bench creates a scratch database there
-    /// (`ecs_bench_<random>`), migrates it and drops it at the end.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        hide_env_values = true,
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub database_url: String,
+    // `--database-url`: the server the scratch database is made on.
+    #[command(flatten)]
+    pub server: ScratchServer,
     /// Phones end to end, and devices the load generator publishes for.
     #[arg(long, default_value_t = 100)]
     pub phones: usize,
@@ -140,24 +133,10 @@ pub async fn run(args: &IngestBenchArgs) -> anyhow::Result<IngestReport> {
         .prefix("ecs-bench-ingest-")
         .tempdir_in(&base)
         .with_context(|| format!("creating a working directory in {}", base.display()))?;
-    let scratch = ScratchDatabase::create(&args.database_url).await?;
-    let progress = Progress::for_stderr();
-    progress.note(&format!("scratch database {}", scratch.name()));
-    let outcome = tokio::select! {
-        outcome = run_in(args, &scratch, workdir.path(), &progress) => outcome,
-        () = ecs_telemetry::shutdown_signal() => Err(anyhow!("interrupted")),
-    };
-    let name = scratch.name().to_owned();
-    let dropped = scratch.drop_now().await;
-    match (outcome, dropped) {
-        (Ok(report), Ok(())) => Ok(report),
-        (Ok(report), Err(e)) => {
-            eprintln!("warning: {e}");
-            Ok(report)
-        }
-        (Err(e), Ok(())) => Err(e.context(format!("the scratch database {name} was dropped"))),
-        (Err(e), Err(dropping)) => Err(e.context(dropping.to_string())),
-    }
+    with_scratch(&args.server.database_url, async |scratch, progress| {
+        run_in(args, scratch, workdir.path(), progress).await
+    })
+    .await
 }
 
 async fn run_in(
@@ -271,18 +250,10 @@ fn default_work_dir() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: IngestBenchArgs,
-    }
-
     fn parse(args: &[&str]) -> anyhow::Result<IngestBenchArgs> {
-        let args = Cli::try_parse_from([&["bench"], args].concat())?.args;
+        let args: IngestBenchArgs = crate::bench::parse_args(args)?;
         args.check()?;
         Ok(args)
     }

@@ -1,5 +1,6 @@
 //! The run's own database: created fresh on the server DATABASE_URL names, migrated, dropped at
 //! the end, so figures never depend on what an earlier run (or anyone else) left in the tables.
+//! [`with_scratch`] runs a benchmark on one and drops it however the run ends.
 
 use std::time::Duration;
 
@@ -11,10 +12,56 @@ use sqlx::{
     postgres::{PgConnectOptions, PgConnection},
 };
 
+use crate::bench::progress::Progress;
+
 /// How long connecting to Postgres, or one administrative statement, may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Prefix of every scratch database, so a leftover one (a killed run) is easy to recognise.
 pub const PREFIX: &str = "ecs_bench_";
+
+/// The Postgres server a benchmark makes its scratch database on (`--database-url`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScratchServer {
+    /// Postgres server to run on. The bench creates a scratch database there
+    /// (`ecs_bench_<random>`), migrates it and drops it at the end.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub database_url: String,
+}
+
+/// Creates a scratch database on the server of `database_url`, runs `bench` on it until it
+/// returns or Ctrl-C (SIGINT or SIGTERM) comes, and drops the database either way. Progress
+/// goes to stderr when it is a terminal.
+///
+/// A failure to drop the database is a warning on stderr when `bench` succeeded, and part of
+/// the error when it failed; an error of `bench` says whether the database was dropped.
+pub async fn with_scratch<T>(
+    database_url: &str,
+    bench: impl AsyncFnOnce(&ScratchDatabase, &Progress) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let scratch = ScratchDatabase::create(database_url).await?;
+    let progress = Progress::for_stderr();
+    progress.note(&format!("scratch database {}", scratch.name()));
+    let outcome = tokio::select! {
+        outcome = bench(&scratch, &progress) => outcome,
+        () = ecs_telemetry::shutdown_signal() => Err(anyhow!("interrupted")),
+    };
+    let name = scratch.name().to_owned();
+    let dropped = scratch.drop_now().await;
+    match (outcome, dropped) {
+        (Ok(value), Ok(())) => Ok(value),
+        (Ok(value), Err(e)) => {
+            eprintln!("warning: {e}");
+            Ok(value)
+        }
+        (Err(e), Ok(())) => Err(e.context(format!("the scratch database {name} was dropped"))),
+        (Err(e), Err(dropping)) => Err(e.context(dropping.to_string())),
+    }
+}
 
 /// A scratch database that exists until [`ScratchDatabase::drop_now`].
 pub struct ScratchDatabase {

@@ -1,0 +1,113 @@
+//! The people the load asks about, created through the API as the bank's back office would:
+//! a consenting user, then three monthly salaries (as the cloud's tests' `person` does), so
+//! every assessment has a financial history to score.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::bench::cloud::BenchCloud;
+use crate::bench::progress::Progress;
+use crate::history::Transaction;
+use crate::mobile::ApiClient;
+
+/// Seeding requests in flight at most: enough to keep the cloud busy, few enough that seeding
+/// never measures anything or queues on the pool.
+const MAX_SEEDERS: usize = 8;
+
+/// Creates `count` people with `connections.min(MAX_SEEDERS)` requests in flight; returns their
+/// ids in creation order. Any refused request fails the seeding: the load needs them all.
+pub async fn people(
+    cloud: &BenchCloud,
+    count: usize,
+    connections: usize,
+    progress: &Progress,
+) -> anyhow::Result<Arc<[Uuid]>> {
+    let admin = ApiClient::new(&cloud.base_url, &cloud.admin_token)
+        .context("building the seeding client")?;
+    let bar = progress.counter("seeding", count as u64);
+    let next = Arc::new(AtomicUsize::new(0));
+    let now = Utc::now();
+    let mut seeders = JoinSet::new();
+    for _ in 0..connections.clamp(1, MAX_SEEDERS) {
+        let (admin, next, bar) = (admin.clone(), Arc::clone(&next), bar.clone());
+        seeders.spawn(async move {
+            let mut made = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return anyhow::Ok(made);
+                }
+                made.push((n, person(&admin, n, now).await?));
+                bar.inc(1);
+            }
+        });
+    }
+    let mut ids = vec![Uuid::nil(); count];
+    while let Some(joined) = seeders.join_next().await {
+        // The first failure ends the seeding; dropping the set aborts the other seeders.
+        for (n, id) in joined.context("a seeding task failed")?? {
+            ids[n] = id;
+        }
+    }
+    bar.finish_and_clear();
+    progress.note(&format!("seeded {count} people through the API"));
+    Ok(ids.into())
+}
+
+/// Person `n`: `Bench n`, consenting, with three salaries of 5 000.00 in the last three months.
+async fn person(admin: &ApiClient, n: usize, now: DateTime<Utc>) -> anyhow::Result<Uuid> {
+    let user = admin
+        .create_user(&format!("Bench {n}"), true)
+        .await
+        .with_context(|| format!("creating person {n}"))?;
+    let recorded = admin
+        .record_transactions(user.user_id, &salaries(now))
+        .await
+        .with_context(|| format!("recording person {n}'s salaries"))?;
+    anyhow::ensure!(
+        recorded.inserted == 3,
+        "person {n}: {} of 3 salaries recorded",
+        recorded.inserted
+    );
+    Ok(user.user_id)
+}
+
+/// Three monthly salary inflows, the latest 25 days ago.
+fn salaries(now: DateTime<Utc>) -> Vec<Transaction> {
+    (1..=3)
+        .map(|m| Transaction {
+            external_ref: format!("salary-{m}"),
+            direction: "inflow",
+            amount_cents: 500_000,
+            category: "salary",
+            occurred_at: now - chrono::Duration::days(30 * m - 5),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_distinct_monthly_salaries_in_the_past() {
+        let now = Utc::now();
+        let txs = salaries(now);
+        assert_eq!(txs.len(), 3);
+        assert!(
+            txs.iter()
+                .all(|t| t.occurred_at < now && t.direction == "inflow")
+        );
+        let refs: std::collections::HashSet<_> = txs.iter().map(|t| &t.external_ref).collect();
+        assert_eq!(
+            refs.len(),
+            3,
+            "external refs must differ or the API de-duplicates them"
+        );
+    }
+}

@@ -144,8 +144,10 @@ pub async fn run(options: FleetOptions, shutdown: CancellationToken) -> anyhow::
     Ok(())
 }
 
-/// The mobile app of every person in the roster: every `interval`, ask for an offer and accept
-/// it when approved.
+/// The mobile app of every person in the roster: every `interval`, catch up on the person's
+/// notifications since the last ones it saw (all of them after a start: what the person missed
+/// while the app was away), then ask for an offer and accept it when approved. An assessment
+/// refused for the person's allowance (429) is not an error: the app asks again later.
 pub async fn run_mobile(
     api_url: &str,
     roster_file: &std::path::Path,
@@ -164,14 +166,17 @@ pub async fn run_mobile(
             }
         }
     };
+    // Where each person's notifications were read up to.
+    let mut cursors: Vec<Option<String>> = vec![None; roster.len()];
     let mut ticker = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = ticker.tick() => {}
         }
-        for entry in &roster {
+        for (entry, cursor) in roster.iter().zip(cursors.iter_mut()) {
             let api = ApiClient::new(api_url, &entry.api_token)?;
+            catch_up(&api, entry, cursor).await;
             match api.request_offer(entry.user_id).await {
                 Ok(offer) if offer.approved => match api.accept_offer(offer.offer_id).await {
                     Ok(_) => tracing::info!(user_id = %entry.user_id, offer_id = %offer.offer_id,
@@ -180,9 +185,37 @@ pub async fn run_mobile(
                 },
                 Ok(offer) => tracing::info!(user_id = %entry.user_id, offer_id = %offer.offer_id,
                     reasons = ?offer.reason_codes, "offer declined"),
+                Err(e) if e.is_rate_limited() => tracing::info!(user_id = %entry.user_id,
+                    "assessments for this hour used up; asking again later"),
                 Err(e) => {
                     tracing::warn!(user_id = %entry.user_id, error = %e, "offer request failed")
                 }
+            }
+        }
+    }
+}
+
+/// Prints the person's notifications after `cursor`, page by page, and moves it on. A failure
+/// leaves the cursor where it was: the next tick asks again from there.
+async fn catch_up(api: &ApiClient, entry: &RosterEntry, cursor: &mut Option<String>) {
+    loop {
+        match api.notifications(entry.user_id, cursor.as_deref()).await {
+            Ok(page) => {
+                for n in &page.notifications {
+                    tracing::info!(user_id = %entry.user_id, notification_id = %n.notification_id,
+                        kind = %n.kind, offer_id = %n.offer_id, device_id = %n.device_id,
+                        delivered = n.delivered_at.is_some(), "notification");
+                }
+                if page.next_after.is_some() {
+                    *cursor = page.next_after;
+                }
+                if !page.more {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(user_id = %entry.user_id, error = %e, "notifications unavailable");
+                return;
             }
         }
     }

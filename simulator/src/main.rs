@@ -99,7 +99,10 @@ enum Command {
             default_value = "./ecs-fleet/roster.json"
         )]
         roster_file: PathBuf,
-        #[arg(long, env = "ECS_MOBILE_INTERVAL_SECS", default_value_t = 30)]
+        /// Seconds between rounds; a person is assessed at most ECS_ASSESSMENTS_PER_HOUR times an
+        /// hour (10 by default), so rounds faster than every 6 minutes meet 429s (logged, not
+        /// errors).
+        #[arg(long, env = "ECS_MOBILE_INTERVAL_SECS", default_value_t = 360)]
         interval_secs: u64,
     },
     /// Measure a component under load (build with --release first).

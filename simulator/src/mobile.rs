@@ -22,6 +22,31 @@ pub enum ApiError {
     },
 }
 
+/// One page of `GET /v1/users/{id}/notifications`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotificationPage {
+    pub notifications: Vec<NotificationItem>,
+    pub next_after: Option<String>,
+    pub more: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NotificationItem {
+    pub notification_id: Uuid,
+    pub device_id: String,
+    pub kind: String,
+    pub offer_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl ApiError {
+    /// The API's answer was 429: an allowance is used up for now.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, ApiError::Status { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS)
+    }
+}
+
 /// A typed client of the ECS REST API, authenticated with one bearer token.
 #[derive(Clone)]
 pub struct ApiClient {
@@ -158,6 +183,22 @@ impl ApiClient {
             &serde_json::json!({}),
         )
         .await
+    }
+
+    /// The person's notifications after `after` (a `next_after` from an earlier page; `None`:
+    /// from the first), oldest first.
+    pub async fn notifications(
+        &self,
+        user_id: Uuid,
+        after: Option<&str>,
+    ) -> Result<NotificationPage, ApiError> {
+        let mut path = format!("/v1/users/{user_id}/notifications?limit=100");
+        if let Some(after) = after {
+            // A cursor is digits, a dot and a UUID: nothing to escape.
+            path.push_str("&after=");
+            path.push_str(after);
+        }
+        self.get(&path).await
     }
 
     pub async fn accept_offer(&self, offer_id: Uuid) -> Result<Offer, ApiError> {

@@ -169,6 +169,8 @@ async fn a_schema_driven_fuzzer_finds_no_server_error_and_no_mismatch() {
         ])
         .args(["--report-dir", &reports.path().display().to_string()])
         .env("NO_COLOR", "1")
+        // Its cache (of earlier failures, replayed first) stays with this run, not the tree.
+        .current_dir(reports.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -371,7 +371,9 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     components.spawn(
         "http_server",
         async move {
-            let served = axum::serve(listener, router)
+            // With the client's address, for the limit on failed authentications per address.
+            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            let served = axum::serve(listener, service)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
             if let Err(e) = served {

@@ -106,7 +106,13 @@ pub struct Authenticator {
     pool: PgPool,
     user_rates: KeyedRates<Uuid>,
     admin_rate: std::sync::Mutex<ecs_limits::TokenBucket>,
+    /// Failed authentications per client address: guessing (or a flood of junk tokens) from
+    /// one address is slowed without costing anyone else.
+    failures: KeyedRates<std::net::IpAddr>,
 }
+
+/// Failed authentications per second one address may make (with a burst of twice that).
+pub const FAILED_AUTHENTICATIONS_PER_ADDRESS: f64 = 10.0;
 
 impl Authenticator {
     /// With the default [`ApiRates`].
@@ -129,7 +135,36 @@ impl Authenticator {
                 rates.admin_burst,
                 Instant::now(),
             )),
+            failures: KeyedRates::new(
+                FAILED_AUTHENTICATIONS_PER_ADDRESS,
+                2.0 * FAILED_AUTHENTICATIONS_PER_ADDRESS,
+                MAX_RATED_CALLERS,
+            ),
         })
+    }
+
+    /// [`Authenticator::authenticate`] for a client at `addr` (when known): an address past its
+    /// rate of failures is answered 429 before its token is even looked at.
+    pub async fn authenticate_from(
+        &self,
+        addr: Option<std::net::IpAddr>,
+        authorization: Option<&str>,
+    ) -> Result<Principal> {
+        let now = Instant::now();
+        if let Some(ip) = addr
+            && let Some(wait) = self.failures.wait_for(&ip, now)
+        {
+            return Err(Error::RateLimited {
+                what: "too many failed authentications from this address",
+                retry_after: wait.min(Duration::from_secs(3600)),
+            });
+        }
+        let outcome = self.authenticate(authorization).await;
+        if let (Some(ip), Err(Error::Unauthenticated)) = (addr, &outcome) {
+            // Spent after the fact: only failures count.
+            let _ = self.failures.take_or_wait(&ip, now);
+        }
+        outcome
     }
 
     /// Spends one request of the caller's rate.
@@ -219,7 +254,13 @@ where
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         let auth = state.authenticator();
-        let principal = auth.authenticate(header).await?;
+        // Present when the server was started with connect info (the app); absent in tests
+        // that call the router directly, which then do not limit failures.
+        let addr = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let principal = auth.authenticate_from(addr, header).await?;
         auth.spend(principal)?;
         let span = tracing::Span::current();
         match principal {
@@ -322,6 +363,23 @@ mod tests {
                 "{bad:?}"
             );
         }
+
+        // One address's failures are limited; another's are not.
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let burst = (2.0 * FAILED_AUTHENTICATIONS_PER_ADDRESS) as usize;
+        for _ in 0..burst {
+            let out = auth.authenticate_from(Some(a), Some("Bearer nope")).await;
+            assert!(matches!(out, Err(Error::Unauthenticated)), "{out:?}");
+        }
+        let out = auth.authenticate_from(Some(a), Some(&bearer(&token))).await;
+        assert!(matches!(out, Err(Error::RateLimited { .. })), "{out:?}");
+        assert_eq!(
+            auth.authenticate_from(Some(b), Some(&bearer(&token)))
+                .await
+                .unwrap(),
+            Principal::User(user)
+        );
 
         sqlx::query("UPDATE api_tokens SET revoked_at = now()")
             .execute(&pool)

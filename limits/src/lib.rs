@@ -119,6 +119,20 @@ impl<K: Hash + Eq + Clone> KeyedRates<K> {
             .take_or_wait(1.0, now)
     }
 
+    /// How long until `key` has a token, without taking one (`None`: it has one now).
+    pub fn wait_for(&self, key: &K, now: Instant) -> Option<Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = buckets.get_mut(key)?;
+        bucket.refill(now);
+        if bucket.tokens >= 1.0 {
+            return None;
+        }
+        if bucket.rate == 0.0 {
+            return Some(Duration::MAX);
+        }
+        Some(Duration::from_secs_f64((1.0 - bucket.tokens) / bucket.rate))
+    }
+
     /// Forgets keys whose bucket is full again.
     pub fn sweep(&self, now: Instant) {
         self.buckets
@@ -191,6 +205,21 @@ mod tests {
         assert!(rates.try_take(&"a", now) && rates.try_take(&"a", now));
         assert!(!rates.try_take(&"a", now));
         assert!(rates.try_take(&"b", now));
+    }
+
+    #[test]
+    fn waiting_can_be_asked_without_spending() {
+        let now = Instant::now();
+        let rates = KeyedRates::new(2.0, 1.0, 10);
+        assert_eq!(
+            rates.wait_for(&"a", now),
+            None,
+            "an unknown key has its burst"
+        );
+        assert!(rates.try_take(&"a", now));
+        assert_eq!(rates.wait_for(&"a", now), Some(Duration::from_millis(500)));
+        assert_eq!(rates.wait_for(&"a", now), Some(Duration::from_millis(500)));
+        assert_eq!(rates.wait_for(&"a", at(now, 500)), None);
     }
 
     #[test]

@@ -199,3 +199,95 @@ async fn accept_and_the_worker_racing_erasure_never_fail(pool: PgPool) {
         );
     }
 }
+
+/// People with an accepted offer each, waiting for the worker.
+async fn accepted_offers(app: &Router, n: usize) -> Vec<String> {
+    let mut offers = Vec::new();
+    for _ in 0..n {
+        let (user, _) = person(app).await;
+        let (status, offer) = assess(app, &user).await;
+        assert_eq!(status, StatusCode::CREATED, "{offer}");
+        let offer_id = offer["offer_id"].as_str().unwrap().to_owned();
+        assert_eq!(accept(app, &offer_id, ADMIN).await, StatusCode::ACCEPTED);
+        offers.push(offer_id);
+    }
+    offers
+}
+
+async fn applied_once(pool: &PgPool, offers: &[String]) {
+    for offer in offers {
+        let (history, status): (i64, String) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM credit_limit_history WHERE offer_id = $1::uuid),
+                    (SELECT status FROM credit_offers WHERE offer_id = $1::uuid)",
+        )
+        .bind(offer)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        assert_eq!((history, status.as_str()), (1, "applied"), "offer {offer}");
+    }
+    let notifications: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM notifications WHERE kind = 'offer_applied'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    // One phone per person: one notification per applied offer, never two.
+    assert_eq!(notifications, offers.len() as i64);
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn two_workers_racing_apply_each_offer_once(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let offers = accepted_offers(&app, 20).await;
+    let (a, b) = (Arc::new(worker(&pool)), Arc::new(worker(&pool)));
+    let run = |w: Arc<OfferWorker>| {
+        tokio::spawn(async move {
+            let mut applied = 0;
+            // A worker that finds every waiting person held by the other sees an empty queue:
+            // keep going until both have seen nothing twice in a row.
+            let mut empty = 0;
+            while empty < 2 {
+                match w.process_next().await.unwrap() {
+                    ExecutionOutcome::TaskCompleted => {
+                        applied += 1;
+                        empty = 0;
+                    }
+                    ExecutionOutcome::EmptyQueue => {
+                        empty += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    ExecutionOutcome::TaskFailed => panic!("an offer failed to apply"),
+                }
+            }
+            applied
+        })
+    };
+    let (x, y) = tokio::join!(run(a), run(b));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert!(x + y >= offers.len(), "{x} + {y}");
+    drain(&worker(&pool)).await;
+    applied_once(&pool, &offers).await;
+}
+
+/// The worker stopped at every point of its work (its future dropped, as a killed process's
+/// connection is closed): what it had done rolls back, and the next pass applies each offer once.
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn a_worker_stopped_mid_work_leaves_each_offer_to_be_applied_once(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let offers = accepted_offers(&app, 8).await;
+    let w = worker(&pool);
+    // Growing deadlines cut the pass at different statements: after the claim, after the
+    // limit, before the commit, ...
+    for micros in (0..4_000).step_by(250) {
+        let cut =
+            tokio::time::timeout(std::time::Duration::from_micros(micros), w.process_next()).await;
+        if let Ok(outcome) = cut {
+            assert!(
+                !matches!(outcome, Ok(ExecutionOutcome::TaskFailed)),
+                "{outcome:?}"
+            );
+        }
+    }
+    drain(&w).await;
+    applied_once(&pool, &offers).await;
+}

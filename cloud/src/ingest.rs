@@ -394,6 +394,7 @@ impl Ingest {
             delivered = done.rows_affected(),
             "notification receipt applied"
         );
+        metrics::counter!("ecs_notifications_delivered_total").increment(done.rows_affected());
         Ok(Outcome::ReceiptApplied {
             device_id: device,
             delivered: done.rows_affected(),

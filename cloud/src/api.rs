@@ -33,7 +33,7 @@ use crate::{
     Error,
     analytics::Analytics,
     auth::{Authenticator, HasAuthenticator, Principal},
-    error::{Problem, ProblemType, Result},
+    error::{AuthProblems, Problem, ProblemType, Result},
     offers::Assessor,
 };
 
@@ -338,10 +338,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus metrics (admin token): request rates, ingest, the worker, the model's breaker.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-              (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn metrics(State(state): State<AppState>, principal: Principal) -> Result<Response> {
     principal.ensure_admin()?;
@@ -369,8 +367,7 @@ struct ProblemTypeView {
 #[utoipa::path(get, path = "/problems/{slug}", tag = "operations",
     params(("slug" = String, Path, description = "The last segment of a problem's `type`.",
             pattern = "^[a-z-]{1,40}$")),
-    responses((status = 200, body = ProblemTypeView),
-              (status = 404, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, body = ProblemTypeView), (status = 404, body = Problem, content_type = "application/problem+json")))]
 async fn problem_type(ApiPath(slug): ApiPath<String>) -> Result<Json<ProblemTypeView>> {
     let t = ProblemType::from_slug(&slug).ok_or(Error::NotFound("problem type"))?;
     Ok(Json(ProblemTypeView {

@@ -321,6 +321,43 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+/// What every authenticated operation can answer besides its own outcomes, for the OpenAPI
+/// document (never constructed: only its description is used).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum AuthProblems {
+    /// The bearer token is missing, unknown or revoked.
+    #[response(status = 401, content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    /// The token's rate (or the person's assessments for the period) is used up; see
+    /// `Retry-After`.
+    #[response(status = 429, content_type = "application/problem+json")]
+    RateLimited(Problem),
+    /// Postgres or the model is unavailable, contention on the person, or a timeout; see
+    /// `Retry-After`.
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
+/// What every operation with a JSON body (or a path parameter) can answer about its input.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum BodyProblems {
+    /// Not JSON, or a path parameter of the wrong shape.
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// The body is larger than 1 MiB.
+    #[response(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Problem),
+    /// The body is not `application/json`.
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+    /// A field has a value the API does not accept (`errors` names it), or an
+    /// Idempotency-Key was reused for another request.
+    #[response(status = 422, content_type = "application/problem+json")]
+    Validation(Problem),
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// JSON path of the field in the body, or the parameter's name.

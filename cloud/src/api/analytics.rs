@@ -16,7 +16,7 @@ use crate::{
         traffic::IngestView,
     },
     auth::Principal,
-    error::{Problem, Result},
+    error::{AuthProblems, Problem, Result},
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -70,9 +70,8 @@ pub struct Me {
 
 /// Who the bearer token belongs to (the dashboard picks the operator's or the person's view).
 #[utoipa::path(get, path = "/v1/me",
-    responses((status = 200, body = Me), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = Me),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn me(principal: Principal) -> Json<Me> {
     Json(match principal {
@@ -90,11 +89,11 @@ async fn me(principal: Principal) -> Json<Me> {
 /// The population's mean valence, stress and arousal, hour by hour (admin only). Hours with
 /// fewer than k people are suppressed.
 #[utoipa::path(get, path = "/v1/analytics/emotions/hourly", params(HoursQuery),
-    responses((status = 200, body = HourlyMood), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json"),
-              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = HourlyMood),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn hourly_mood(
     State(state): State<AppState>,
@@ -109,10 +108,10 @@ async fn hourly_mood(
 /// How many people's current credit limit falls in each band (admin only; bands of fewer than
 /// k people are suppressed).
 #[utoipa::path(get, path = "/v1/analytics/credit-limits",
-    responses((status = 200, body = Distribution), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json"),
-              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = Distribution),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn credit_limits(
     State(state): State<AppState>,
@@ -125,10 +124,10 @@ async fn credit_limits(
 /// How many people's current interest rate falls in each band (admin only; bands of fewer than
 /// k people are suppressed).
 #[utoipa::path(get, path = "/v1/analytics/interest-rates",
-    responses((status = 200, body = Distribution), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json"),
-              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = Distribution),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn interest_rates(
     State(state): State<AppState>,
@@ -140,11 +139,11 @@ async fn interest_rates(
 
 /// Approval rate and the reasons of declined and approved offers in the window (admin only).
 #[utoipa::path(get, path = "/v1/analytics/decisions", params(DaysQuery),
-    responses((status = 200, body = Decisions), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json"),
-              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = Decisions),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn decisions(
     State(state): State<AppState>,
@@ -158,11 +157,11 @@ async fn decisions(
 
 /// The offer funnel: assessed → approved → accepted → applied → notified (admin only).
 #[utoipa::path(get, path = "/v1/analytics/funnel", params(DaysQuery),
-    responses((status = 200, body = Funnel), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json"),
-              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = Funnel),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn funnel(
     State(state): State<AppState>,
@@ -177,11 +176,11 @@ async fn funnel(
 /// Readings stored per minute, their lag from the sensor, and the phones connected now (admin
 /// only).
 #[utoipa::path(get, path = "/v1/analytics/ingest", params(MinutesQuery),
-    responses((status = 200, body = IngestView), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json"),
-              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = IngestView),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn ingest(
     State(state): State<AppState>,
@@ -197,11 +196,12 @@ async fn ingest(
 /// (the person or admin).
 #[utoipa::path(get, path = "/v1/users/{user_id}/analytics",
     params(("user_id" = Uuid, Path, description = "The person."), HoursQuery),
-    responses((status = 200, body = PersonalView), (status = 401, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json"),
-              (status = 400, body = Problem, content_type = "application/problem+json"), (status = 403, body = Problem, content_type = "application/problem+json"),
-              (status = 404, body = Problem, content_type = "application/problem+json"), (status = 422, body = Problem, content_type = "application/problem+json")),
+    responses((status = 200, body = PersonalView),
+              (status = 400, body = Problem, content_type = "application/problem+json"),
+              (status = 403, body = Problem, content_type = "application/problem+json"),
+              (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
+              AuthProblems),
     security(("bearer" = [])))]
 async fn personal(
     State(state): State<AppState>,

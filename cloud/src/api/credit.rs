@@ -15,7 +15,7 @@ use super::{ApiPath, AppState, OptionalJson, json};
 use crate::{
     Error,
     auth::Principal,
-    error::{Problem, Result},
+    error::{AuthProblems, BodyProblems, Problem, Result},
     idempotency::{self, Answer, MaybeKey, Once},
     model::{NamedValue, RiskScore},
     offers::{self, CreditOffer, CurrentCreditLine, OfferRequest},
@@ -122,16 +122,11 @@ impl OfferBody {
             pattern = "^[\\x21-\\x7E]+$",
             description = "Makes a retry safe: the same key and body answer the first response.")),
     responses((status = 201, body = OfferView),
-              (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 413, body = Problem, content_type = "application/problem+json"),
-              (status = 415, body = Problem, content_type = "application/problem+json"),
-              (status = 422, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")),
+              BodyProblems,
+              AuthProblems),
     security(("bearer" = [])))]
 pub(super) async fn create_offer(
     State(state): State<AppState>,
@@ -167,10 +162,8 @@ pub(super) async fn create_offer(
     params(("offer_id" = Uuid, Path, description = "The offer.")),
     responses((status = 200, body = OfferView),
               (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")),
+              AuthProblems),
     security(("bearer" = [])))]
 pub(super) async fn get_offer(
     State(state): State<AppState>,
@@ -191,11 +184,9 @@ pub(super) async fn get_offer(
     params(("offer_id" = Uuid, Path, description = "The offer.")),
     responses((status = 202, body = OfferView),
               (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 409, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")),
+              AuthProblems),
     security(("bearer" = [])))]
 pub(super) async fn accept_offer(
     State(state): State<AppState>,
@@ -211,11 +202,9 @@ pub(super) async fn accept_offer(
     params(("user_id" = Uuid, Path, description = "The person.")),
     responses((status = 200, body = CurrentCreditLine),
               (status = 400, body = Problem, content_type = "application/problem+json"),
-              (status = 401, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
-              (status = 429, body = Problem, content_type = "application/problem+json"),
-              (status = 503, body = Problem, content_type = "application/problem+json")),
+              AuthProblems),
     security(("bearer" = [])))]
 pub(super) async fn get_credit_limit(
     State(state): State<AppState>,

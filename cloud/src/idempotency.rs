@@ -72,6 +72,19 @@ impl IdempotencyKey {
     }
 }
 
+/// The header as the OpenAPI document states it (never constructed: only its description is
+/// used).
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct KeyHeader {
+    /// Makes a retry safe: the same key and body answer the first response; the same key with
+    /// another body is 422.
+    #[serde(rename = "Idempotency-Key")]
+    #[param(min_length = 16, max_length = 255, pattern = "^[\\x21-\\x7E]+$")]
+    idempotency_key: Option<String>,
+}
+
 /// The header, when the request has one.
 pub struct MaybeKey(pub Option<IdempotencyKey>);
 

@@ -330,6 +330,19 @@ fn the_openapi_document_states_parameters_and_limits() {
     assert_eq!(name["maxLength"], 200);
     let amount = &doc["components"]["schemas"]["NewTransaction"]["properties"]["amount_cents"];
     assert_eq!(amount["minimum"], 1);
+    for path in [
+        "/v1/users",
+        "/v1/users/{user_id}/devices",
+        "/v1/users/{user_id}/transactions",
+        "/v1/users/{user_id}/credit-offers",
+    ] {
+        let key = doc["paths"][path]["post"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "Idempotency-Key"))
+            .unwrap_or_else(|| panic!("POST {path} does not state its Idempotency-Key"));
+        assert_eq!(key["in"], "header");
+        assert_eq!(key["schema"]["maxLength"], 255, "{key}");
+    }
 }
 
 fn key_header(key: &str) -> (&'static str, &str) {

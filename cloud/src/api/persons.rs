@@ -19,7 +19,7 @@ use crate::{
     devices::{self, DeviceRegistered},
     error::{AuthProblems, BodyProblems, Problem, Result},
     finance::{self, Direction, MAX_TRANSACTIONS_PER_REQUEST, Transaction, TransactionsRecorded},
-    idempotency::{self, Answer, MaybeKey, Once},
+    idempotency::{self, Answer, KeyHeader, MaybeKey, Once},
     notify::{self, NotificationPage},
     people::{
         self, ConsentView, DisplayName, EmotionalProfile, NewPersonRow, PersonCreated, PersonTx,
@@ -111,9 +111,7 @@ pub struct CreateUser {
 
 /// Create a person (admin only). Answers the person's API token once.
 #[utoipa::path(post, path = "/v1/users", tag = "people", request_body = CreateUser,
-    params(("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255,
-            pattern = "^[\\x21-\\x7E]+$",
-            description = "Makes a retry safe: the same key and body answer the first response.")),
+    params(KeyHeader),
     responses((status = 201, body = PersonCreated),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               BodyProblems,
@@ -296,10 +294,7 @@ pub struct RegisterDevice {
 /// data.
 #[utoipa::path(post, path = "/v1/users/{user_id}/devices", tag = "devices",
     request_body(content = Option<RegisterDevice>, description = "Optional: an empty body registers a device with a random id."),
-    params(("user_id" = Uuid, Path, description = "The person."),
-           ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255,
-            pattern = "^[\\x21-\\x7E]+$",
-            description = "Makes a retry safe: the same key and body answer the first response.")),
+    params(("user_id" = Uuid, Path, description = "The person."), KeyHeader),
     responses((status = 201, body = DeviceRegistered),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
@@ -407,10 +402,7 @@ pub struct RecordTransactions {
 /// Record a person's financial transactions (admin/service only), idempotent by `external_ref`.
 #[utoipa::path(post, path = "/v1/users/{user_id}/transactions", tag = "finance",
     request_body = RecordTransactions,
-    params(("user_id" = Uuid, Path, description = "The person."),
-           ("Idempotency-Key" = Option<String>, Header, min_length = 16, max_length = 255,
-            pattern = "^[\\x21-\\x7E]+$",
-            description = "Makes a retry safe: the same key and body answer the first response.")),
+    params(("user_id" = Uuid, Path, description = "The person."), KeyHeader),
     responses((status = 201, body = TransactionsRecorded),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),

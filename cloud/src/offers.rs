@@ -675,6 +675,8 @@ async fn apply(tx: &mut PersonTx, offer_id: Uuid) -> Result<bool> {
         .ok_or(Error::NotFound("offer"))?;
     match offer.status {
         OfferStatus::Applied => return Ok(false),
+        // Accepted, then overtaken by a later acceptance already in force (see below).
+        OfferStatus::Superseded if offer.accepted_at.is_some() => return Ok(false),
         OfferStatus::Accepted => {}
         other => {
             return Err(Error::Internal(format!(
@@ -683,11 +685,30 @@ async fn apply(tx: &mut PersonTx, offer_id: Uuid) -> Result<bool> {
             )));
         }
     }
-    let previous: Option<i64> =
-        sqlx::query_scalar("SELECT credit_limit_cents FROM credit_limits WHERE user_id = $1")
-            .bind(offer.user_id)
-            .fetch_optional(tx.conn())
+    // The line in force, and when the offer behind it was accepted.
+    let current: Option<(i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT l.credit_limit_cents, o.accepted_at
+         FROM credit_limits l JOIN credit_offers o ON o.offer_id = l.offer_id
+         WHERE l.user_id = $1",
+    )
+    .bind(offer.user_id)
+    .fetch_optional(tx.conn())
+    .await?;
+    let previous = current.map(|(limit, _)| limit);
+    // The person's latest acceptance is their decision: an older one whose event failed and
+    // was retried after a newer one applied must not put the older terms back.
+    if let Some((_, Some(current_accepted))) = current
+        && offer
+            .accepted_at
+            .is_some_and(|accepted| accepted < current_accepted)
+    {
+        sqlx::query("UPDATE credit_offers SET status = 'superseded' WHERE offer_id = $1")
+            .bind(offer.offer_id)
+            .execute(tx.conn())
             .await?;
+        info!(user_id = %offer.user_id, "accepted offer overtaken by a later acceptance; not applied");
+        return Ok(false);
+    }
     sqlx::query(
         "INSERT INTO credit_limits (user_id, credit_limit_cents, interest_rate_bps, credit_type, offer_id, updated_at)
          VALUES ($1, $2, $3, $4, $5, now())

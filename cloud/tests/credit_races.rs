@@ -291,3 +291,52 @@ async fn a_worker_stopped_mid_work_leaves_each_offer_to_be_applied_once(pool: Pg
     drain(&w).await;
     applied_once(&pool, &offers).await;
 }
+
+/// Two acceptances of one person, the older one's event failing until after the newer one was
+/// applied: the newer line stays, the older offer is recorded as overtaken, never applied.
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn an_older_acceptance_applied_late_never_replaces_a_newer_line(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user, _) = person(&app).await;
+    let (_, first) = assess(&app, &user).await;
+    let first = first["offer_id"].as_str().unwrap().to_owned();
+    assert_eq!(accept(&app, &first, ADMIN).await, StatusCode::ACCEPTED);
+    // Its event is backing off (as after failures).
+    sqlx::query(
+        "UPDATE outbox SET available_at = now() + interval '1 hour'
+         WHERE payload->>'offer_id' = $1",
+    )
+    .bind(&first)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (_, second) = assess(&app, &user).await;
+    let second = second["offer_id"].as_str().unwrap().to_owned();
+    assert_eq!(accept(&app, &second, ADMIN).await, StatusCode::ACCEPTED);
+    let worker = worker(&pool);
+    drain(&worker).await;
+    sqlx::query("UPDATE outbox SET available_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    drain(&worker).await;
+    let line: String =
+        sqlx::query_scalar("SELECT offer_id::text FROM credit_limits WHERE user_id = $1::uuid")
+            .bind(&user)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(line, second, "the newer acceptance's line is in force");
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM credit_offers WHERE offer_id = $1::uuid")
+            .bind(&first)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "superseded");
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE processed_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0, "both events processed, none failing");
+}

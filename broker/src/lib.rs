@@ -61,6 +61,18 @@ pub use settings::{
 /// The port is released before returning, so another process may take it first; the broker
 /// then fails to start with [`Error::Bind`] rather than misbehaving.
 pub fn free_local_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
+    Ok(free_local_ports::<1>()?[0])
+}
+
+/// `N` distinct free ports: all are held until all are chosen, so the system cannot hand out the
+/// same one twice (two separate calls of [`free_local_port`] can, once the first is released).
+pub fn free_local_ports<const N: usize>() -> std::io::Result<[u16; N]> {
+    let mut held = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        *port = listener.local_addr()?.port();
+        held.push(listener);
+    }
+    Ok(ports)
 }

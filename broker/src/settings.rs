@@ -149,10 +149,11 @@ impl BrokerSettings {
     pub fn loopback(pki: &PkiDir, service_password: Secret) -> std::io::Result<Self> {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         let server = pki.server_files();
+        let [device, service, admin] = crate::free_local_ports::<3>()?;
         Ok(Self {
-            device_addr: loopback(crate::free_local_port()?),
-            service_addr: loopback(crate::free_local_port()?),
-            admin_addr: Some(loopback(crate::free_local_port()?)),
+            device_addr: loopback(device),
+            service_addr: loopback(service),
+            admin_addr: Some(loopback(admin)),
             tls_ca_file: pki.ca_cert_path(),
             tls_cert_file: server.cert,
             tls_key_file: server.key,

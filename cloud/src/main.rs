@@ -38,13 +38,8 @@ struct Cli {
 enum Command {
     /// Create the database if needed and apply pending schema migrations.
     Migrate {
-        /// Postgres connection string.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/ecs"
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: Database,
     },
     /// Run the cloud: REST API, MQTT ingest, offer worker and notifier.
     Serve {
@@ -63,31 +58,32 @@ enum Command {
     /// Look at and replay what ingest could never store (the `dead_letters` table). Output on
     /// stdout; logs (warnings and up, unless RUST_LOG says otherwise) on stderr.
     DeadLetters {
-        /// Postgres connection string.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/ecs",
-            global = true
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: Database,
         #[command(subcommand)]
         command: DeadLettersCommand,
     },
     /// Look at the offer worker's queue (accepted offers waiting to be applied, failing, or
     /// parked after their tries) and put parked events back.
     Outbox {
-        /// Postgres connection string.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/ecs",
-            global = true
-        )]
-        database_url: String,
+        #[command(flatten)]
+        database: Database,
         #[command(subcommand)]
         command: OutboxCommand,
     },
+}
+
+/// Where an operator's command finds Postgres.
+#[derive(clap::Args)]
+struct Database {
+    /// Postgres connection string.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/ecs",
+        global = true
+    )]
+    database_url: String,
 }
 
 #[derive(Subcommand)]
@@ -172,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
     ecs_telemetry::log_panics();
     match cli.command {
         Command::DeadLetters {
-            database_url,
+            database: Database { database_url },
             command,
         } => {
             operator(&database_url, async |pool| {
@@ -181,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Outbox {
-            database_url,
+            database: Database { database_url },
             command,
         } => {
             operator(&database_url, async |pool| {
@@ -189,7 +185,9 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
-        Command::Migrate { database_url } => app::migrate(&database_url).await?,
+        Command::Migrate {
+            database: Database { database_url },
+        } => app::migrate(&database_url).await?,
         Command::Serve { settings, migrate } => {
             if migrate {
                 app::migrate(&settings.database_url).await?;

@@ -152,8 +152,8 @@ mod tests {
     use super::*;
     use crate::offers::{ExecutionOutcome, MAX_APPLY_ATTEMPTS, OfferWorker};
 
-    /// An accepted-offer event whose offer cannot be applied (it was declined): it fails every
-    /// time, until an operator fixes the cause.
+    /// An accepted-offer event whose offer cannot be applied (it was never accepted): it fails
+    /// every time, until an operator fixes the cause.
     async fn broken_event(pool: &PgPool) -> (Uuid, Uuid) {
         let user = Uuid::new_v4();
         sqlx::query("INSERT INTO users (user_id, display_name, emotional_data_consent) VALUES ($1, 'x', false)")
@@ -161,29 +161,8 @@ mod tests {
             .execute(pool)
             .await
             .unwrap();
-        let assessment = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
-                 probability_of_default, features, contributions)
-             VALUES ($1, $2, 't', '1', 0.5, '{}', '[]')",
-        )
-        .bind(assessment)
-        .bind(user)
-        .execute(pool)
-        .await
-        .unwrap();
-        let offer = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
-                 credit_limit_cents, interest_rate_bps, credit_type, term_months, expires_at)
-             VALUES ($1, $2, $3, true, 'offered', 100000, 2000, 'short_term', 6, now() + interval '1 day')",
-        )
-        .bind(offer)
-        .bind(user)
-        .bind(assessment)
-        .execute(pool)
-        .await
-        .unwrap();
+        // An open offer, never accepted.
+        let offer = crate::notify::fixtures::offer(pool, user).await.offer_id();
         let event = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO outbox (event_id, kind, user_id, payload)

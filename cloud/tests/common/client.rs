@@ -78,7 +78,7 @@ pub async fn call(
     let response = app.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
         .await
         .unwrap();
     let body = serde_json::from_slice(&bytes)

@@ -14,8 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    body::Body,
-    http::{Method, Request, StatusCode, header},
+    http::{Method, StatusCode},
 };
 use chrono::{DateTime, Utc};
 use ecs_cloud::{
@@ -26,7 +25,6 @@ use ecs_cloud::{
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::common::{ADMIN, app_with_min_group};
@@ -74,10 +72,7 @@ pub fn default_app(pool: &PgPool) -> Router {
     crate::common::app(pool, Arc::new(IncomeModel), true)
 }
 
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-}
+pub use crate::common::client::Reply;
 
 pub async fn call(app: &Router, method: Method, path: &str, token: Option<&str>) -> Reply {
     call_with(app, method, path, token, None).await
@@ -90,25 +85,8 @@ pub async fn call_with(
     token: Option<&str>,
     body: Option<Value>,
 ) -> Reply {
-    let mut request = Request::builder().method(method).uri(path);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let request = match body {
-        Some(b) => request
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(b.to_string())),
-        None => request.body(Body::empty()),
-    }
-    .unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
-        .await
-        .unwrap();
-    let body = serde_json::from_slice(&bytes)
-        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-    Reply { status, body }
+    let body = body.map(|b| b.to_string());
+    crate::common::client::call(app, method, path, token, body.as_deref()).await
 }
 
 /// One sensor reading as the phone sent it.

@@ -322,7 +322,7 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
 
     let worker = OfferWorker {
         pool: pool.clone(),
-        notifier: notifier_wake,
+        notifier: notifier_wake.clone(),
         poll_interval: settings.worker_poll(),
     };
     components.spawn(
@@ -353,6 +353,21 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
             period: Duration::from_secs(3600),
         },
     });
+    if settings.proactive.enabled {
+        let proactive = crate::proactive::ProactiveOffers {
+            assessor: assessor.clone(),
+            rule: settings.proactive.rule(),
+            notifier: notifier_wake.clone(),
+            scan_interval: settings.proactive.scan_interval(),
+            batch: 100,
+        };
+        components.spawn(
+            "proactive_offers",
+            proactive
+                .run(shutdown.clone())
+                .instrument(info_span!("proactive_offers")),
+        );
+    }
     let (link, out_link) = (Arc::new(link), Arc::new(out_link));
     let state = AppState {
         pool: pool.clone(),

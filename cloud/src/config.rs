@@ -402,6 +402,55 @@ pub struct Settings {
     #[arg(long, env = "ECS_ASSESSMENTS_PER_HOUR", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub assessments_per_hour: u32,
+    #[command(flatten)]
+    pub proactive: ProactiveSettings,
+}
+
+/// When the cloud makes offers by itself (`cloud::proactive`); the rule's thresholds are its
+/// defaults, only the timing is configurable.
+#[derive(Debug, Clone, Args)]
+pub struct ProactiveSettings {
+    /// Make proactive offers at all.
+    #[arg(long = "proactive-offers", env = "ECS_PROACTIVE_OFFERS", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub enabled: bool,
+    /// At most one proactive assessment per person within this many hours.
+    #[arg(long = "proactive-period-hours", env = "ECS_PROACTIVE_PERIOD_HOURS",
+          default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..=8_760))]
+    pub period_hours: u32,
+    /// A person's stream must have been observed this many minutes before a proactive offer.
+    #[arg(long = "proactive-min-observed-minutes", env = "ECS_PROACTIVE_MIN_OBSERVED_MINUTES",
+          default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub min_observed_minutes: u32,
+    /// Seconds between two scans for candidates.
+    #[arg(long = "proactive-scan-secs", env = "ECS_PROACTIVE_SCAN_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub scan_secs: u32,
+}
+
+impl Default for ProactiveSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            period_hours: 168,
+            min_observed_minutes: 30,
+            scan_secs: 30,
+        }
+    }
+}
+
+impl ProactiveSettings {
+    pub fn rule(&self) -> crate::proactive::ProactiveRule {
+        crate::proactive::ProactiveRule {
+            period: Duration::from_secs(u64::from(self.period_hours) * 3600),
+            min_observed: Duration::from_secs(u64::from(self.min_observed_minutes) * 60),
+            ..Default::default()
+        }
+    }
+
+    pub fn scan_interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.scan_secs))
+    }
 }
 
 const REDACTED: &str = "[redacted]";
@@ -430,6 +479,7 @@ impl std::fmt::Debug for Settings {
             .field("api_rate_per_user", &self.api_rate_per_user)
             .field("api_rate_admin", &self.api_rate_admin)
             .field("assessments_per_hour", &self.assessments_per_hour)
+            .field("proactive", &self.proactive)
             .finish()
     }
 }

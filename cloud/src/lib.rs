@@ -32,6 +32,7 @@ pub mod outbox;
 pub mod people;
 pub mod policy;
 pub mod pricing;
+pub mod proactive;
 pub mod retention;
 pub mod revocations;
 

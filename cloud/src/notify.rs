@@ -301,7 +301,6 @@ fn is_power_of_ten(mut n: i32) -> bool {
     n == 1
 }
 
-/// An offer to notify about, for DB tests.
 /// A position in a person's notifications, for `GET /v1/users/{id}/notifications?after=`.
 /// Clients treat it as opaque; it is the last notification's time and id, so a page never skips
 /// or repeats one, whatever arrives meanwhile.

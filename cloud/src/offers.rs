@@ -28,6 +28,7 @@ use crate::{
     people::{self, PersonTx},
     policy::{CreditPolicy, Decision, Wellbeing},
     pricing::{self, LoanTerms, Quote},
+    proactive::ProactiveSignal,
 };
 
 /// Postgres channel the accept path NOTIFYs and the worker LISTENs on.
@@ -81,6 +82,32 @@ impl OfferStatus {
 
 ecs_protocol::sql_text_enum!(OfferStatus);
 
+/// Who asked for an offer: the person, through the API, or the cloud, when the person's stream
+/// crossed the policy's threshold ([`crate::proactive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OfferOrigin {
+    Requested,
+    Proactive,
+}
+
+impl OfferOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OfferOrigin::Requested => "requested",
+            OfferOrigin::Proactive => "proactive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [OfferOrigin::Requested, OfferOrigin::Proactive]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+ecs_protocol::sql_text_enum!(OfferOrigin);
+
 /// A credit offer as stored, and as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct CreditOffer {
@@ -104,6 +131,11 @@ pub struct CreditOffer {
     pub pricing: Option<sqlx::types::Json<Quote>>,
     /// Why the policy decided as it did (see `policy::ReasonCode`).
     pub reason_codes: Vec<String>,
+    /// Asked for by the person, or made by the cloud from the person's stream.
+    pub origin: OfferOrigin,
+    /// For a proactive offer, the signal that made the cloud offer it.
+    #[schema(value_type = Option<ProactiveSignal>)]
+    pub proactive_signal: Option<sqlx::types::Json<ProactiveSignal>>,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub accepted_at: Option<DateTime<Utc>>,
@@ -118,7 +150,7 @@ macro_rules! offer_columns {
          CASE WHEN status = 'offered' AND expires_at <= now() THEN 'expired' ELSE status END \
              AS status, \
          credit_limit_cents, interest_rate_bps, credit_type, term_months, \
-         requested_amount_cents, pricing, reason_codes, \
+         requested_amount_cents, pricing, reason_codes, origin, proactive_signal, \
          created_at, expires_at, accepted_at, applied_at"
     };
 }
@@ -164,11 +196,28 @@ pub struct Prepared {
     score: RiskScore,
     decision: Decision,
     now: DateTime<Utc>,
+    /// Set when the cloud, not the person, asked ([`Prepared::triggered_by`]).
+    signal: Option<ProactiveSignal>,
 }
 
 impl Prepared {
     pub fn score(&self) -> &RiskScore {
         &self.score
+    }
+
+    pub fn decision(&self) -> &Decision {
+        &self.decision
+    }
+
+    /// Whether the person consented to emotional data when the features were read.
+    pub fn consented(&self) -> bool {
+        self.consent
+    }
+
+    /// Marks the assessment as the cloud's own, made because of `signal`.
+    pub fn triggered_by(mut self, signal: ProactiveSignal) -> Self {
+        self.signal = Some(signal);
+        self
     }
 }
 
@@ -232,6 +281,7 @@ impl Assessor {
             score,
             decision,
             now,
+            signal: None,
         })
     }
 
@@ -252,6 +302,7 @@ impl Assessor {
             score,
             decision,
             now,
+            signal,
             ..
         } = prepared;
         let pricing = if decision.approved {
@@ -294,8 +345,8 @@ impl Assessor {
                  VALUES ($3, $2, $15, $16, $17, $18, $19, $11))
              INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
                  credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
-                 created_at, expires_at, requested_amount_cents, pricing)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 created_at, expires_at, requested_amount_cents, pricing, origin, proactive_signal)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $20, $21)
              RETURNING ",
             offer_columns!(),
             ""
@@ -319,11 +370,20 @@ impl Assessor {
         .bind(score.probability_of_default)
         .bind(sqlx::types::Json(features))
         .bind(sqlx::types::Json(&score.contributions))
+        .bind(if signal.is_some() {
+            OfferOrigin::Proactive
+        } else {
+            OfferOrigin::Requested
+        })
+        .bind(signal.as_ref().map(sqlx::types::Json))
         .fetch_one(tx.conn())
         .await?;
-        metrics::counter!("ecs_offers_created_total", "approved" => decision.approved.to_string())
-            .increment(1);
-        info!(%user_id, %offer_id, approved = decision.approved, pd = score.probability_of_default, "offer created");
+        let origin = offer.origin.as_str();
+        metrics::counter!("ecs_offers_created_total",
+            "approved" => decision.approved.to_string(), "origin" => origin)
+        .increment(1);
+        info!(%user_id, %offer_id, approved = decision.approved, origin,
+            pd = score.probability_of_default, "offer created");
         Ok(offer)
     }
 

@@ -265,6 +265,11 @@ impl AgentHandle {
         self.inbox.call(|inbox| inbox.list()).await
     }
 
+    /// Every notification in the inbox with the time it arrived, in arrival order.
+    pub async fn received_notifications(&self) -> Result<Vec<crate::inbox::Received>> {
+        self.inbox.call(|inbox| inbox.received()).await
+    }
+
     /// Stops the sensor, stores what it already produced, disconnects from the broker, and
     /// checkpoints the database so the file is self-contained. Unacknowledged readings stay in
     /// the buffer for the next start.

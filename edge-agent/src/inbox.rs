@@ -25,6 +25,14 @@ CREATE TABLE IF NOT EXISTS inbox (
 ) STRICT;
 ";
 
+/// A notification as the inbox holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub notification: Notification,
+    /// When it first arrived, by the phone's clock (Unix milliseconds).
+    pub received_at_ms: i64,
+}
+
 /// The device's notification inbox, in the agent's database file.
 pub struct Inbox {
     conn: Connection,
@@ -58,15 +66,28 @@ impl Inbox {
 
     /// Every stored notification, in the order they first arrived.
     pub fn list(&self) -> Result<Vec<Notification>> {
-        let mut select = self
-            .conn
-            .prepare_cached("SELECT notification_id, message FROM inbox ORDER BY rowid")?;
+        Ok(self
+            .received()?
+            .into_iter()
+            .map(|r| r.notification)
+            .collect())
+    }
+
+    /// Every stored notification with the time it first arrived, in arrival order.
+    pub fn received(&self) -> Result<Vec<Received>> {
+        let mut select = self.conn.prepare_cached(
+            "SELECT notification_id, received_at_ms, message FROM inbox ORDER BY rowid",
+        )?;
         let mut rows = select.query([])?;
-        let mut notifications = Vec::new();
+        let mut received = Vec::new();
         while let Some(row) = rows.next()? {
-            let message: Vec<u8> = row.get(1)?;
+            let received_at_ms: i64 = row.get(1)?;
+            let message: Vec<u8> = row.get(2)?;
             match decode_downlink(&message) {
-                Ok(Downlink::NotificationV1(notification)) => notifications.push(notification),
+                Ok(Downlink::NotificationV1(notification)) => received.push(Received {
+                    notification,
+                    received_at_ms,
+                }),
                 Ok(other) => {
                     return Err(Error::CorruptRow(format!(
                         "inbox holds a {other:?} instead of a notification"
@@ -78,7 +99,7 @@ impl Inbox {
                 }
             }
         }
-        Ok(notifications)
+        Ok(received)
     }
 
     /// Notifications stored.

@@ -7,4 +7,5 @@ pub mod demo;
 pub mod fleet;
 pub mod history;
 pub mod mobile;
+pub mod people;
 pub mod stack;

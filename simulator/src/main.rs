@@ -104,6 +104,14 @@ enum Command {
         /// errors).
         #[arg(long, env = "ECS_MOBILE_INTERVAL_SECS", default_value_t = 360)]
         interval_secs: u64,
+        /// Accept every approved open offer the person sees, requested or proactive (for demos:
+        /// a person tapping "accept").
+        #[arg(long, env = "ECS_MOBILE_AUTO_ACCEPT")]
+        auto_accept: bool,
+        /// Ask for an offer every round (otherwise the app only shows what the cloud sends).
+        #[arg(long, env = "ECS_MOBILE_REQUEST_OFFERS", default_value_t = true,
+              action = clap::ArgAction::Set)]
+        request_offers: bool,
     },
     /// Measure a component under load (build with --release first).
     Bench {
@@ -224,23 +232,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             api_url,
             roster_file,
             interval_secs,
+            auto_accept,
+            request_offers,
         } => {
             ecs_telemetry::init_logs(cli.log_format);
             let shutdown = shutdown_on_signal();
-            fleet::run_mobile(
-                &api_url,
-                &roster_file,
-                Duration::from_secs(interval_secs.max(1)),
-                shutdown,
-            )
-            .await?;
+            let options = ecs_simulator::mobile::app::MobileOptions {
+                interval: Duration::from_secs(interval_secs.max(1)),
+                auto_accept,
+                request_offers,
+            };
+            ecs_simulator::mobile::app::run(&api_url, &roster_file, options, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { kind } => {
             // stdout is the report, as for the demo. The ingest and API benches embed the broker,
             // whose router logs its own connection bookkeeping as errors: quiet, as in the demo.
             let filter = match kind {
-                BenchKind::Ingest(_) | BenchKind::Api(_) => "warn,rumqttd=off",
+                BenchKind::Ingest(_) | BenchKind::Api(_) | BenchKind::Notify(_) => {
+                    "warn,rumqttd=off"
+                }
                 BenchKind::Broker(_) => "warn",
             };
             ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, filter);
@@ -253,39 +264,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             anyhow::bail!("interrupted; the broker child was killed")
                         }
                     };
-                    for line in report.summary() {
-                        println!("{line}");
-                    }
-                    if args.json {
-                        println!("{}", serde_json::to_string(&report)?);
-                    }
-                    Ok(ExitCode::SUCCESS)
+                    print_report(&report.summary(), &report, args.json)
                 }
+                // These handle Ctrl-C themselves: they drop their scratch database first.
                 BenchKind::Ingest(args) => {
-                    // The bench handles Ctrl-C itself: it drops its scratch database first.
                     let report = bench::ingest::run(&args).await?;
-                    for line in report.summary() {
-                        println!("{line}");
-                    }
-                    if args.json {
-                        println!("{}", serde_json::to_string(&report)?);
-                    }
-                    Ok(ExitCode::SUCCESS)
+                    print_report(&report.summary(), &report, args.json)
                 }
                 BenchKind::Api(args) => {
-                    // The bench handles Ctrl-C itself: it drops its scratch database first.
                     let report = bench::api::run(&args).await?;
-                    for line in report.summary() {
-                        println!("{line}");
-                    }
-                    if args.json {
-                        println!("{}", serde_json::to_string(&report)?);
-                    }
-                    Ok(ExitCode::SUCCESS)
+                    print_report(&report.summary(), &report, args.json)
+                }
+                BenchKind::Notify(args) => {
+                    let report = bench::notify::run(&args).await?;
+                    print_report(&report.summary(), &report, args.json)
                 }
             }
         }
     }
+}
+
+/// A benchmark's readable summary on stdout, and with `json` its whole report as the last line.
+fn print_report(
+    summary: &[String],
+    report: &impl serde::Serialize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    for line in summary {
+        println!("{line}");
+    }
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A token cancelled on SIGINT or SIGTERM.

@@ -1,4 +1,7 @@
 //! The mobile app: a person (or the bank's back office) talking to the credit API over HTTP.
+//! [`ApiClient`] is the typed client; [`app`] is what the app does with it on its own.
+
+pub mod app;
 
 use std::time::Duration;
 
@@ -95,6 +98,10 @@ pub struct Offer {
     pub credit_type: String,
     pub term_months: i32,
     pub reason_codes: Vec<String>,
+    /// `requested` or `proactive`.
+    pub origin: String,
+    /// What made the cloud offer a proactive offer.
+    pub proactive_signal: Option<serde_json::Value>,
     pub expires_at: DateTime<Utc>,
 }
 

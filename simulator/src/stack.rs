@@ -1,7 +1,7 @@
 //! The whole system in one process, on free loopback ports: certificate authority, broker,
 //! cloud. The demo and the end-to-end tests stand on it.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use ecs_broker::{BrokerSettings, PkiDir, RunningBroker, Secret};
@@ -46,7 +46,10 @@ pub struct Stack {
     cloud_settings: Settings,
     device_broker: BrokerUrl,
     pki: Option<PkiDir>,
-    _broker: Option<Arc<RunningBroker>>,
+    /// The embedded broker's settings (to start it again on the same ports) and the broker
+    /// while it runs; `None` on an external broker.
+    broker_settings: Option<BrokerSettings>,
+    broker: Option<RunningBroker>,
     workdir: TempDir,
 }
 
@@ -62,6 +65,8 @@ pub(crate) fn random_secret() -> String {
 pub(crate) struct EmbeddedBroker {
     pub pki: PkiDir,
     pub broker: RunningBroker,
+    /// What it was started with: the same ports, certificates and password again.
+    pub settings: BrokerSettings,
     /// The service listener's login.
     pub username: String,
     pub password: String,
@@ -76,12 +81,11 @@ impl EmbeddedBroker {
         let settings = BrokerSettings::loopback(&pki, Secret::new(password.clone()))
             .context("finding free ports for the broker")?;
         let username = settings.service_username.clone();
-        let broker = tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
-            .await
-            .context("starting the broker")??;
+        let broker = start_broker(settings.clone()).await?;
         Ok(Self {
             pki,
             broker,
+            settings,
             username,
             password,
         })
@@ -91,6 +95,14 @@ impl EmbeddedBroker {
     pub fn cloud_login(&self) -> MqttSettings {
         embedded_broker_login(&self.broker, self.username.clone(), self.password.clone())
     }
+}
+
+/// Starts a broker off the async threads (it binds and loads certificates synchronously).
+async fn start_broker(settings: BrokerSettings) -> anyhow::Result<RunningBroker> {
+    tokio::task::spawn_blocking(move || RunningBroker::start(&settings))
+        .await
+        .context("starting the broker")?
+        .context("starting the broker")
 }
 
 /// Polls `{base_url}/readyz` until the cloud reports ready (Postgres and broker reachable), for
@@ -166,6 +178,11 @@ pub(crate) fn cloud_settings(
         // The demo's driver (and the benchmarks) act through the admin token for every phone.
         api_rate_admin: 100_000,
         assessments_per_hour: 10,
+        // Scans often, so a demo long enough (30 minutes of calm) sees proactive offers.
+        proactive: ecs_cloud::config::ProactiveSettings {
+            scan_secs: 5,
+            ..Default::default()
+        },
     })
 }
 
@@ -188,7 +205,7 @@ impl Stack {
                     mqtt,
                     device_broker,
                     Some(embedded.pki),
-                    Some(Arc::new(embedded.broker)),
+                    Some((embedded.settings, embedded.broker)),
                 )
             }
             BrokerChoice::External(url) => {
@@ -228,7 +245,8 @@ impl Stack {
             cloud_settings: settings,
             device_broker,
             pki,
-            _broker: broker,
+            broker_settings: broker.as_ref().map(|(settings, _)| settings.clone()),
+            broker: broker.map(|(_, broker)| broker),
             workdir,
         })
     }
@@ -283,6 +301,43 @@ impl Stack {
         self.api_base = format!("http://{}", cloud.http_addr);
         self.cloud = Some(cloud);
         Ok(())
+    }
+
+    /// Stops the embedded broker: every connection closes (phones and cloud alike) and
+    /// whatever it held in memory (sessions, queued messages) is gone, as in a broker crash.
+    pub async fn stop_broker(&mut self) -> anyhow::Result<()> {
+        let broker = self
+            .broker
+            .take()
+            .context("no embedded broker is running")?;
+        tokio::task::spawn_blocking(move || broker.stop())
+            .await
+            .context("stopping the broker")
+    }
+
+    /// Starts the embedded broker again, on the same ports with the same certificates and
+    /// password, after [`Stack::stop_broker`]. Clients reconnect by themselves.
+    pub async fn start_broker(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.broker.is_none(), "the broker is already running");
+        let settings = self
+            .broker_settings
+            .clone()
+            .context("the stack runs on an external broker")?;
+        // The ports were the old broker's a moment ago; the kernel may take a moment to let go.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match start_broker(settings.clone()).await {
+                Ok(broker) => {
+                    self.broker = Some(broker);
+                    return Ok(());
+                }
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "broker not restarted yet; trying again");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub async fn stop(mut self) {

@@ -418,6 +418,12 @@
       decision.appendChild(html("span", { class: "pill " + (o.approved ? "approved" : "declined") },
         o.approved ? "approved" : "declined"));
       decision.appendChild(html("div", { class: "muted" }, o.status));
+      if (o.origin === "proactive" && o.proactive_signal) {
+        const sig = o.proactive_signal;
+        decision.appendChild(html("div", { class: "muted", title: "The cloud offered this by itself: your stream has been calm and stable" },
+          "offered by us: calm since " + dateTime(new Date(sig.observed_since)) +
+          ", stress " + (sig.stress_share * 100).toFixed(0) + " % of the time"));
+      }
       const reasons = html("td");
       if (!o.reason_codes.length) reasons.appendChild(html("span", { class: "muted" }, "none"));
       for (const code of o.reason_codes) reasons.appendChild(html("span", { class: "pill", title: code }, reasonText(code)));

@@ -50,6 +50,11 @@ pub struct OfferSummary {
     pub term_months: i32,
     /// Why the policy decided as it did.
     pub reason_codes: Vec<String>,
+    /// `requested` (by the person) or `proactive` (made by the cloud from their stream).
+    pub origin: String,
+    /// For a proactive offer, the signal that made the cloud offer it.
+    #[schema(value_type = Option<crate::proactive::ProactiveSignal>)]
+    pub proactive_signal: Option<sqlx::types::Json<crate::proactive::ProactiveSignal>>,
     /// The model's probability of default behind the decision, 0..=1.
     pub probability_of_default: f64,
     pub model_name: String,
@@ -101,7 +106,7 @@ impl Analytics {
                     CASE WHEN o.status = 'offered' AND o.expires_at <= now() THEN 'expired'
                          ELSE o.status END AS status,
                     o.credit_limit_cents, o.interest_rate_bps, o.credit_type, o.term_months,
-                    o.reason_codes, a.probability_of_default, a.model_name, a.model_version
+                    o.reason_codes, o.origin, o.proactive_signal, a.probability_of_default, a.model_name, a.model_version
              FROM credit_offers o JOIN risk_assessments a USING (assessment_id)
              WHERE o.user_id = $1
              ORDER BY o.created_at DESC, o.offer_id

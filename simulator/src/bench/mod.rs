@@ -1,8 +1,8 @@
 //! Benchmarks: each kind stands up the component under test the way it runs in production and
 //! drives it with simulated clients until it reports figures a target can be checked against.
 //!
-//! [`broker`], [`ingest`] and [`api`] exist so far; `edge` and `notify` are meant to join them
-//! as sibling modules and [`BenchKind`] variants. What they share lives here, below all of them:
+//! [`broker`], [`ingest`], [`api`] and [`notify`] exist so far; `edge` is meant to join them
+//! as a sibling module and a [`BenchKind`] variant. What they share lives here, below all of them:
 //! [`latency`] (percentiles), [`progress`] (bars on a terminal only), [`open_files`] (the
 //! descriptor limit a benchmark with thousands of sockets needs), [`scratch`] (a database of
 //! the run's own, dropped however the run ends) and [`cloud`] (the embedded broker and the
@@ -13,6 +13,7 @@ pub mod broker;
 pub mod cloud;
 pub mod ingest;
 pub mod latency;
+pub mod notify;
 pub mod open_files;
 pub mod progress;
 pub mod scratch;
@@ -29,6 +30,9 @@ pub enum BenchKind {
     /// The cloud's REST API in this process: credit assessments and person reads per second
     /// and their latency, at most and at half rate, against pgbench on the same Postgres.
     Api(api::ApiBenchArgs),
+    /// From an offer accepted to the phone holding the notification that the limit is in
+    /// force, at a steady rate of accepts, against one MQTT hop through Mosquitto.
+    Notify(notify::NotifyBenchArgs),
 }
 
 /// Warns on stderr when this binary was built without optimisations: the figures of a debug

@@ -360,6 +360,7 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
             notifier: notifier_wake.clone(),
             scan_interval: settings.proactive.scan_interval(),
             batch: 100,
+            deferred: Default::default(),
         };
         components.spawn(
             "proactive_offers",

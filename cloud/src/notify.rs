@@ -223,7 +223,11 @@ impl Notifier {
         for notification in &claimed {
             match self.publish(notification) {
                 Ok(true) => published += 1,
-                Ok(false) => {}
+                Ok(false) => {
+                    metrics::counter!("ecs_notifications_publish_failures_total",
+                        "reason" => "unpublishable")
+                    .increment(1);
+                }
                 Err(()) => {
                     queue_full = true;
                     break;
@@ -282,6 +286,8 @@ impl Notifier {
                 .try_publish(topic::downlink(&device), QoS::AtLeastOnce, false, payload)
         {
             debug!(notification_id = %id, error = %e, "notification not queued");
+            metrics::counter!("ecs_notifications_publish_failures_total", "reason" => "queue_full")
+                .increment(1);
             return Err(());
         }
         let attempts = claimed.publish_attempts;

@@ -156,6 +156,10 @@ impl Candidate {
     }
 }
 
+/// How long a candidate whose consideration failed (not for the model being down) is left out
+/// of the scans, so a few people who keep failing cannot fill every scan's batch.
+const DEFER_AFTER_FAILURE: Duration = Duration::from_secs(600);
+
 /// The task that makes proactive offers.
 pub struct ProactiveOffers {
     pub assessor: Arc<Assessor>,
@@ -165,6 +169,10 @@ pub struct ProactiveOffers {
     pub scan_interval: Duration,
     /// Most people considered per scan.
     pub batch: i64,
+    /// People left out of the scans until a time: their assessments for the hour used up, or
+    /// their consideration failed. Only this replica's memory: a restart forgets, which costs
+    /// one more try each.
+    pub deferred: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
 }
 
 impl ProactiveOffers {
@@ -193,7 +201,7 @@ impl ProactiveOffers {
 
     /// One scan: finds the candidates and considers each. Returns what came of each firing.
     pub async fn scan_once(&self) -> Result<Vec<(Uuid, CheckOutcome)>> {
-        let candidates = self.candidates().await?;
+        let candidates = self.candidates(&self.still_deferred()).await?;
         let mut fired = Vec::new();
         for candidate in candidates {
             let user_id = candidate.user_id;
@@ -207,14 +215,36 @@ impl ProactiveOffers {
                 Ok(None) => {}
                 // The model being down fails every candidate alike: stop, try at the next scan.
                 Err(e @ Error::Unavailable(_)) => return Err(e),
-                Err(e) => span.in_scope(|| warn!(error = %e, "proactive offer not made")),
+                Err(Error::RateLimited { retry_after, .. }) => self.defer(user_id, retry_after),
+                Err(e) => {
+                    span.in_scope(|| warn!(error = %e, "proactive offer not made"));
+                    self.defer(user_id, DEFER_AFTER_FAILURE);
+                }
             }
         }
         Ok(fired)
     }
 
-    /// The people matching the rule now, longest-observed first.
-    async fn candidates(&self) -> Result<Vec<Candidate>> {
+    fn defer(&self, user_id: Uuid, for_how_long: Duration) {
+        if let Ok(mut deferred) = self.deferred.lock() {
+            deferred.insert(user_id, std::time::Instant::now() + for_how_long);
+        }
+    }
+
+    /// The people still deferred, forgetting those whose time has come.
+    fn still_deferred(&self) -> Vec<Uuid> {
+        let now = std::time::Instant::now();
+        match self.deferred.lock() {
+            Ok(mut deferred) => {
+                deferred.retain(|_, until| *until > now);
+                deferred.keys().copied().collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The people matching the rule now, longest-observed first, but for `deferred`.
+    async fn candidates(&self, deferred: &[Uuid]) -> Result<Vec<Candidate>> {
         let rule = &self.rule;
         let secs = |d: Duration| d.as_secs_f64();
         Ok(sqlx::query_as(
@@ -237,6 +267,7 @@ impl ProactiveOffers {
                AND f.financial_worry <= $5
                AND f.valence_variance <= $6 * $6
                AND inflow.months >= $7
+               AND f.user_id <> ALL($11)
                AND NOT EXISTS (
                    SELECT 1 FROM proactive_checks c
                    WHERE c.user_id = f.user_id AND c.created_at > now() - make_interval(secs => $8))
@@ -258,13 +289,13 @@ impl ProactiveOffers {
         .bind(secs(rule.period))
         .bind(self.batch)
         .bind(crate::finance::WINDOW_DAYS)
+        .bind(deferred)
         .fetch_all(&self.assessor.pool)
         .await?)
     }
 
     /// Assesses one candidate (outside any lock: the model may be slow) and records what came
-    /// of it under the person's lock. `None`: nothing fired (the person changed meanwhile, or
-    /// used their assessments up).
+    /// of it under the person's lock. `None`: nothing fired (the person changed meanwhile).
     async fn consider(&self, candidate: Candidate) -> Result<Option<CheckOutcome>> {
         let user_id = candidate.user_id;
         let signal = candidate.signal();
@@ -274,8 +305,8 @@ impl ProactiveOffers {
             .await
         {
             Ok(prepared) => prepared.triggered_by(signal.clone()),
-            // Erased, or their allowance used up: nothing to do now.
-            Err(Error::NotFound(_) | Error::RateLimited { .. }) => return Ok(None),
+            // Erased: nothing to do. (Their allowance used up: `scan_once` defers them.)
+            Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         // Withdrawn between the scan and the read: their stream may not be used.
@@ -441,6 +472,7 @@ mod tests {
             notifier: Arc::new(Notify::new()),
             scan_interval: Duration::from_millis(50),
             batch: 100,
+            deferred: Default::default(),
         }
     }
 
@@ -633,6 +665,40 @@ mod tests {
             offers, 0,
             "a declined proactive check shows the person nothing"
         );
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_person_who_cannot_be_assessed_now_does_not_hold_up_the_others(pool: PgPool) {
+        // Observed longest, so first in every scan of one.
+        let (stuck, stuck_device) = salaried(&pool, true).await;
+        stream(&pool, &stuck_device, 0, 50, 50, 10).await;
+        let (other, other_device) = salaried(&pool, true).await;
+        stream(&pool, &other_device, 0, 45, 45, 10).await;
+        // The first person used this hour's one assessment.
+        sqlx::query(
+            "INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
+                 probability_of_default, features, contributions)
+             VALUES (gen_random_uuid(), $1, 'test', '1', 0.05, '{}', '[]')",
+        )
+        .bind(stuck)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let mut proactive = trigger(&pool, scorecard(), ProactiveRule::default());
+        proactive.batch = 1;
+        let assessor = Arc::get_mut(&mut proactive.assessor).unwrap();
+        assessor.limit = AssessmentLimit {
+            max: 1,
+            period: Duration::from_secs(3600),
+        };
+
+        assert!(proactive.scan_once().await.unwrap().is_empty());
+        let fired = proactive.scan_once().await.unwrap();
+        assert!(
+            matches!(fired[..], [(who, CheckOutcome::Offered(_))] if who == other),
+            "{fired:?}"
+        );
+        assert!(checks(&pool, stuck).await.is_empty());
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

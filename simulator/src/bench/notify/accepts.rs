@@ -30,6 +30,26 @@ pub struct Measured {
     pub lost: usize,
     /// From the accept's request sent to the notification's arrival on the phone.
     pub latency: Option<LatencySummary>,
+    /// Where that time goes, each from the request sent.
+    pub stages: Stages,
+}
+
+/// The way to the phone in stages, each measured from the accept's request sent: its answer
+/// (the acceptance committed), the worker's transaction beginning (`applied_at`, Postgres's
+/// `now()`, on this machine's clock), and the notifier's claim (`last_published_at` of a
+/// notification published once).
+#[derive(Debug, Clone, Default)]
+pub struct Stages {
+    pub answered: Option<LatencySummary>,
+    pub applying: Option<LatencySummary>,
+    pub publishing: Option<LatencySummary>,
+}
+
+#[derive(Default)]
+struct StageLatencies {
+    answered: Latencies,
+    applying: Latencies,
+    publishing: Latencies,
 }
 
 struct Person {
@@ -37,11 +57,12 @@ struct Person {
     phone: AgentHandle,
 }
 
-/// One accept on its way: whose, which offer, and when its request was sent (Unix ms).
+/// One accept on its way: whose, which offer, when its request was sent and answered (Unix ms).
 struct Sent {
     person: usize,
     offer_id: Uuid,
     sent_ms: f64,
+    answered_ms: f64,
 }
 
 pub async fn run(
@@ -50,7 +71,7 @@ pub async fn run(
     progress: &Progress,
 ) -> anyhow::Result<Measured> {
     let people = start_people(stack, args.people, progress).await?;
-    let measured = accept_in_rounds(&people, args, progress).await;
+    let measured = accept_in_rounds(stack, &people, args, progress).await;
     for person in people {
         if let Err(e) = person.phone.shutdown().await {
             tracing::warn!(error = %e, "a phone did not shut down cleanly");
@@ -90,6 +111,7 @@ async fn start_people(
 }
 
 async fn accept_in_rounds(
+    stack: &Stack,
     people: &[Person],
     args: &NotifyBenchArgs,
     progress: &Progress,
@@ -98,11 +120,13 @@ async fn accept_in_rounds(
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let settle = Duration::from_secs(args.settle_secs);
     let mut latencies = Latencies::default();
+    let mut stages = StageLatencies::default();
     let (mut notified, mut lost) = (0, 0);
     let mut remaining = args.accepts;
     while remaining > 0 {
         let round = &people[..remaining.min(people.len())];
         let sent = accept_round(round, interval).await?;
+        record_stages(stack, &sent, &mut stages).await?;
         let (arrived, missing) = settle_round(people, sent, settle).await?;
         notified += arrived.len();
         lost += missing;
@@ -118,7 +142,66 @@ async fn accept_in_rounds(
         notified,
         lost,
         latency: latencies.summary(),
+        stages: Stages {
+            answered: stages.answered.summary(),
+            applying: stages.applying.summary(),
+            publishing: stages.publishing.summary(),
+        },
     })
+}
+
+/// Reads, once the round's limits are in force, when each was applied and first published.
+async fn record_stages(
+    stack: &Stack,
+    sent: &[Sent],
+    stages: &mut StageLatencies,
+) -> anyhow::Result<()> {
+    let since =
+        |sent_ms: f64, at_ms: f64| Duration::from_secs_f64((at_ms - sent_ms).max(0.0) / 1000.0);
+    for s in sent {
+        stages.answered.record(since(s.sent_ms, s.answered_ms));
+    }
+    let ids: Vec<Uuid> = sent.iter().map(|s| s.offer_id).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let rows: Vec<(Uuid, f64, Option<f64>)> = loop {
+        let rows: Vec<(Uuid, Option<f64>, Option<f64>)> = sqlx::query_as(
+            "SELECT o.offer_id,
+                    extract(epoch FROM o.applied_at)::float8 * 1000,
+                    (SELECT extract(epoch FROM n.last_published_at)::float8 * 1000
+                     FROM notifications n
+                     WHERE n.offer_id = o.offer_id AND n.kind = 'offer_applied'
+                       AND n.publish_attempts = 1)
+             FROM credit_offers o WHERE o.offer_id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&stack.pool)
+        .await
+        .context("reading when the offers were applied")?;
+        let complete: Option<Vec<_>> = rows
+            .iter()
+            .map(|(id, applied, published)| applied.map(|a| (*id, a, *published)))
+            .collect();
+        match complete {
+            Some(rows) if rows.iter().all(|r| r.2.is_some()) => break rows,
+            _ if tokio::time::Instant::now() > deadline => {
+                break rows
+                    .into_iter()
+                    .filter_map(|(id, a, p)| a.map(|a| (id, a, p)))
+                    .collect();
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    };
+    let sent_at: HashMap<Uuid, f64> = sent.iter().map(|s| (s.offer_id, s.sent_ms)).collect();
+    for (offer_id, applied_ms, published_ms) in rows {
+        if let Some(&sent_ms) = sent_at.get(&offer_id) {
+            stages.applying.record(since(sent_ms, applied_ms));
+            if let Some(published_ms) = published_ms {
+                stages.publishing.record(since(sent_ms, published_ms));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every person of the round asks for an offer (untimed), then the offers are accepted one
@@ -152,6 +235,7 @@ async fn accept_round(round: &[Person], interval: Duration) -> anyhow::Result<Ve
                 person: k,
                 offer_id,
                 sent_ms,
+                answered_ms: unix_ms(),
             })
         });
     }

@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::accepts::Measured;
 use super::reference::Reference;
+use crate::bench::latency::LatencySummary;
 
 /// Median accept-to-phone latency to stay under, in milliseconds (issue 8).
 pub const TARGET_P50_MS: f64 = 20.0;
@@ -36,6 +37,11 @@ pub struct NotifyReport {
     pub accept_to_notify_p50_ms: Option<f64>,
     pub accept_to_notify_p99_ms: Option<f64>,
     pub accept_to_notify_max_ms: Option<f64>,
+    /// Where the time goes, each from the accept's request sent: answered, the worker's
+    /// transaction begun, the notification claimed for publishing.
+    pub accept_answered: Option<LatencySummary>,
+    pub limit_applying: Option<LatencySummary>,
+    pub notification_publishing: Option<LatencySummary>,
     pub mosquitto_messages: usize,
     pub mosquitto_delivered: usize,
     pub mosquitto_p50_ms: Option<f64>,
@@ -58,6 +64,9 @@ impl NotifyReport {
             accept_to_notify_p50_ms: p50,
             accept_to_notify_p99_ms: p99,
             accept_to_notify_max_ms: measured.latency.map(|l| l.max_ms),
+            accept_answered: measured.stages.answered,
+            limit_applying: measured.stages.applying,
+            notification_publishing: measured.stages.publishing,
             mosquitto_messages: reference.messages,
             mosquitto_delivered: reference.delivered,
             mosquitto_p50_ms: ref_p50,
@@ -98,6 +107,13 @@ impl NotifyReport {
                 self.notifications_lost
             ),
             format!(
+                "  from the request sent (p50 / p99): answered {}, worker began applying {}, \
+                 notification claimed for publishing {}",
+                stage(self.accept_answered),
+                stage(self.limit_applying),
+                stage(self.notification_publishing)
+            ),
+            format!(
                 "  Mosquitto, one QoS 1 hop at the same rate: p50 {}, p99 {} ({} of {} delivered); \
                  ratio of the medians {}",
                 ms(self.mosquitto_p50_ms),
@@ -118,10 +134,15 @@ impl NotifyReport {
     }
 }
 
+fn stage(s: Option<LatencySummary>) -> String {
+    s.map_or("–".to_owned(), |s| {
+        format!("{:.1} / {:.1} ms", s.p50_ms, s.p99_ms)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::latency::LatencySummary;
 
     fn summary(p50_ms: f64, p99_ms: f64) -> Option<LatencySummary> {
         Some(LatencySummary {
@@ -156,6 +177,7 @@ mod tests {
             notified: 10,
             lost: 0,
             latency: summary(8.0, 40.0),
+            stages: Default::default(),
         });
         assert_eq!(
             fast.targets,
@@ -172,6 +194,7 @@ mod tests {
             notified: 9,
             lost: 1,
             latency: summary(25.0, 150.0),
+            stages: Default::default(),
         });
         assert_eq!(
             lossy.targets,
@@ -199,6 +222,7 @@ mod tests {
             notified: 0,
             lost: 10,
             latency: None,
+            stages: Default::default(),
         });
         assert!(!empty.targets.p50_under_20_ms && !empty.targets.p99_under_100_ms);
         assert_eq!(empty.accept_to_notify_p50_ms, None);

@@ -96,7 +96,10 @@ impl Agent {
             inflight_batches: config.inflight_batches,
         };
         let period = Duration::from_secs_f64(1.0 / config.sample_rate_hz);
-        let sensor = Sensor::new(config.effective_seed());
+        let sensor = match config.sensor_archetype {
+            Some(archetype) => Sensor::for_archetype(config.effective_seed(), archetype),
+            None => Sensor::new(config.effective_seed()),
+        };
         let (buffer, inbox, (client, eventloop)) = tokio::task::spawn_blocking(move || {
             let buffer = Buffer::open(&config.db_path, &config.device_id, config.buffer_capacity)?;
             let inbox = Inbox::open(&config.db_path)?;

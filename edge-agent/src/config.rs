@@ -9,6 +9,7 @@ use ecs_protocol::{DeviceId, MAX_READINGS_PER_BATCH};
 
 use crate::buffer::MAX_SEQS_PER_SECOND;
 use crate::error::{Error, Result};
+use crate::sensor::Archetype;
 
 // One seq per sample: the sampler must never issue seqs faster than the microsecond clock.
 const _: () = assert!(AgentConfig::MAX_SAMPLE_RATE_HZ <= MAX_SEQS_PER_SECOND as f64);
@@ -29,6 +30,8 @@ pub struct AgentConfig {
     /// Seed of the simulated sensor; `None` derives one from the device id, so a device keeps
     /// its persona across restarts.
     pub sensor_seed: Option<u64>,
+    /// Kind of person the sensor simulates; `None` draws every trait from the seed.
+    pub sensor_archetype: Option<Archetype>,
     /// Most readings kept on disk; beyond it the oldest are dropped (and counted).
     pub buffer_capacity: u64,
     /// Most readings per uplink batch (at most [`MAX_READINGS_PER_BATCH`]).
@@ -67,6 +70,7 @@ impl AgentConfig {
             tls: None,
             sample_rate_hz: Self::DEFAULT_SAMPLE_RATE_HZ,
             sensor_seed: None,
+            sensor_archetype: None,
             buffer_capacity: Self::DEFAULT_BUFFER_CAPACITY,
             batch_size: Self::DEFAULT_BATCH_SIZE,
             flush_interval: Self::DEFAULT_FLUSH_INTERVAL,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use ecs_edge_agent::{Agent, AgentConfig, AgentHandle, BrokerUrl, TlsFiles};
+use ecs_edge_agent::{Agent, AgentConfig, AgentHandle, BrokerUrl, TlsFiles, sensor::Archetype};
 use ecs_protocol::DeviceId;
 use ecs_telemetry::LogFormat;
 use tracing::info;
@@ -48,6 +48,11 @@ struct Cli {
     /// Seed of the simulated sensor [default: derived from the device id].
     #[arg(long, env = "ECS_SENSOR_SEED")]
     sensor_seed: Option<u64>,
+
+    /// Kind of person the simulated sensor is (calm-saver, anxious-worrier, …) [default:
+    /// every trait drawn from the seed].
+    #[arg(long, env = "ECS_SENSOR_ARCHETYPE", value_enum)]
+    sensor_archetype: Option<Archetype>,
 
     /// Most readings kept on disk; when full, the oldest are dropped (and counted).
     #[arg(long, env = "ECS_BUFFER_CAPACITY", default_value_t = AgentConfig::DEFAULT_BUFFER_CAPACITY)]
@@ -96,6 +101,7 @@ impl Cli {
         config.tls = tls;
         config.sample_rate_hz = self.sample_hz;
         config.sensor_seed = self.sensor_seed;
+        config.sensor_archetype = self.sensor_archetype;
         config.buffer_capacity = self.buffer_capacity;
         config.batch_size = self.batch_size;
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);

@@ -8,9 +8,18 @@
 //! with high arousal in an impulsive person ⇒ purchase intent). Downstream features and credit
 //! decisions therefore have real signal to find.
 //!
+//! Named [`Archetype`]s (a calm saver, an anxious person under financial worry, …) give personas
+//! whose differences are known in advance, so that what the cloud finds in their data can be
+//! checked against what was built in; [`Sensor::sample_at`] adds a [`DailyRhythm`] for
+//! simulations that know the time of day.
+//!
 //! Guarantees: the same seed gives the same persona and the same sequence of readings (the
 //! generator is xoshiro256++, which rand documents as portable and reproducible), and every
 //! reading is within the ranges [`ecs_protocol::ReadingBatch::validate`] checks.
+
+mod archetype;
+
+pub use archetype::{Archetype, DailyRhythm};
 
 use ecs_protocol::{Emotions, Intent, MAX_THOUGHTS_PER_READING, Reading, Thought};
 use rand::rngs::Xoshiro256PlusPlus;
@@ -27,6 +36,8 @@ pub struct Persona {
     pub impulsivity: f64,
     /// 0 to 1: how often calm moments turn into saving.
     pub saving_habit: f64,
+    /// How stress and purchase impulses move with the hour (used by [`Sensor::sample_at`]).
+    pub rhythm: DailyRhythm,
 }
 
 impl Persona {
@@ -41,6 +52,8 @@ impl Persona {
             baseline_stress: rng.random_range(0.1..0.7),
             impulsivity: rng.random_range(0.0..1.0),
             saving_habit: rng.random_range(0.0..1.0),
+            // Not drawn, so a seed's persona and readings are what they were before rhythms.
+            rhythm: DailyRhythm::COMMON,
         }
     }
 }
@@ -76,6 +89,12 @@ impl Sensor {
         Self::start(Xoshiro256PlusPlus::seed_from_u64(seed), persona)
     }
 
+    /// A sensor simulating a person of `archetype`, with traits jittered by `seed` (which also
+    /// drives the noise): [`Archetype::persona`].
+    pub fn for_archetype(seed: u64, archetype: Archetype) -> Self {
+        Self::with_persona(seed, archetype.persona(seed))
+    }
+
     fn start(rng: Xoshiro256PlusPlus, persona: Persona) -> Self {
         let mood = Mood {
             valence: persona.baseline_valence,
@@ -95,9 +114,27 @@ impl Sensor {
     /// taken is the caller's business (the buffer stores it beside the reading).
     pub fn sample(&mut self) -> Reading {
         self.step_mood();
-        let emotions = self.emotions();
-        let thoughts = self.thoughts(&emotions);
-        let m = self.mood;
+        self.read(self.mood, 1.0)
+    }
+
+    /// [`Sensor::sample`] at `hour_of_day` (0 ≤ h < 24, local time): the persona's
+    /// [`DailyRhythm`] lays the hour's stress over the mood and scales purchase impulses. The
+    /// overlay does not feed back into the mood's walk, so the day's shape shows as it is built
+    /// (the walk reverts over hundreds of samples and would smear it).
+    pub fn sample_at(&mut self, hour_of_day: f64) -> Reading {
+        self.step_mood();
+        let rhythm = self.persona.rhythm;
+        let mood = Mood {
+            stress: (self.mood.stress + rhythm.stress_offset(hour_of_day)).clamp(0.0, 1.0),
+            ..self.mood
+        };
+        self.read(mood, rhythm.purchase_factor(hour_of_day))
+    }
+
+    /// The reading of `m`, with purchase intents `purchase_factor` times as likely to be driven.
+    fn read(&mut self, m: Mood, purchase_factor: f64) -> Reading {
+        let emotions = self.emotions(m);
+        let thoughts = self.thoughts(m, &emotions, purchase_factor);
         Reading {
             offset_ms: 0,
             emotions: Emotions {
@@ -154,14 +191,14 @@ impl Sensor {
 
     /// Plutchik's eight emotions (in [`ecs_protocol::EMOTION_NAMES`] order) as 0..=1
     /// intensities, placed on the valence/arousal/dominance circumplex.
-    fn emotions(&mut self) -> [f64; 8] {
+    fn emotions(&mut self, mood: Mood) -> [f64; 8] {
         let Mood {
             valence,
             arousal: a,
             dominance: d,
             stress,
             ..
-        } = self.mood;
+        } = mood;
         let pleasant = valence.max(0.0);
         let unpleasant = (-valence).max(0.0);
         let clean = [
@@ -179,16 +216,18 @@ impl Sensor {
 
     /// Intents recognised in this sample: each fires independently with a mood-dependent
     /// probability, with a confidence that grows with what drove it.
-    fn thoughts(&mut self, emotions: &[f64; 8]) -> Vec<Thought> {
+    fn thoughts(&mut self, m: Mood, emotions: &[f64; 8], purchase_factor: f64) -> Vec<Thought> {
         let p = self.persona;
-        let m = self.mood;
         let (joy, trust) = (emotions[0].clamp(0.0, 1.0), emotions[1].clamp(0.0, 1.0));
         let candidates = [
             (
                 Intent::FinancialWorry,
                 m.stress * m.stress * (1.2 - 0.5 * p.saving_habit),
             ),
-            (Intent::PurchaseIntent, p.impulsivity * joy * m.arousal),
+            (
+                Intent::PurchaseIntent,
+                p.impulsivity * joy * m.arousal * purchase_factor,
+            ),
             (
                 Intent::SavingIntent,
                 p.saving_habit * (1.0 - m.arousal) * (0.5 + 0.5 * m.dominance),
@@ -291,6 +330,7 @@ mod tests {
             baseline_stress: 0.1,
             impulsivity: 0.5,
             saving_habit: 0.5,
+            rhythm: DailyRhythm::COMMON,
         };
         let stressed = Persona {
             baseline_stress: 0.8,
@@ -319,6 +359,7 @@ mod tests {
             baseline_stress: 0.3,
             impulsivity: 0.05,
             saving_habit: 0.5,
+            rhythm: DailyRhythm::COMMON,
         };
         let impulsive = Persona {
             impulsivity: 0.95,
@@ -354,6 +395,7 @@ mod tests {
             baseline_stress: 0.2,
             impulsivity: 0.5,
             saving_habit: 0.5,
+            rhythm: DailyRhythm::COMMON,
         };
         let gloomy = Persona {
             baseline_valence: -0.5,

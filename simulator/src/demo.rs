@@ -1,6 +1,7 @@
 //! The all-in-one demo: the story of the system, told by running it.
 //!
-//! Starts the broker and the cloud, gives a few people a financial history and a phone, streams
+//! Starts the broker and the cloud, gives a few people a financial history and a phone (each of
+//! a known [`Archetype`], dealt round robin: a calm saver, an anxious worrier, …), streams
 //! their emotions, asks for an offer for each, accepts the approved ones, waits for the phones to
 //! hear that their new limit is in force, and checks that every reading produced was stored
 //! exactly once.
@@ -9,7 +10,7 @@ use std::{collections::HashSet, time::Duration};
 
 use anyhow::Context;
 use chrono::Utc;
-use ecs_edge_agent::{Agent, AgentConfig, AgentHandle};
+use ecs_edge_agent::{Agent, AgentConfig, AgentHandle, sensor::Archetype};
 use ecs_protocol::{DeviceId, NotificationKind};
 use serde::Serialize;
 use uuid::Uuid;
@@ -26,7 +27,7 @@ pub struct DemoOptions {
     pub devices: usize,
     pub duration: Duration,
     pub sample_rate_hz: f64,
-    /// Seed for people's histories and sensors.
+    /// Seed for people's histories and sensors; person `i` is of [`Archetype::for_index`]`(i)`.
     pub seed: u64,
     /// How long to wait for acks and notifications before calling the run a failure.
     pub settle_timeout: Duration,
@@ -84,8 +85,10 @@ async fn story(
     for i in 0..options.devices {
         let name = format!("{} #{}", NAMES[i % NAMES.len()], i + 1);
         let seed = options.seed.wrapping_add(i as u64);
+        let archetype = Archetype::for_index(i);
+        // The archetype stays here: the cloud is told a name, never what kind of person it is.
         let user = admin.create_user(&name, true).await?;
-        let history = history::generate(seed, Utc::now());
+        let history = history::generate(archetype, seed, Utc::now());
         admin.record_transactions(user.user_id, &history).await?;
         let api = admin.with_token(&user.api_token);
         // The person registers their own phone, with their own token.
@@ -97,13 +100,15 @@ async fn story(
         config.db_path = stack.workdir().join(format!("phone-{device_id}.db"));
         config.sample_rate_hz = options.sample_rate_hz;
         config.sensor_seed = Some(seed);
+        config.sensor_archetype = Some(archetype);
         config.flush_interval = Duration::from_millis(500);
         config.ack_timeout = Duration::from_secs(3);
         let agent = Agent::start(config)
             .await
             .with_context(|| format!("starting the phone of {name}"))?;
         say(format!(
-            "{name}: user {}, {} transactions over 90 days, phone {device_id} streaming",
+            "{name} (simulated as: {}): user {}, {} transactions over 90 days, phone {device_id} streaming",
+            archetype.describe(),
             user.user_id,
             history.len()
         ));

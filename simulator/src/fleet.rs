@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context;
 use chrono::Utc;
 use ecs_broker::PkiDir;
-use ecs_edge_agent::{Agent, AgentConfig, BrokerUrl, TlsFiles};
+use ecs_edge_agent::{Agent, AgentConfig, BrokerUrl, TlsFiles, sensor::Archetype};
 use ecs_protocol::DeviceId;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +22,11 @@ pub struct RosterEntry {
     pub user_id: Uuid,
     pub api_token: String,
     pub device_id: String,
+    /// The kind of person simulated ([`Archetype::for_index`] of the entry's place). Known to
+    /// the simulator only: the cloud is never told. Absent in rosters written before archetypes
+    /// (those phones keep the persona drawn from their seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archetype: Option<Archetype>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,10 +60,14 @@ async fn roster(options: &FleetOptions) -> anyhow::Result<Vec<RosterEntry>> {
     let mut roster = Vec::new();
     for i in 0..options.devices {
         let seed = options.seed.wrapping_add(i as u64);
+        let archetype = Archetype::for_index(i);
         let name = format!("Fleet person {}", i + 1);
         let user = admin.create_user(&name, true).await?;
         admin
-            .record_transactions(user.user_id, &history::generate(seed, Utc::now()))
+            .record_transactions(
+                user.user_id,
+                &history::generate(archetype, seed, Utc::now()),
+            )
             .await?;
         let device = admin.register_device(user.user_id, None).await?;
         roster.push(RosterEntry {
@@ -66,6 +75,7 @@ async fn roster(options: &FleetOptions) -> anyhow::Result<Vec<RosterEntry>> {
             user_id: user.user_id,
             api_token: user.api_token,
             device_id: device.device_id,
+            archetype: Some(archetype),
         });
     }
     let tmp = path.with_extension("json.tmp");
@@ -119,8 +129,12 @@ pub async fn run(options: FleetOptions, shutdown: CancellationToken) -> anyhow::
         config.db_path = options.dir.join(format!("phone-{device}.db"));
         config.sample_rate_hz = options.sample_rate_hz;
         config.sensor_seed = Some(options.seed.wrapping_add(i as u64));
+        config.sensor_archetype = entry.archetype;
         agents.push(Agent::start(config).await?);
-        tracing::info!(device_id = %device, user_id = %entry.user_id, "phone started");
+        let archetype = entry
+            .archetype
+            .map_or("drawn from the seed", Archetype::as_str);
+        tracing::info!(device_id = %device, user_id = %entry.user_id, archetype, "phone started");
     }
     let mut ticker = tokio::time::interval(Duration::from_secs(30));
     loop {

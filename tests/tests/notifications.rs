@@ -282,6 +282,7 @@ async fn a_proactive_offer_reaches_the_phone_and_the_app_that_accepts_it() {
         user_id: person.user_id,
         api_token: person.token.clone(),
         device_id: person.device.as_str().to_owned(),
+        archetype: None,
     }];
     std::fs::write(&roster_file, serde_json::to_vec(&roster).unwrap()).unwrap();
     let app_stop = CancellationToken::new();

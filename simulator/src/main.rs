@@ -10,6 +10,7 @@ use ecs_simulator::{
     bench::{self, BenchKind},
     demo::{self, DemoOptions},
     fleet::{self, FleetOptions},
+    insights::{self, InsightsArgs},
     stack::{BrokerChoice, StackOptions},
 };
 use ecs_telemetry::{LogFormat, LogTarget};
@@ -113,6 +114,10 @@ enum Command {
               action = clap::ArgAction::Set)]
         request_offers: bool,
     },
+    /// What the emotional data shows: a population of archetypes simulated into a scratch
+    /// database through the cloud's own code, assessed, and summed up in findings.json and
+    /// SVG charts (docs/INSIGHTS.md).
+    Insights(InsightsArgs),
     /// Measure a component under load (build with --release first).
     Bench {
         #[command(subcommand)]
@@ -243,6 +248,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 request_offers,
             };
             ecs_simulator::mobile::app::run(&api_url, &roster_file, options, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Insights(args) => {
+            // sqlx warns of every analysis query over a second: expected here, and not news.
+            ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, "warn,sqlx=error");
+            let started = std::time::Instant::now();
+            let findings = insights::run(&args).await?;
+            for line in findings.summary() {
+                println!("{line}");
+            }
+            println!(
+                "Wrote {} in {:.0} s.",
+                args.out.display(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { kind } => {

@@ -3,8 +3,8 @@
 //! A population of every [`Archetype`] gets financial histories and days of sensor readings
 //! (simulated time) written into a scratch database through the cloud's own code
 //! ([`population`]); each person is then assessed by the cloud's own assessor, model and policy,
-//! counterfactuals are computed with the same functions, and the figures come from SQL over what
-//! the cloud stored ([`analysis`]). The run writes `findings.json` and SVG charts ([`svg`]) to
+//! counterfactuals are computed with the same functions ([`counterfactual`]), and the figures
+//! come from SQL over what the cloud stored ([`analysis`]). The run writes `findings.json` and SVG charts ([`svg`]) to
 //! the output directory; docs/INSIGHTS.md quotes them.
 //!
 //! Deterministic from `--seed` (and the population's size): people, streams and finances are
@@ -13,6 +13,7 @@
 //! readings from the future or over 30 days old, so the stretch cannot be fixed in the past).
 
 pub mod analysis;
+pub mod counterfactual;
 pub mod findings;
 pub mod population;
 pub mod svg;
@@ -81,7 +82,7 @@ pub async fn run(args: &InsightsArgs) -> anyhow::Result<Findings> {
         ));
         // One connection for the analysis: its temporary tables live in its session.
         let mut conn = pool.acquire().await?;
-        analysis::assess(&pool, &people, &mut conn).await?;
+        counterfactual::assess(&pool, &people, &mut conn).await?;
         analysis::tabulate(&mut conn, &plan).await?;
         let (readings_stored, transactions_stored) = analysis::stored(&mut conn).await?;
         let (hours, stress_by_hour) = analysis::hours(&mut conn, &plan).await?;

@@ -28,6 +28,7 @@ use utoipa::{OpenApi, ToSchema};
 mod analytics;
 mod credit;
 mod persons;
+mod privacy;
 
 use crate::{
     Error,
@@ -57,6 +58,8 @@ pub struct AppState {
     pub analytics: Analytics,
     /// Keys the derivations of stored idempotent answers.
     pub idempotency: crate::idempotency::ServerKey,
+    /// Opens and seals people's personal fields (`crate::keys`).
+    pub keyring: crate::keys::SharedKeyring,
 }
 
 impl HasAuthenticator for AppState {
@@ -79,10 +82,16 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/problems/{slug}", get(problem_type))
         .merge(persons::routes())
+        .merge(privacy::routes())
         .merge(credit::routes())
         .merge(analytics::routes())
         .merge(crate::dashboard::routes())
         .merge(crate::docs::routes())
+        // Every read of a person's data by the admin token is recorded before it is served.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::privacy::trail::record_admin_reads,
+        ))
         // Only matched routes: the label is the route template, so its cardinality is bounded.
         .route_layer(axum::middleware::from_fn(record_http_metrics))
         .fallback(not_found)
@@ -402,6 +411,7 @@ impl utoipa::Modify for BearerAuth {
           persons::get_emotional_profile, persons::set_consent, persons::rotate_token,
           persons::register_device, persons::revoke_device, persons::record_transactions,
           persons::list_notifications,
+          privacy::export_user, privacy::consent_history, privacy::access_log,
           credit::create_offer, credit::get_offer, credit::accept_offer, credit::get_credit_limit,
           analytics::me, analytics::hourly_mood, analytics::credit_limits,
           analytics::interest_rates, analytics::decisions, analytics::funnel, analytics::ingest,

@@ -241,8 +241,15 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         .ok_or_else(|| {
             Error::InvalidInput("ECS_ADMIN_TOKEN (or ECS_ADMIN_TOKEN_FILE) must be set".into())
         })?;
-    // Before anything connects: a bad model file is a configuration error, reported at once.
+    // Before anything connects: a bad model file or a missing master key is a configuration
+    // error, reported at once.
     let model = model::build(&settings.model)?;
+    let keyring = Arc::new(settings.keys.keyring()?);
+    // Names stored in the clear before encryption existed are sealed now (nothing when none).
+    let sealed = crate::keys::seal_legacy_names(&pool, &keyring).await?;
+    if sealed > 0 {
+        info!(sealed, "sealed the names stored before encryption");
+    }
     let rates = ApiRates {
         per_user: f64::from(settings.api_rate_per_user),
         per_user_burst: 2.0 * f64::from(settings.api_rate_per_user),
@@ -381,6 +388,7 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         metrics: metrics_handle(),
         analytics: Analytics::new(pool.clone(), settings.analytics_min_group),
         idempotency: crate::idempotency::ServerKey::derive_from(&admin_token),
+        keyring,
     };
     let router = api::router(state);
     let stop = shutdown.clone();
@@ -433,6 +441,7 @@ mod tests {
         ])
         .unwrap()
         .settings;
+        settings.keys.master_key = Some(crate::keys::MasterKey::random().to_hex());
         settings.mqtt = mqtt_settings(group);
         start(settings, pool).await.unwrap()
     }

@@ -184,14 +184,15 @@ impl Authenticator {
         })
     }
 
+    /// Whether `authorization` carries the admin token (no query, no rate spent): for the access
+    /// trail, which records what the admin token reads.
+    pub fn is_admin(&self, authorization: Option<&str>) -> bool {
+        bearer(authorization)
+            .is_some_and(|token| constant_time_eq(&digest(token), &self.admin_digest))
+    }
+
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        let token = authorization
-            .and_then(|h| h.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or(Error::Unauthenticated)?;
+        let token = bearer(authorization).ok_or(Error::Unauthenticated)?;
         let token_digest = digest(token);
         if constant_time_eq(&token_digest, &self.admin_digest) {
             return Ok(Principal::Admin);
@@ -211,6 +212,16 @@ impl Authenticator {
         .await?;
         user.map(Principal::User).ok_or(Error::Unauthenticated)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header. The scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    authorization
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Creates a token for `user_id`, stores its digest, and returns the token: the only time it is

@@ -404,6 +404,61 @@ pub struct Settings {
     pub assessments_per_hour: u32,
     #[command(flatten)]
     pub proactive: ProactiveSettings,
+    #[command(flatten)]
+    pub keys: KeySettings,
+}
+
+/// Where the master keys come from (`cloud::keys`). Never stored in the database or logged.
+#[derive(Clone, Args, Default)]
+pub struct KeySettings {
+    /// File holding the master key (64 hex digits: `openssl rand -hex 32`). Preferred.
+    #[arg(long = "master-key-file", env = "ECS_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// The master key itself (64 hex digits); prefer ECS_MASTER_KEY_FILE.
+    #[arg(long = "master-key", env = "ECS_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// Files of retired master keys, comma-separated: still read (data keys wrapped by them
+    /// open) until `ecs-cloud keys rotate` has re-wrapped everything under the current one.
+    #[arg(
+        long = "retired-master-key-files",
+        env = "ECS_RETIRED_MASTER_KEY_FILES",
+        value_delimiter = ','
+    )]
+    pub retired_master_key_files: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for KeySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySettings")
+            .field("master_key_file", &self.master_key_file)
+            .field("master_key", &self.master_key.as_ref().map(|_| REDACTED))
+            .field("retired_master_key_files", &self.retired_master_key_files)
+            .finish()
+    }
+}
+
+impl KeySettings {
+    /// The keyring these settings name; an error when no master key is configured.
+    pub fn keyring(&self) -> crate::error::Result<crate::keys::Keyring> {
+        use crate::keys::MasterKey;
+        let current = match (&self.master_key_file, &self.master_key) {
+            (Some(path), _) => MasterKey::from_file(path)?,
+            (None, Some(text)) => MasterKey::parse(text)?,
+            (None, None) => {
+                return Err(crate::Error::InvalidInput(
+                    "ECS_MASTER_KEY_FILE (or ECS_MASTER_KEY) must be set: 64 hex digits, \
+                     e.g. openssl rand -hex 32 > master.key"
+                        .into(),
+                ));
+            }
+        };
+        let retired = self
+            .retired_master_key_files
+            .iter()
+            .map(|path| MasterKey::from_file(path))
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        Ok(crate::keys::Keyring::new(current, retired))
+    }
 }
 
 /// When the cloud makes offers by itself (`cloud::proactive`); the rule's thresholds are its
@@ -480,6 +535,7 @@ impl std::fmt::Debug for Settings {
             .field("api_rate_admin", &self.api_rate_admin)
             .field("assessments_per_hour", &self.assessments_per_hour)
             .field("proactive", &self.proactive)
+            .field("keys", &self.keys)
             .finish()
     }
 }
@@ -539,10 +595,17 @@ mod tests {
             "admin-secret-0123456789",
             "--mqtt-password",
             "mqtt-secret",
+            "--master-key",
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
         ])
         .unwrap();
         let shown = format!("{:?}", cli.settings);
-        for secret in ["db-secret", "admin-secret", "mqtt-secret"] {
+        for secret in [
+            "db-secret",
+            "admin-secret",
+            "mqtt-secret",
+            "00112233445566778899",
+        ] {
             assert!(!shown.contains(secret), "{shown}");
         }
     }

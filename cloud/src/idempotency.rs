@@ -26,16 +26,11 @@ use axum::{
     http::{HeaderValue, StatusCode, header, request::Parts},
     response::{IntoResponse, Response},
 };
-use chacha20poly1305::{
-    ChaCha20Poly1305, KeyInit, Nonce,
-    aead::{Aead, Payload},
-};
 use hmac::{Hmac, Mac};
-use rand::RngExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::{Error, auth::Principal, error::Result, people::PersonTx};
+use crate::{Error, auth::Principal, error::Result, keys::SealingKey, people::PersonTx};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -166,33 +161,11 @@ impl Once {
     }
 
     fn seal(&self, body: &[u8]) -> Result<([u8; 12], Vec<u8>)> {
-        let mut nonce = [0u8; 12];
-        rand::rng().fill(&mut nonce[..]);
-        let sealed = ChaCha20Poly1305::new((&self.seal).into())
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: body,
-                    aad: &self.lookup,
-                },
-            )
-            .map_err(|_| Error::Internal("sealing an idempotent answer failed".into()))?;
-        Ok((nonce, sealed))
+        SealingKey::from_bytes(self.seal).seal_parts(&self.lookup, body)
     }
 
     fn open(&self, nonce: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-        let nonce: [u8; 12] = nonce
-            .try_into()
-            .map_err(|_| Error::Internal("a stored answer has a bad nonce".into()))?;
-        ChaCha20Poly1305::new((&self.seal).into())
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &self.lookup,
-                },
-            )
-            .map_err(|_| Error::Internal("a stored answer does not open with its key".into()))
+        SealingKey::from_bytes(self.seal).open_parts(&self.lookup, nonce, sealed)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Parser, Subcommand};
 use ecs_cloud::{
     app,
@@ -70,6 +70,38 @@ enum Command {
         database: Database,
         #[command(subcommand)]
         command: OutboxCommand,
+    },
+    /// The master keys that wrap people's data keys: make one, see which wrap how many, re-wrap
+    /// everything under the current one (online) so a retired key can be dropped.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new random master key (64 hex digits) to a file only its owner can read.
+    Generate {
+        /// Where to write it; refused when the file exists.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// How many data keys each master key wraps, and whether this configuration holds it.
+    Status {
+        #[command(flatten)]
+        database: Database,
+        #[command(flatten)]
+        keys: ecs_cloud::config::KeySettings,
+    },
+    /// Re-wrap every data key under the current master key (ECS_MASTER_KEY_FILE), reading the
+    /// old ones with ECS_RETIRED_MASTER_KEY_FILES. Safe while the cloud runs (which must hold
+    /// both keys meanwhile); when `status` shows none left under a retired key, drop it.
+    Rotate {
+        #[command(flatten)]
+        database: Database,
+        #[command(flatten)]
+        keys: ecs_cloud::config::KeySettings,
     },
 }
 
@@ -160,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         // An operator's command prints its answer on stdout: logs must not mix into it.
-        Command::DeadLetters { .. } | Command::Outbox { .. } => {
+        Command::DeadLetters { .. } | Command::Outbox { .. } | Command::Keys { .. } => {
             ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, "warn")
         }
         _ => ecs_telemetry::init_logs(cli.log_format),
@@ -185,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Keys { command } => keys_command(command).await?,
         Command::Migrate {
             database: Database { database_url },
         } => app::migrate(&database_url).await?,
@@ -248,6 +281,63 @@ async fn operator(database_url: &str, command: impl AsyncFnOnce(&PgPool) -> anyh
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
+}
+
+async fn keys_command(command: KeysCommand) -> anyhow::Result<()> {
+    use ecs_cloud::keys::{Keyring, MasterKey};
+    match command {
+        KeysCommand::Generate { out } => {
+            use std::io::Write;
+            #[cfg(unix)]
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = MasterKey::random();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            options.mode(0o600);
+            let mut file = options
+                .open(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
+            writeln!(file, "{}", key.to_hex())?;
+            println!("master key {} written to {}", key.id(), out.display());
+        }
+        KeysCommand::Status {
+            database: Database { database_url },
+            keys,
+        } => {
+            let keyring = keys.keyring()?;
+            operator(&database_url, async |pool| {
+                for (id, count) in Keyring::census(pool).await? {
+                    let held = if id == keyring.current().id() {
+                        "current"
+                    } else if keyring.holds(&id) {
+                        "retired, held"
+                    } else {
+                        "NOT HELD by this configuration"
+                    };
+                    println!("{id}  {count:>10} data key(s)  {held}");
+                }
+                Ok(())
+            })
+            .await;
+        }
+        KeysCommand::Rotate {
+            database: Database { database_url },
+            keys,
+        } => {
+            let keyring = keys.keyring()?;
+            operator(&database_url, async |pool| {
+                let n = keyring.rotate(pool, 500).await?;
+                println!(
+                    "{n} data key(s) re-wrapped under master key {}",
+                    keyring.current().id()
+                );
+                Ok(())
+            })
+            .await;
+        }
+    }
+    Ok(())
 }
 
 async fn outbox_command(pool: &PgPool, command: OutboxCommand) -> anyhow::Result<()> {

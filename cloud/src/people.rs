@@ -10,13 +10,14 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use lock::{NewPersonRow, PersonTx, retry};
+pub use lock::{ConsentBy, NewPersonRow, PersonTx, retry};
 
 use crate::{
     Error,
     auth::{Secret, issue_user_token},
     error::Result,
     features::EmotionFeatures,
+    keys::Keyring,
 };
 
 /// Longest display name, in characters.
@@ -91,19 +92,56 @@ pub struct PersonView {
     pub reading_count: i64,
 }
 
-/// A person's profile: one indexed read.
-pub async fn view(pool: &PgPool, user_id: Uuid) -> Result<PersonView> {
-    sqlx::query_as(
-        "SELECT u.user_id, u.display_name, u.emotional_data_consent, u.created_at,
+/// The profile as stored: the name still sealed.
+#[derive(sqlx::FromRow)]
+struct StoredPerson {
+    user_id: Uuid,
+    display_name: Option<String>,
+    display_name_sealed: Option<Vec<u8>>,
+    emotional_data_consent: bool,
+    created_at: DateTime<Utc>,
+    device_count: i64,
+    reading_count: i64,
+    master_key_id: Option<String>,
+    wrapped_key: Option<Vec<u8>>,
+}
+
+/// A person's profile: one indexed read (the data key comes with it), the name opened here.
+pub async fn view(pool: &PgPool, keyring: &Keyring, user_id: Uuid) -> Result<PersonView> {
+    let stored: StoredPerson = sqlx::query_as(
+        "SELECT u.user_id, u.display_name, u.display_name_sealed, u.emotional_data_consent,
+                u.created_at,
                 (SELECT count(*) FROM devices d WHERE d.user_id = u.user_id) AS device_count,
                 COALESCE((SELECT readings_count FROM emotion_features f WHERE f.user_id = u.user_id), 0)
-                    AS reading_count
-         FROM users u WHERE u.user_id = $1",
+                    AS reading_count,
+                k.master_key_id, k.wrapped_key
+         FROM users u LEFT JOIN keystore.person_keys k ON k.user_id = u.user_id
+         WHERE u.user_id = $1",
     )
     .bind(user_id)
     .fetch_optional(pool)
     .await?
-    .ok_or(Error::NotFound("user"))
+    .ok_or(Error::NotFound("user"))?;
+    let display_name = match (stored.display_name, stored.display_name_sealed) {
+        // Stored before encryption existed, and not sealed yet (the cloud seals those at start).
+        (Some(name), _) => name,
+        (None, Some(sealed)) => {
+            let key = match (stored.master_key_id, stored.wrapped_key) {
+                (Some(id), Some(wrapped)) => keyring.unwrap(user_id, &id, &wrapped)?,
+                _ => return Err(Error::Internal("a sealed name without a data key".into())),
+            };
+            key.open_text(crate::keys::NAME_FIELD, &sealed)?
+        }
+        (None, None) => return Err(Error::Internal("a person without a name".into())),
+    };
+    Ok(PersonView {
+        user_id: stored.user_id,
+        display_name,
+        emotional_data_consent: stored.emotional_data_consent,
+        created_at: stored.created_at,
+        device_count: stored.device_count,
+        reading_count: stored.reading_count,
+    })
 }
 
 /// Rolling emotional features, exponentially weighted by recency.
@@ -126,6 +164,9 @@ pub async fn emotional_profile(pool: &PgPool, user_id: Uuid) -> Result<Emotional
 /// ON DELETE CASCADE; dead letters are linked by device only, so they go first.
 pub async fn erase(tx: &mut PersonTx) -> Result<()> {
     let user_id = tx.user_id();
+    // The key first: from this statement on, every sealed copy of their data, here or in any
+    // backup, is noise (see `keys`).
+    crate::keys::shred(tx.conn(), user_id).await?;
     // Holding the devices keeps ingest from writing a dead letter for them between the two
     // deletes below.
     sqlx::query("SELECT 1 FROM devices WHERE user_id = $1 FOR UPDATE")
@@ -156,8 +197,11 @@ pub struct ConsentView {
 
 /// Gives or withdraws consent. Withdrawing removes the derived emotional profile in the same
 /// transaction, so no later decision can use it.
-pub async fn set_consent(tx: &mut PersonTx, consent: bool) -> Result<ConsentView> {
+pub async fn set_consent(tx: &mut PersonTx, consent: bool, by: ConsentBy) -> Result<ConsentView> {
     let user_id = tx.user_id();
+    if consent != tx.consents_to_emotional_data() {
+        record_consent(tx.conn(), user_id, consent, by).await?;
+    }
     let view: ConsentView = sqlx::query_as(
         "UPDATE users SET
              emotional_data_consent = $2,
@@ -180,6 +224,25 @@ pub async fn set_consent(tx: &mut PersonTx, consent: bool) -> Result<ConsentView
     }
     tracing::info!(%user_id, consent, "consent recorded");
     Ok(view)
+}
+
+/// Appends a grant or withdrawal to the person's consent history.
+pub async fn record_consent(
+    conn: &mut sqlx::PgConnection,
+    user_id: Uuid,
+    granted: bool,
+    by: ConsentBy,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO consent_events (user_id, purpose, granted, recorded_by)
+         VALUES ($1, 'emotional_data', $2, $3)",
+    )
+    .bind(user_id)
+    .bind(granted)
+    .bind(by.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[derive(Serialize, ToSchema)]

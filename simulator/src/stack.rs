@@ -178,6 +178,11 @@ pub(crate) fn cloud_settings(
         // The demo's driver (and the benchmarks) act through the admin token for every phone.
         api_rate_admin: 100_000,
         assessments_per_hour: 10,
+        // A master key of the run's own: what it seals dies with the run.
+        keys: ecs_cloud::config::KeySettings {
+            master_key: Some(ecs_cloud::keys::MasterKey::random().to_hex()),
+            ..Default::default()
+        },
         // Scans often, so a demo long enough (30 minutes of calm) sees proactive offers.
         proactive: ecs_cloud::config::ProactiveSettings {
             scan_secs: 5,

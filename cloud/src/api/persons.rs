@@ -130,7 +130,7 @@ pub(super) async fn create_user(
     if let Some(replay) = idempotency::replay(once.as_ref(), &state.pool).await? {
         return Ok(replay);
     }
-    let (pool, once) = (&state.pool, once.as_ref());
+    let (pool, once, keyring) = (&state.pool, once.as_ref(), &*state.keyring);
     let row = NewPersonRow {
         user_id: Uuid::new_v4(),
         display_name: name.as_str(),
@@ -138,7 +138,7 @@ pub(super) async fn create_user(
     };
     let row = &row;
     let answer = people::retry(|| async move {
-        let mut tx = PersonTx::insert(pool, row).await?;
+        let mut tx = PersonTx::insert(pool, keyring, row).await?;
         // A replay rolls back the person just inserted.
         let answer = idempotency::answer_once!(
             once,
@@ -171,7 +171,9 @@ pub(super) async fn get_user(
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> Result<Json<PersonView>> {
     principal.ensure_can_access(user_id)?;
-    Ok(Json(people::view(&state.pool, user_id).await?))
+    Ok(Json(
+        people::view(&state.pool, &state.keyring, user_id).await?,
+    ))
 }
 
 /// Erase a person and everything about them (LGPD Art. 18): profile, devices, readings,
@@ -244,9 +246,13 @@ pub(super) async fn set_consent(
 ) -> Result<Json<ConsentView>> {
     principal.ensure_can_access(user_id)?;
     let (pool, consent) = (&state.pool, body.emotional_data_consent);
+    let by = match principal {
+        Principal::Admin => people::ConsentBy::Admin,
+        Principal::User(_) => people::ConsentBy::Person,
+    };
     let view = people::retry(|| async move {
         let mut tx = PersonTx::lock(pool, user_id).await?;
-        let view = people::set_consent(&mut tx, consent).await?;
+        let view = people::set_consent(&mut tx, consent, by).await?;
         tx.finish().await?;
         Ok(view)
     })

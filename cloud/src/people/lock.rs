@@ -75,18 +75,29 @@ impl PersonTx {
     }
 
     /// Begins a transaction and creates the person's row in it: the new row is locked by its
-    /// insert, so the discipline holds from the first statement.
-    pub async fn insert(pool: &PgPool, person: &NewPersonRow<'_>) -> Result<Self> {
+    /// insert, so the discipline holds from the first statement. The person's data key is made
+    /// in the same transaction, and their name is stored sealed with it.
+    pub async fn insert(
+        pool: &PgPool,
+        keyring: &crate::keys::Keyring,
+        person: &NewPersonRow<'_>,
+    ) -> Result<Self> {
         let mut tx = pool.begin_with(BEGIN).await?;
+        let key = keyring.create_for(&mut tx, person.user_id).await?;
+        let name = key.seal_text(crate::keys::NAME_FIELD, person.display_name)?;
         sqlx::query(
-            "INSERT INTO users (user_id, display_name, emotional_data_consent, consent_recorded_at)
+            "INSERT INTO users (user_id, display_name_sealed, emotional_data_consent,
+                 consent_recorded_at)
              VALUES ($1, $2, $3, CASE WHEN $3 THEN now() END)",
         )
         .bind(person.user_id)
-        .bind(person.display_name)
+        .bind(&name)
         .bind(person.consent)
         .execute(&mut *tx)
         .await?;
+        if person.consent {
+            crate::people::record_consent(&mut tx, person.user_id, true, ConsentBy::Admin).await?;
+        }
         Ok(Self {
             tx,
             user_id: person.user_id,
@@ -133,6 +144,23 @@ impl PersonTx {
             self.tx.commit().await?;
         }
         Ok(())
+    }
+}
+
+/// Who recorded a consent change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentBy {
+    /// The person, with their own token.
+    Person,
+    Admin,
+}
+
+impl ConsentBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsentBy::Person => "self",
+            ConsentBy::Admin => "admin",
+        }
     }
 }
 

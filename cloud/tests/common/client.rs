@@ -137,3 +137,18 @@ pub async fn person(app: &Router) -> (String, String) {
     assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     (user, token)
 }
+
+/// Asks for an offer for `user` with their token; returns the offer's id (the offer must be
+/// created: 201).
+pub async fn assess(app: &Router, user: &str, token: &str) -> String {
+    let r = call(
+        app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(token),
+        Some("{}"),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body["offer_id"].as_str().unwrap().to_owned()
+}

@@ -64,5 +64,18 @@ fn build(
         metrics: metrics_handle(),
         analytics: Analytics::new(pool.clone(), min_group),
         idempotency: ecs_cloud::idempotency::ServerKey::derive_from(ADMIN),
+        keyring: Arc::new(keyring()),
     })
+}
+
+/// The master key the tests' apps use: one for the whole test binary, so apps built on the
+/// same database (a test building two) open each other's data.
+pub fn keyring() -> ecs_cloud::keys::Keyring {
+    ecs_cloud::keys::Keyring::new(
+        ecs_cloud::keys::MasterKey::parse(
+            "7e57000000000000000000000000000000000000000000000000000000000001",
+        )
+        .unwrap(),
+        vec![],
+    )
 }

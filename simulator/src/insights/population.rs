@@ -81,6 +81,9 @@ pub async fn simulate(
         bail!("the reading interval must be at least a second");
     }
     let ingest = Ingest::new(pool.clone());
+    // The run's own master key: the names are sealed as the cloud seals them, and nobody reads
+    // them back.
+    let keyring = ecs_cloud::keys::Keyring::new(ecs_cloud::keys::MasterKey::random(), vec![]);
     let bar = progress.counter("simulated people", plan.people() as u64);
     let mut people = Vec::with_capacity(plan.people());
     let mut written = Written::default();
@@ -100,7 +103,7 @@ pub async fn simulate(
             .map(|t| t.amount_cents)
             .sum::<i64>()
             / history::MONTHS;
-        provision(pool, &person, index, &device, &past).await?;
+        provision(pool, &keyring, &person, index, &device, &past).await?;
         let bought = stream(&ingest, plan, &person, &device, monthly_income).await?;
         record(pool, person.user_id, &bought).await?;
         written.readings += plan.readings_per_person() as u64;
@@ -116,6 +119,7 @@ pub async fn simulate(
 /// The person, with consent, their phone and their financial history.
 async fn provision(
     pool: &PgPool,
+    keyring: &ecs_cloud::keys::Keyring,
     person: &Person,
     index: usize,
     device: &DeviceId,
@@ -125,6 +129,7 @@ async fn provision(
     let name = format!("Simulated person {}", index + 1);
     let mut tx = PersonTx::insert(
         pool,
+        keyring,
         &NewPersonRow {
             user_id: person.user_id,
             display_name: &name,

@@ -1,0 +1,367 @@
+//! Envelope encryption of personal data, crypto-shredding and master-key rotation.
+//!
+//! Every person has a **data key** (32 random bytes) that seals their most identifying fields
+//! (today: their name) with ChaCha20-Poly1305. The data key is stored **wrapped** by a
+//! **master key** in `keystore.person_keys`, a schema with no foreign key into the data, backed
+//! up apart from it. The master key never enters the database or the logs: it comes from
+//! `ECS_MASTER_KEY_FILE` (or `ECS_MASTER_KEY`), and the [`Keyring`] also holds the retired
+//! master keys still needed while a rotation runs.
+//!
+//! Erasing a person deletes their key row **first** (in the erasure's transaction): from then on
+//! every sealed copy of their fields, in the live tables or in any backup of the data, is noise,
+//! even when that backup is restored next to the current key store.
+//!
+//! Every sealed value is bound to its owner and field (the AEAD's associated data), so a sealed
+//! name copied onto another person, or into another column, does not open.
+
+use std::{path::Path, sync::Arc};
+
+use chacha20poly1305::{
+    ChaCha20Poly1305, KeyInit, Nonce,
+    aead::{Aead, Payload},
+};
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{Error, error::Result};
+
+/// Bytes of a nonce, stored in front of every sealed value.
+const NONCE_BYTES: usize = 12;
+
+/// A 256-bit ChaCha20-Poly1305 key. Never printed.
+#[derive(Clone)]
+pub struct SealingKey([u8; 32]);
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey([redacted])")
+    }
+}
+
+impl SealingKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill(&mut bytes[..]);
+        Self(bytes)
+    }
+
+    /// Seals `msg` bound to `aad` under a fresh random nonce; returns the nonce and the
+    /// ciphertext with its tag.
+    pub fn seal_parts(&self, aad: &[u8], msg: &[u8]) -> Result<([u8; NONCE_BYTES], Vec<u8>)> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        rand::rng().fill(&mut nonce[..]);
+        let sealed = ChaCha20Poly1305::new((&self.0).into())
+            .encrypt(&Nonce::from(nonce), Payload { msg, aad })
+            .map_err(|_| Error::Internal("sealing failed".into()))?;
+        Ok((nonce, sealed))
+    }
+
+    /// Opens what [`SealingKey::seal_parts`] sealed with the same `aad`.
+    pub fn open_parts(&self, aad: &[u8], nonce: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        let nonce: [u8; NONCE_BYTES] = nonce
+            .try_into()
+            .map_err(|_| Error::Internal("a sealed value has a bad nonce".into()))?;
+        ChaCha20Poly1305::new((&self.0).into())
+            .decrypt(&Nonce::from(nonce), Payload { msg: sealed, aad })
+            .map_err(|_| Error::Internal("a sealed value does not open with its key".into()))
+    }
+
+    /// Seals into one value: nonce || ciphertext and tag.
+    pub fn seal(&self, aad: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
+        let (nonce, sealed) = self.seal_parts(aad, msg)?;
+        Ok([&nonce[..], &sealed].concat())
+    }
+
+    /// Opens one value made by [`SealingKey::seal`].
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < NONCE_BYTES {
+            return Err(Error::Internal("a sealed value is too short".into()));
+        }
+        let (nonce, sealed) = sealed.split_at(NONCE_BYTES);
+        self.open_parts(aad, nonce, sealed)
+    }
+}
+
+/// A master key and its id (the first 8 bytes of its SHA-256, in hex: names it in the key store
+/// without revealing it).
+#[derive(Clone, Debug)]
+pub struct MasterKey {
+    key: SealingKey,
+    id: String,
+}
+
+impl MasterKey {
+    /// 64 hex digits (surrounding whitespace ignored), as `openssl rand -hex 32` writes.
+    pub fn parse(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bad = || {
+            Error::InvalidInput("a master key must be 64 hex digits (openssl rand -hex 32)".into())
+        };
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        }
+        Ok(Self::from_bytes(bytes))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot read the master key {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text)
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        let digest = Sha256::digest(bytes);
+        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            key: SealingKey::from_bytes(bytes),
+            id,
+        }
+    }
+
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill(&mut bytes[..]);
+        Self::from_bytes(bytes)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The key as 64 hex digits, for writing a freshly made key to its file.
+    pub fn to_hex(&self) -> String {
+        self.key.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// The master key new data keys are wrapped with, and the retired ones that may still wrap
+/// some until `ecs-cloud keys rotate` has re-wrapped them.
+#[derive(Clone, Debug)]
+pub struct Keyring {
+    current: MasterKey,
+    retired: Vec<MasterKey>,
+}
+
+/// What a data key is bound to when wrapped.
+fn wrap_aad(user_id: Uuid) -> Vec<u8> {
+    [b"ecs data key v1 ".as_slice(), user_id.as_bytes()].concat()
+}
+
+/// What a sealed field is bound to: its owner and its name.
+fn field_aad(user_id: Uuid, field: &str) -> Vec<u8> {
+    [
+        b"ecs field v1 ".as_slice(),
+        user_id.as_bytes(),
+        field.as_bytes(),
+    ]
+    .concat()
+}
+
+impl Keyring {
+    pub fn new(current: MasterKey, retired: Vec<MasterKey>) -> Self {
+        Self { current, retired }
+    }
+
+    pub fn current(&self) -> &MasterKey {
+        &self.current
+    }
+
+    /// Whether this keyring can open data keys wrapped by the master key `id`.
+    pub fn holds(&self, id: &str) -> bool {
+        self.find(id).is_some()
+    }
+
+    fn find(&self, id: &str) -> Option<&MasterKey> {
+        std::iter::once(&self.current)
+            .chain(&self.retired)
+            .find(|k| k.id == id)
+    }
+
+    /// Makes a data key for a new person and stores it wrapped, in the caller's transaction.
+    pub async fn create_for(&self, conn: &mut PgConnection, user_id: Uuid) -> Result<DataKey> {
+        let key = SealingKey::random();
+        let wrapped = self.current.key.seal(&wrap_aad(user_id), &key.0)?;
+        sqlx::query(
+            "INSERT INTO keystore.person_keys (user_id, master_key_id, wrapped_key)
+             VALUES ($1, $2, $3)",
+        )
+        .bind(user_id)
+        .bind(&self.current.id)
+        .bind(&wrapped)
+        .execute(conn)
+        .await?;
+        Ok(DataKey { user_id, key })
+    }
+
+    /// The person's data key, or `None` when they have none (erased: their data is noise).
+    pub async fn load(
+        &self,
+        executor: impl sqlx::PgExecutor<'_>,
+        user_id: Uuid,
+    ) -> Result<Option<DataKey>> {
+        let row: Option<(String, Vec<u8>)> = sqlx::query_as(
+            "SELECT master_key_id, wrapped_key FROM keystore.person_keys WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .fetch_optional(executor)
+        .await?;
+        row.map(|(id, wrapped)| self.unwrap(user_id, &id, &wrapped))
+            .transpose()
+    }
+
+    pub(crate) fn unwrap(
+        &self,
+        user_id: Uuid,
+        master_key_id: &str,
+        wrapped: &[u8],
+    ) -> Result<DataKey> {
+        let master = self.find(master_key_id).ok_or_else(|| {
+            Error::Internal(format!(
+                "a data key is wrapped by master key {master_key_id}, which this replica does \
+                 not hold (ECS_MASTER_KEY_FILE, ECS_RETIRED_MASTER_KEY_FILES)"
+            ))
+        })?;
+        let bytes: [u8; 32] = master
+            .key
+            .open(&wrap_aad(user_id), wrapped)?
+            .try_into()
+            .map_err(|_| Error::Internal("a data key is not 32 bytes".into()))?;
+        Ok(DataKey {
+            user_id,
+            key: SealingKey::from_bytes(bytes),
+        })
+    }
+
+    /// Re-wraps, in batches of `batch`, every data key not wrapped by the current master key.
+    /// Online: each batch is one short transaction, and a replica reading a key meanwhile finds
+    /// it under the old master key or the new one, both of which it holds. Returns how many
+    /// keys were re-wrapped.
+    pub async fn rotate(&self, pool: &PgPool, batch: i64) -> Result<u64> {
+        let mut rotated = 0;
+        loop {
+            let mut tx = pool.begin().await?;
+            let rows: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
+                "SELECT user_id, master_key_id, wrapped_key FROM keystore.person_keys
+                 WHERE master_key_id <> $1
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(&self.current.id)
+            .bind(batch)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.commit().await?;
+                return Ok(rotated);
+            }
+            for (user_id, id, wrapped) in rows {
+                let key = self.unwrap(user_id, &id, &wrapped)?;
+                let rewrapped = self.current.key.seal(&wrap_aad(user_id), &key.key.0)?;
+                sqlx::query(
+                    "UPDATE keystore.person_keys
+                     SET master_key_id = $2, wrapped_key = $3, rotated_at = now()
+                     WHERE user_id = $1",
+                )
+                .bind(user_id)
+                .bind(&self.current.id)
+                .bind(&rewrapped)
+                .execute(&mut *tx)
+                .await?;
+                rotated += 1;
+            }
+            tx.commit().await?;
+        }
+    }
+
+    /// How many data keys each master key wraps.
+    pub async fn census(pool: &PgPool) -> Result<Vec<(String, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT master_key_id, count(*) FROM keystore.person_keys
+             GROUP BY master_key_id ORDER BY master_key_id",
+        )
+        .fetch_all(pool)
+        .await?)
+    }
+}
+
+/// Destroys the person's data key, in the erasure's transaction: what it sealed, wherever it
+/// was copied, can no longer be read.
+pub async fn shred(conn: &mut PgConnection, user_id: Uuid) -> Result<()> {
+    sqlx::query("DELETE FROM keystore.person_keys WHERE user_id = $1")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One person's data key, unwrapped.
+pub struct DataKey {
+    user_id: Uuid,
+    key: SealingKey,
+}
+
+impl DataKey {
+    pub fn seal_text(&self, field: &str, text: &str) -> Result<Vec<u8>> {
+        self.key
+            .seal(&field_aad(self.user_id, field), text.as_bytes())
+    }
+
+    pub fn open_text(&self, field: &str, sealed: &[u8]) -> Result<String> {
+        let bytes = self.key.open(&field_aad(self.user_id, field), sealed)?;
+        String::from_utf8(bytes)
+            .map_err(|_| Error::Internal(format!("sealed {field} is not UTF-8")))
+    }
+}
+
+/// Seals, at start, the names stored in the clear before encryption existed (and gives their
+/// owners a data key). Idempotent and safe with several replicas starting at once: each row is
+/// taken under its person's lock. Returns how many were sealed.
+pub async fn seal_legacy_names(pool: &PgPool, keyring: &Keyring) -> Result<u64> {
+    let mut sealed = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let row: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT user_id, display_name FROM users WHERE display_name IS NOT NULL
+             LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((user_id, name)) = row else {
+            tx.commit().await?;
+            return Ok(sealed);
+        };
+        let key = match keyring.load(&mut *tx, user_id).await? {
+            Some(key) => key,
+            None => keyring.create_for(&mut tx, user_id).await?,
+        };
+        sqlx::query(
+            "UPDATE users SET display_name = NULL, display_name_sealed = $2 WHERE user_id = $1",
+        )
+        .bind(user_id)
+        .bind(key.seal_text(NAME_FIELD, &name)?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sealed += 1;
+    }
+}
+
+/// The field name the display name is sealed under.
+pub const NAME_FIELD: &str = "display_name";
+
+/// A keyring shared by the API and the background tasks.
+pub type SharedKeyring = Arc<Keyring>;

@@ -40,6 +40,13 @@ const MAX_FILTERS: usize = 64;
 const MAX_NOTIFICATIONS_PER_ROUND: usize = 512;
 /// Packets read per round before they go to the router.
 const MAX_PACKETS_PER_ROUND: usize = 100;
+/// Packets of one client the router may have waiting before the door stops reading from that
+/// client. rumqttd's per-link queue is unbounded: a client that sends faster than the router's
+/// one thread consumes (a PINGREQ flood on a busy machine) would otherwise grow it without
+/// bound. Past this, the client's TCP window fills and it is the one that waits.
+const MAX_ROUTER_BACKLOG: usize = 4 * MAX_PACKETS_PER_ROUND;
+/// How often a door waiting on the router's backlog looks again.
+const BACKLOG_RECHECK: Duration = Duration::from_millis(2);
 /// How long a new session waits for the old session of the same client id to end.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
@@ -388,7 +395,8 @@ impl Pump {
         let mut more = false;
         let end = loop {
             let silence_deadline = last_heard + self.keep_alive;
-            let paused = paused_until.is_some_and(|t| t > Instant::now());
+            let backlogged = link_tx.buffer().len() >= MAX_ROUTER_BACKLOG;
+            let paused = backlogged || paused_until.is_some_and(|t| t > Instant::now());
             // Not biased: a link the router keeps busy must still get its client's packets read,
             // and a client that keeps sending must still get its acks.
             let round = tokio::select! {
@@ -409,7 +417,9 @@ impl Pump {
                         None
                     }
                 },
-                () = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused => None,
+                () = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)),
+                    if paused && !backlogged => None,
+                () = tokio::time::sleep(BACKLOG_RECHECK), if backlogged => None,
                 () = tokio::time::sleep_until(silence_deadline) => break End::KeepAliveExpired,
             };
             let _: Option<()> = round;

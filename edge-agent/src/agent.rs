@@ -50,6 +50,8 @@ pub(crate) struct Counters {
     pub(crate) buffered: AtomicU64,
     pub(crate) notifications: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
+    /// Acks that named readings not in flight (forged, or for an earlier run's batches).
+    pub(crate) acks_untrusted: AtomicU64,
     pub(crate) connected: AtomicBool,
 }
 
@@ -73,6 +75,9 @@ pub struct AgentStats {
     pub notifications_received: u64,
     /// Downlink messages that could not be decoded (or made no sense) and were dropped.
     pub decode_errors: u64,
+    /// Acks that named readings this run had not sent, or had already had acknowledged: only
+    /// the part in flight was deleted (a forged ack deletes nothing unsent).
+    pub acks_untrusted: u64,
     pub connected: bool,
 }
 
@@ -232,6 +237,7 @@ impl AgentHandle {
             readings_buffered: load(&c.buffered),
             notifications_received: load(&c.notifications),
             decode_errors: load(&c.decode_errors),
+            acks_untrusted: load(&c.acks_untrusted),
             connected: c.connected.load(Ordering::Relaxed),
         }
     }

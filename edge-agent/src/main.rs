@@ -157,6 +157,7 @@ fn log_stats(agent: &AgentHandle) {
         batches_resent = s.batches_resent,
         notifications_received = s.notifications_received,
         decode_errors = s.decode_errors,
+        acks_untrusted = s.acks_untrusted,
         "agent stats"
     );
 }

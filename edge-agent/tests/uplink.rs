@@ -117,6 +117,71 @@ async fn unacknowledged_batches_are_resent_and_kept_until_acked() {
 }
 
 #[tokio::test]
+async fn a_forged_ack_deletes_nothing_the_phone_has_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    let mut cloud = TestCloud::connect(&device, false).await;
+    // Deaf: the only downlink the phone hears is the forger's.
+    let network = PhoneNetwork::start(true).await;
+    let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    config.broker = network.url();
+    config.inflight_batches = 1;
+    config.ack_timeout = Duration::from_secs(600);
+    let agent = Agent::start(config).await.unwrap();
+    let sent = cloud.next_batch(WAIT).await;
+    eventually(
+        WAIT,
+        "readings waiting behind the one batch in flight",
+        || agent.stats().readings_buffered >= 3 * sent.readings.len() as u64,
+    )
+    .await;
+    agent.stop_sensor();
+    eventually(WAIT, "every produced reading stored", || {
+        let s = agent.stats();
+        s.readings_buffered == s.readings_produced
+    })
+    .await;
+    let before = agent.stats();
+
+    // Someone holding the service password acks everything after the batch in flight: readings
+    // the phone stored but never sent.
+    network.inject(
+        &device,
+        &Downlink::AckV1(ecs_protocol::Ack {
+            first_seq: sent.last_seq() + 1,
+            up_to_seq: u64::MAX,
+        }),
+    );
+    eventually(WAIT, "the forged ack counted", || {
+        agent.stats().acks_untrusted == 1
+    })
+    .await;
+    let after = agent.stats();
+    assert_eq!(after.readings_acked, 0, "{after:?}");
+    assert_eq!(after.readings_buffered, before.readings_buffered);
+
+    // An ack that covers the batch in flight and more deletes the batch only.
+    network.inject(
+        &device,
+        &Downlink::AckV1(ecs_protocol::Ack {
+            first_seq: 0,
+            up_to_seq: u64::MAX,
+        }),
+    );
+    eventually(WAIT, "the batch in flight acknowledged", || {
+        agent.stats().readings_acked == sent.readings.len() as u64
+    })
+    .await;
+    let last = agent.stats();
+    assert_eq!(last.acks_untrusted, 2);
+    assert_eq!(
+        last.readings_buffered,
+        before.readings_buffered - sent.readings.len() as u64
+    );
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_notification_is_stored_once_and_receipted_every_time() {
     let dir = tempfile::tempdir().unwrap();
     let device = DeviceId::random();

@@ -257,7 +257,11 @@ impl Session {
         }
     }
 
-    /// The cloud committed `first_seq..=up_to_seq`: delete exactly that range.
+    /// The cloud committed `first_seq..=up_to_seq`: delete what of that range this run sent and
+    /// has not had acknowledged, nothing else. An ack naming anything else (forged by another
+    /// client holding the service password, or for a batch an earlier run sent) deletes nothing
+    /// beyond that and is counted: what it names is sent again in its turn, and the cloud's key
+    /// absorbs the duplicates.
     async fn on_ack(&mut self, ack: Ack) -> Result<()> {
         let Ack {
             first_seq,
@@ -268,11 +272,29 @@ impl Session {
             warn!(first_seq, up_to_seq, "inverted ack range ignored");
             return Ok(());
         }
+        let trusted = self.window.in_flight_within(first_seq, up_to_seq);
+        // In u128: an ack may name 0..=u64::MAX.
+        let covered: u128 = trusted.iter().map(|(a, b)| u128::from(b - a) + 1).sum();
+        if covered < u128::from(up_to_seq - first_seq) + 1 {
+            self.counters.acks_untrusted.fetch_add(1, Ordering::Relaxed);
+            debug!(
+                first_seq,
+                up_to_seq,
+                ?trusted,
+                "ack names readings not in flight; only those in flight are deleted"
+            );
+        }
+        if trusted.is_empty() {
+            return Ok(());
+        }
         let counters = Arc::clone(&self.counters);
         let deleted = self
             .buffer
             .call(move |b| {
-                let deleted = b.delete_range(first_seq, up_to_seq)?;
+                let mut deleted = 0;
+                for (first, last) in trusted {
+                    deleted += b.delete_range(first, last)?;
+                }
                 // Under the buffer's lock, so the gauge never goes stale.
                 counters.buffered.store(b.len(), Ordering::Relaxed);
                 Ok(deleted)

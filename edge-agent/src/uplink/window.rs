@@ -59,6 +59,17 @@ impl Window {
         });
     }
 
+    /// The parts of `first_seq..=up_to_seq` that are in flight (sent and not yet acknowledged),
+    /// in order. An ack is trusted for these only: the rest names readings this run never sent
+    /// (or already had acknowledged), and deleting them on its word would lose unsent data.
+    pub(crate) fn in_flight_within(&self, first_seq: u64, up_to_seq: u64) -> Vec<(u64, u64)> {
+        self.batches
+            .iter()
+            .filter(|b| b.last_seq >= first_seq && b.first_seq <= up_to_seq)
+            .map(|b| (b.first_seq.max(first_seq), b.last_seq.min(up_to_seq)))
+            .collect()
+    }
+
     /// The cloud committed `first_seq..=up_to_seq`: take that range out of every batch.
     pub(crate) fn acknowledge(&mut self, first_seq: u64, up_to_seq: u64) {
         if first_seq > up_to_seq {
@@ -159,6 +170,22 @@ mod tests {
         assert_eq!(w.len(), 3, "an inverted range acknowledges nothing");
         w.acknowledge(0, u64::MAX);
         assert_eq!(w.sent_up_to(), None);
+    }
+
+    #[test]
+    fn only_what_is_in_flight_is_trusted_of_an_ack() {
+        let now = Instant::now();
+        let mut w = Window::new(8);
+        w.push(10, 19, now);
+        w.push(20, 29, now);
+        w.push(40, 49, now);
+        assert_eq!(w.in_flight_within(0, 9), vec![]);
+        assert_eq!(
+            w.in_flight_within(15, 45),
+            vec![(15, 19), (20, 29), (40, 45)]
+        );
+        assert_eq!(w.in_flight_within(30, 39), vec![]);
+        assert_eq!(w.in_flight_within(49, u64::MAX), vec![(49, 49)]);
     }
 
     #[test]

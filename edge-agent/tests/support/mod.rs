@@ -225,6 +225,9 @@ pub struct PhoneNetwork {
     deaf: Arc<AtomicBool>,
     links: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
+    /// Frames written to the phone of the newest connection, whatever the broker says (a
+    /// forger on the phone's path).
+    inject: Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<Vec<u8>>>>>,
 }
 
 impl PhoneNetwork {
@@ -233,11 +236,15 @@ impl PhoneNetwork {
         let port = listener.local_addr().unwrap().port();
         let deaf = Arc::new(AtomicBool::new(deaf));
         let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let inject = Arc::new(std::sync::Mutex::new(None));
         let accept = {
-            let (deaf, links) = (Arc::clone(&deaf), Arc::clone(&links));
+            let (deaf, links, inject) =
+                (Arc::clone(&deaf), Arc::clone(&links), Arc::clone(&inject));
             tokio::spawn(async move {
                 while let Ok((phone, _)) = listener.accept().await {
-                    let link = tokio::spawn(relay(phone, deaf.load(Ordering::SeqCst)));
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    *inject.lock().unwrap() = Some(tx);
+                    let link = tokio::spawn(relay(phone, deaf.load(Ordering::SeqCst), rx));
                     links.lock().unwrap().push(link);
                 }
             })
@@ -247,7 +254,40 @@ impl PhoneNetwork {
             deaf,
             links,
             accept,
+            inject,
         }
+    }
+
+    /// Writes `message` to the phone of the newest connection as a QoS 0 PUBLISH on its
+    /// downlink topic, as if the broker had forwarded it. For deaf networks: on a hearing one
+    /// the frame could land inside a packet the broker is passing.
+    pub fn inject(&self, device: &DeviceId, message: &Downlink) {
+        let topic = topic::downlink(device);
+        let payload = encode_downlink(message).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&payload);
+        let mut frame = vec![0x30];
+        let mut len = body.len();
+        loop {
+            let mut byte = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                byte |= 0x80;
+            }
+            frame.push(byte);
+            if len == 0 {
+                break;
+            }
+        }
+        frame.extend_from_slice(&body);
+        let sender = self.inject.lock().unwrap();
+        sender
+            .as_ref()
+            .expect("a phone is connected")
+            .send(frame)
+            .unwrap();
     }
 
     /// The broker URL that reaches Mosquitto through this network.
@@ -275,8 +315,13 @@ impl Drop for PhoneNetwork {
     }
 }
 
-/// Relays one phone connection to Mosquitto until either side closes.
-async fn relay(phone: tokio::net::TcpStream, deaf: bool) {
+/// Relays one phone connection to Mosquitto until either side closes; `injected` frames go to
+/// the phone as they come.
+async fn relay(
+    phone: tokio::net::TcpStream,
+    deaf: bool,
+    mut injected: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:1883").await else {
@@ -286,14 +331,25 @@ async fn relay(phone: tokio::net::TcpStream, deaf: bool) {
     let (mut broker_rx, mut broker_tx) = broker.into_split();
     let up = tokio::io::copy(&mut phone_rx, &mut broker_tx);
     let down = async {
-        if deaf {
-            // An MQTT 3.1.1 CONNACK is exactly 4 bytes; everything after it is swallowed.
-            let mut connack = [0u8; 4];
-            broker_rx.read_exact(&mut connack).await?;
-            phone_tx.write_all(&connack).await?;
-            tokio::io::copy(&mut broker_rx, &mut tokio::io::sink()).await
-        } else {
-            tokio::io::copy(&mut broker_rx, &mut phone_tx).await
+        // An MQTT 3.1.1 CONNACK is exactly 4 bytes: pass it first, then interleave.
+        let mut connack = [0u8; 4];
+        broker_rx.read_exact(&mut connack).await?;
+        phone_tx.write_all(&connack).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            tokio::select! {
+                n = broker_rx.read(&mut buf) => {
+                    let n = n?;
+                    if n == 0 {
+                        return Ok::<(), std::io::Error>(());
+                    }
+                    // Deaf: everything after the CONNACK is swallowed.
+                    if !deaf {
+                        phone_tx.write_all(&buf[..n]).await?;
+                    }
+                }
+                Some(frame) = injected.recv() => phone_tx.write_all(&frame).await?,
+            }
         }
     };
     tokio::select! {

@@ -17,7 +17,7 @@ use ecs_protocol::{DeviceId, Notification};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::buffer::Buffer;
 use crate::config::AgentConfig;
@@ -26,6 +26,7 @@ use crate::inbox::Inbox;
 use crate::recorder;
 use crate::sensor::Sensor;
 use crate::sqlite::Shared;
+use crate::status::StatusStore;
 use crate::uplink::{Session, Settings, connection};
 
 /// How long [`AgentHandle::shutdown`] waits for each task.
@@ -52,11 +53,40 @@ pub(crate) struct Counters {
     pub(crate) decode_errors: AtomicU64,
     /// Acks that named readings not in flight (forged, or for an earlier run's batches).
     pub(crate) acks_untrusted: AtomicU64,
+    /// ConnAcks received: the first connection and every reconnect.
+    pub(crate) connections: AtomicU64,
+    /// Payload bytes of every uplink message queued for the broker.
+    pub(crate) bytes_published: AtomicU64,
+    /// When the last trusted ack arrived (Unix ms; 0: none yet this run).
+    pub(crate) last_ack_at_ms: std::sync::atomic::AtomicI64,
     pub(crate) connected: AtomicBool,
 }
 
+impl Counters {
+    pub(crate) fn snapshot(&self) -> AgentStats {
+        let c = self;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        AgentStats {
+            readings_produced: load(&c.produced),
+            readings_acked: load(&c.acked),
+            batches_sent: load(&c.batches_sent),
+            batches_resent: load(&c.batches_resent),
+            readings_dropped: load(&c.dropped) + load(&c.lost),
+            readings_dropped_total: load(&c.dropped_total),
+            readings_buffered: load(&c.buffered),
+            notifications_received: load(&c.notifications),
+            decode_errors: load(&c.decode_errors),
+            acks_untrusted: load(&c.acks_untrusted),
+            reconnects: load(&c.connections).saturating_sub(1),
+            bytes_published: load(&c.bytes_published),
+            last_ack_at_ms: Some(c.last_ack_at_ms.load(Ordering::Relaxed)).filter(|&t| t > 0),
+            connected: c.connected.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// A snapshot of what an agent has done since it started (unless noted otherwise).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AgentStats {
     pub readings_produced: u64,
     /// Readings deleted from the buffer because the cloud acknowledged them. After a restart
@@ -78,6 +108,12 @@ pub struct AgentStats {
     /// Acks that named readings this run had not sent, or had already had acknowledged: only
     /// the part in flight was deleted (a forged ack deletes nothing unsent).
     pub acks_untrusted: u64,
+    /// Times the connection to the broker was made again after the first.
+    pub reconnects: u64,
+    /// Payload bytes of the uplink messages sent (readings, receipts), resends included.
+    pub bytes_published: u64,
+    /// When the last ack this run trusted arrived (Unix ms).
+    pub last_ack_at_ms: Option<i64>,
     pub connected: bool,
 }
 
@@ -105,10 +141,11 @@ impl Agent {
             Some(archetype) => Sensor::for_archetype(config.effective_seed(), archetype),
             None => Sensor::new(config.effective_seed()),
         };
-        let (buffer, inbox, (client, eventloop)) = tokio::task::spawn_blocking(move || {
+        let (buffer, inbox, status, (client, eventloop)) = tokio::task::spawn_blocking(move || {
             let buffer = Buffer::open(&config.db_path, &config.device_id, config.buffer_capacity)?;
             let inbox = Inbox::open(&config.db_path)?;
-            Ok::<_, Error>((buffer, inbox, connection::client(&config)?))
+            let status = StatusStore::open(&config.db_path)?;
+            Ok::<_, Error>((buffer, inbox, status, connection::client(&config)?))
         })
         .await
         .map_err(|e| Error::Task(format!("opening the agent did not finish: {e}")))??;
@@ -182,6 +219,13 @@ impl Agent {
                 ),
             ),
             (
+                "status",
+                tokio::spawn(
+                    save_status(Shared::new(status), Arc::clone(&counters), shutdown.clone())
+                        .instrument(info_span!("status", device_id = %device_id)),
+                ),
+            ),
+            (
                 "mqtt",
                 tokio::spawn(
                     connection::drive(
@@ -207,6 +251,29 @@ impl Agent {
     }
 }
 
+/// Saves the counters into the agent's file every [`crate::status::SAVE_INTERVAL`] and once
+/// more at shutdown, for `ecs-edge-agent status`.
+async fn save_status(
+    store: Shared<StatusStore>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(crate::status::SAVE_INTERVAL);
+    loop {
+        let last = tokio::select! {
+            () = shutdown.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let stats = counters.snapshot();
+        if let Err(e) = store.call(move |s| s.save(&stats)).await {
+            warn!(error = %e, "cannot save the agent's counters");
+        }
+        if last {
+            break;
+        }
+    }
+}
+
 /// Control of a running agent. Dropping it stops the tasks without waiting for them; call
 /// [`AgentHandle::shutdown`] to stop them and wait.
 pub struct AgentHandle {
@@ -225,21 +292,7 @@ impl AgentHandle {
     }
 
     pub fn stats(&self) -> AgentStats {
-        let c = &*self.counters;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        AgentStats {
-            readings_produced: load(&c.produced),
-            readings_acked: load(&c.acked),
-            batches_sent: load(&c.batches_sent),
-            batches_resent: load(&c.batches_resent),
-            readings_dropped: load(&c.dropped) + load(&c.lost),
-            readings_dropped_total: load(&c.dropped_total),
-            readings_buffered: load(&c.buffered),
-            notifications_received: load(&c.notifications),
-            decode_errors: load(&c.decode_errors),
-            acks_untrusted: load(&c.acks_untrusted),
-            connected: c.connected.load(Ordering::Relaxed),
-        }
+        self.counters.snapshot()
     }
 
     /// Stops producing readings; what is buffered keeps going up. Idempotent.

@@ -75,31 +75,7 @@ impl Inbox {
 
     /// Every stored notification with the time it first arrived, in arrival order.
     pub fn received(&self) -> Result<Vec<Received>> {
-        let mut select = self.conn.prepare_cached(
-            "SELECT notification_id, received_at_ms, message FROM inbox ORDER BY rowid",
-        )?;
-        let mut rows = select.query([])?;
-        let mut received = Vec::new();
-        while let Some(row) = rows.next()? {
-            let received_at_ms: i64 = row.get(1)?;
-            let message: Vec<u8> = row.get(2)?;
-            match decode_downlink(&message) {
-                Ok(Downlink::NotificationV1(notification)) => received.push(Received {
-                    notification,
-                    received_at_ms,
-                }),
-                Ok(other) => {
-                    return Err(Error::CorruptRow(format!(
-                        "inbox holds a {other:?} instead of a notification"
-                    )));
-                }
-                Err(e) => {
-                    let id: Vec<u8> = row.get(0)?;
-                    return Err(Error::CorruptRow(format!("inbox entry {id:02x?}: {e}")));
-                }
-            }
-        }
-        Ok(received)
+        received(&self.conn)
     }
 
     /// Notifications stored.
@@ -112,4 +88,56 @@ impl Inbox {
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
+}
+
+/// The inbox of the agent's file at `path`, read without writing (safe while the agent runs),
+/// in arrival order; empty when the agent never stored a notification there.
+pub fn read_only(path: &Path) -> Result<Vec<Received>> {
+    if !path.exists() {
+        return Err(Error::InvalidConfig(format!(
+            "{} does not exist (is --db the agent's file?)",
+            path.display()
+        )));
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let exists = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'inbox'",
+            [],
+            |_| Ok(()),
+        )
+        .is_ok();
+    if !exists {
+        return Ok(Vec::new());
+    }
+    received(&conn)
+}
+
+fn received(conn: &Connection) -> Result<Vec<Received>> {
+    let mut select = conn.prepare_cached(
+        "SELECT notification_id, received_at_ms, message FROM inbox ORDER BY rowid",
+    )?;
+    let mut rows = select.query([])?;
+    let mut received = Vec::new();
+    while let Some(row) = rows.next()? {
+        let received_at_ms: i64 = row.get(1)?;
+        let message: Vec<u8> = row.get(2)?;
+        match decode_downlink(&message) {
+            Ok(Downlink::NotificationV1(notification)) => received.push(Received {
+                notification,
+                received_at_ms,
+            }),
+            Ok(other) => {
+                return Err(Error::CorruptRow(format!(
+                    "inbox holds a {other:?} instead of a notification"
+                )));
+            }
+            Err(e) => {
+                let id: Vec<u8> = row.get(0)?;
+                return Err(Error::CorruptRow(format!("inbox entry {id:02x?}: {e}")));
+            }
+        }
+    }
+    Ok(received)
 }

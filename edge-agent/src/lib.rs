@@ -25,6 +25,7 @@ pub mod inbox;
 mod recorder;
 pub mod sensor;
 mod sqlite;
+pub mod status;
 mod uplink;
 
 pub use agent::{Agent, AgentHandle, AgentStats};

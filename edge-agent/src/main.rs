@@ -13,12 +13,18 @@ use tracing::info;
 
 /// The phone-side agent of the Empathic Credit System: a simulated brain sensor whose readings
 /// are buffered in SQLite and sent over MQTT until the cloud acknowledges them.
+///
+/// Without a subcommand it runs the agent; `status` and `inbox` read a (running or stopped)
+/// agent's file.
 #[derive(Debug, Parser)]
-#[command(name = "ecs-edge-agent", version)]
+#[command(name = "ecs-edge-agent", version, subcommand_negates_reqs = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Inspect>,
+
     /// This device's id (1–32 ASCII letters or digits); also the MQTT client id.
-    #[arg(long, env = "ECS_DEVICE_ID")]
-    device_id: DeviceId,
+    #[arg(long, env = "ECS_DEVICE_ID", required = true)]
+    device_id: Option<DeviceId>,
 
     /// Broker address: mqtts://host:port (TLS with client certificate) or mqtt://host:port.
     #[arg(long, env = "ECS_MQTT_URL", default_value = "mqtts://127.0.0.1:8883")]
@@ -83,8 +89,82 @@ struct Cli {
     log_format: LogFormat,
 }
 
+/// Looking into an agent's file, safe while the agent runs (it is opened read-only).
+#[derive(Debug, clap::Subcommand)]
+enum Inspect {
+    /// Readings waiting for an ack and the oldest one's age, what was dropped, and the counters
+    /// the agent last saved (sent, acked, reconnects, bytes, last ack; saved every 2 s).
+    Status {
+        /// The agent's SQLite file.
+        #[arg(long, env = "ECS_EDGE_DB")]
+        db: PathBuf,
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The notifications the phone received, newest first.
+    Inbox {
+        /// The agent's SQLite file.
+        #[arg(long, env = "ECS_EDGE_DB")]
+        db: PathBuf,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Prints what `command` asks for on stdout.
+fn inspect(command: Inspect) -> anyhow::Result<()> {
+    match command {
+        Inspect::Status { db, json } => {
+            let status = ecs_edge_agent::status::Status::read(&db)?;
+            if json {
+                println!("{}", serde_json::to_string(&status)?);
+            } else {
+                print!("{}", status.render());
+            }
+        }
+        Inspect::Inbox { db, limit, json } => {
+            let received = ecs_edge_agent::inbox::read_only(&db)?;
+            for r in received.iter().rev().take(limit) {
+                let n = &r.notification;
+                if json {
+                    let line = serde_json::json!({
+                        "notification_id": n.notification_id,
+                        "received_at_ms": r.received_at_ms,
+                        "created_at_ms": n.created_at_ms,
+                        "kind": n.kind.name(),
+                        "offer_id": n.kind.offer_id(),
+                        "notification": serde_json::to_value(&n.kind)?,
+                    });
+                    println!("{line}");
+                } else {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64);
+                    let ago = (now - r.received_at_ms).max(0) as f64 / 1000.0;
+                    println!(
+                        "{ago:>10.1} s ago  {:<14} offer {}  {:?}",
+                        n.kind.name(),
+                        n.kind.offer_id(),
+                        n.kind
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Cli {
     fn config(&self) -> anyhow::Result<AgentConfig> {
+        let device_id = self
+            .device_id
+            .clone()
+            .context("--device-id (ECS_DEVICE_ID) is required to run the agent")?;
         let tls = match (&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file) {
             (Some(ca), Some(cert), Some(key)) => Some(TlsFiles {
                 ca_file: ca.clone(),
@@ -94,7 +174,7 @@ impl Cli {
             (None, None, None) => None,
             _ => bail!("ECS_TLS_CA_FILE, ECS_TLS_CERT_FILE and ECS_TLS_KEY_FILE go together"),
         };
-        let mut config = AgentConfig::new(self.device_id.clone(), self.mqtt_url.clone());
+        let mut config = AgentConfig::new(device_id, self.mqtt_url.clone());
         if let Some(db) = &self.db {
             config.db_path = db.clone();
         }
@@ -114,7 +194,10 @@ impl Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(command) = cli.command.take() {
+        return inspect(command);
+    }
     ecs_telemetry::install_crypto_provider();
     ecs_telemetry::init_logs(cli.log_format);
     let config = cli.config()?;

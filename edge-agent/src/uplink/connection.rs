@@ -122,6 +122,7 @@ pub(crate) async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
                 counters.connected.store(true, Ordering::Relaxed);
+                counters.connections.fetch_add(1, Ordering::Relaxed);
                 info!("connected to broker");
                 LinkEvent::Connected
             }

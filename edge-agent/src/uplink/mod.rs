@@ -301,6 +301,9 @@ impl Session {
             })
             .await?;
         self.counters.acked.fetch_add(deleted, Ordering::Relaxed);
+        self.counters
+            .last_ack_at_ms
+            .store(crate::status::unix_ms(), Ordering::Relaxed);
         self.window.acknowledge(first_seq, up_to_seq);
         debug!(first_seq, up_to_seq, deleted, "ack");
         self.send_new(Flush::FullOnly).await
@@ -328,6 +331,9 @@ impl Session {
     /// all we want: delivery is confirmed by the cloud's ack, not by PUBACK.
     async fn publish(&self, message: &Uplink) -> Result<()> {
         let bytes = encode_uplink(message)?;
+        self.counters
+            .bytes_published
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let topic = self.uplink_topic.clone();
         tokio::select! {
             () = self.cancel.cancelled() => Err(Error::LinkClosed),

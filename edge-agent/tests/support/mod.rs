@@ -1,7 +1,8 @@
 //! A stand-in for the cloud, speaking plain MQTT to the real Mosquitto on 127.0.0.1:1883.
 //!
 //! The tests need that broker (CI runs it). If it is not there they fail, loudly, instead of
-//! skipping.
+//! skipping. Not every test crate uses every helper.
+#![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -192,22 +192,14 @@ impl DeadLetter {
     /// What the payload says, as far as it decodes.
     pub fn contents(&self) -> Contents {
         match decode_uplink(&self.payload) {
-            Ok(Uplink::ReadingBatchV1(batch)) => {
-                let at = |offset_ms: u32| {
-                    batch
-                        .base_time_ms
-                        .checked_add(i64::from(offset_ms))
-                        .and_then(DateTime::from_timestamp_millis)
-                };
-                Contents::ReadingBatch {
-                    device_id: batch.device_id.to_string(),
-                    first_seq: batch.first_seq,
-                    readings: batch.readings.len(),
-                    base_time_ms: batch.base_time_ms,
-                    first_taken_at: batch.readings.first().and_then(|r| at(r.offset_ms)),
-                    last_taken_at: batch.readings.last().and_then(|r| at(r.offset_ms)),
-                }
-            }
+            Ok(Uplink::ReadingBatchV1(batch)) => batch_contents(&batch),
+            // A delta-coded batch is shown as the batch it packs.
+            Ok(Uplink::ReadingBatchV2(packed)) => match packed.unpack() {
+                Ok(batch) => batch_contents(&batch),
+                Err(e) => Contents::Undecodable {
+                    error: ecs_protocol::DecodeError::from(e).to_string(),
+                },
+            },
             Ok(Uplink::NotificationReceiptV1(receipt)) => Contents::NotificationReceipt {
                 notifications: receipt.notification_ids.len(),
             },
@@ -215,6 +207,24 @@ impl DeadLetter {
                 error: e.to_string(),
             },
         }
+    }
+}
+
+/// What a decoded batch says, for [`DeadLetter::contents`].
+fn batch_contents(batch: &ecs_protocol::ReadingBatch) -> Contents {
+    let at = |offset_ms: u32| {
+        batch
+            .base_time_ms
+            .checked_add(i64::from(offset_ms))
+            .and_then(DateTime::from_timestamp_millis)
+    };
+    Contents::ReadingBatch {
+        device_id: batch.device_id.to_string(),
+        first_seq: batch.first_seq,
+        readings: batch.readings.len(),
+        base_time_ms: batch.base_time_ms,
+        first_taken_at: batch.readings.first().and_then(|r| at(r.offset_ms)),
+        last_taken_at: batch.readings.last().and_then(|r| at(r.offset_ms)),
     }
 }
 

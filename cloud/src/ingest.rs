@@ -255,6 +255,18 @@ impl Ingest {
                 self.ingest_batch(topic, device, payload, batch, delivery)
                     .await
             }
+            // Delta-coded on the wire; the same batch, the same rules, once unpacked.
+            Ok(Uplink::ReadingBatchV2(packed)) => match packed.unpack() {
+                Ok(batch) => {
+                    self.ingest_batch(topic, device, payload, batch, delivery)
+                        .await
+                }
+                Err(e) => {
+                    let reason = DecodeError::from(e).into();
+                    self.dead_letter(topic, device, payload, reason, None, 0, delivery)
+                        .await
+                }
+            },
             Ok(Uplink::NotificationReceiptV1(receipt)) => {
                 self.apply_receipt(device, receipt, delivery).await
             }
@@ -833,6 +845,46 @@ mod tests {
         );
         let after = features::load(&pool, user_id).await.unwrap().unwrap();
         assert_eq!(after.readings_count, 7);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_packed_batch_is_stored_as_its_readings_and_a_broken_one_dead_lettered(pool: PgPool) {
+        let (user_id, device) = user_with_device(&pool).await;
+        let ingest = Ingest::new(pool.clone());
+        let up = topic::uplink(&device);
+        let packed = ecs_protocol::PackedBatch::pack(&batch(&device, 5, 4)).unwrap();
+        let payload = encode_uplink(&Uplink::ReadingBatchV2(packed.clone())).unwrap();
+        let outcome = ingest.handle(&up, &payload).await.unwrap();
+        assert!(
+            matches!(
+                &outcome,
+                Outcome::Stored {
+                    inserted: 4,
+                    duplicates: 0,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        // The same readings as V1 are duplicates: one key, whatever the envelope.
+        let again = ingest
+            .handle(&up, &encode(batch(&device, 5, 4)))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&again, Outcome::AllDuplicates { readings: 4, .. }),
+            "{again:?}"
+        );
+        let features = features::load(&pool, user_id).await.unwrap().unwrap();
+        assert_eq!(features.readings_count, 4);
+
+        let mut broken = packed;
+        broken.packed.truncate(3);
+        let payload = encode_uplink(&Uplink::ReadingBatchV2(broken)).unwrap();
+        ingest.handle(&up, &payload).await.unwrap();
+        let letters = dead_letters(&pool).await;
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert!(letters[0].1.contains("packed"), "{letters:?}");
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

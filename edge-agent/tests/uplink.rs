@@ -215,7 +215,7 @@ async fn a_notification_is_stored_once_and_receipted_every_time() {
                 assert_eq!(notification_ids, [notification.notification_id]);
                 receipts += 1;
             }
-            Some(Uplink::ReadingBatchV1(_)) => {}
+            Some(Uplink::ReadingBatchV1(_) | Uplink::ReadingBatchV2(_)) => {}
             None => panic!("only {receipts} receipts within {WAIT:?}"),
         }
     }

@@ -14,6 +14,7 @@
 //! [`DecodeError`], which the cloud turns into a dead letter rather than a crash.
 
 mod message;
+mod packed;
 mod reading;
 #[cfg(feature = "sqlx")]
 mod sql;
@@ -24,6 +25,7 @@ pub use message::{
     NotificationReceipt, Revocations, Uplink, decode_control, decode_downlink, decode_uplink,
     encode_control, encode_downlink, encode_uplink,
 };
+pub use packed::{PackedBatch, PackedError};
 pub use reading::{
     DeviceId, DeviceIdError, EMOTION_NAMES, Emotions, Intent, MAX_READINGS_PER_BATCH,
     MAX_THOUGHTS_PER_READING, Reading, ReadingBatch, Thought, ValidationError,

@@ -3,13 +3,15 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{DeviceId, MAX_MESSAGE_BYTES, ReadingBatch};
+use crate::{DeviceId, MAX_MESSAGE_BYTES, PackedBatch, ReadingBatch};
 
 /// Everything a device publishes, on its uplink topic. Append-only (see the crate docs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Uplink {
     ReadingBatchV1(ReadingBatch),
     NotificationReceiptV1(NotificationReceipt),
+    /// The same readings, delta-coded (`PackedBatch`): what phones send since V2.
+    ReadingBatchV2(PackedBatch),
 }
 
 /// Everything the cloud publishes to one device, on its downlink topic. Append-only.
@@ -165,6 +167,8 @@ pub enum DecodeError {
     Malformed(#[from] postcard::Error),
     #[error("{0} trailing bytes after the message")]
     TrailingBytes(usize),
+    #[error("malformed packed readings: {0}")]
+    Packed(#[from] crate::PackedError),
 }
 
 pub fn encode_uplink(message: &Uplink) -> Result<Vec<u8>, postcard::Error> {

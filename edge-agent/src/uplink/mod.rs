@@ -20,8 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ecs_protocol::{
-    Ack, DeviceId, Downlink, MAX_READINGS_PER_BATCH, Notification, NotificationReceipt, Uplink,
-    decode_downlink, encode_uplink, topic,
+    Ack, DeviceId, Downlink, MAX_READINGS_PER_BATCH, Notification, NotificationReceipt,
+    PackedBatch, ReadingBatch, Uplink, decode_downlink, encode_uplink, topic,
 };
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, watch};
@@ -184,7 +184,7 @@ impl Session {
                 break;
             }
             let (first_seq, last_seq) = (batch.first_seq, batch.last_seq());
-            self.publish(&Uplink::ReadingBatchV1(batch)).await?;
+            self.publish(&batch_message(batch)).await?;
             self.window.push(first_seq, last_seq, Instant::now());
             self.counters.batches_sent.fetch_add(1, Ordering::Relaxed);
             debug!(first_seq, last_seq, "batch sent");
@@ -234,7 +234,7 @@ impl Session {
             self.window.clear();
             return Ok(());
         }
-        self.publish(&Uplink::ReadingBatchV1(batch)).await?;
+        self.publish(&batch_message(batch)).await?;
         self.window.resent(first, Some((first_seq, last_seq)), now);
         self.counters.batches_resent.fetch_add(1, Ordering::Relaxed);
         debug!(first_seq, last_seq, "batch re-sent");
@@ -340,6 +340,19 @@ impl Session {
             queued = self.client.publish(topic, QoS::AtLeastOnce, false, bytes) => {
                 queued.map_err(|_| Error::LinkClosed)
             }
+        }
+    }
+}
+
+/// A batch as it goes on the wire: delta-coded (`ReadingBatchV2`, about half the bytes). A
+/// batch the packing refuses (nothing the buffer makes should be) goes as V1, for the cloud to
+/// judge and dead-letter.
+fn batch_message(batch: ReadingBatch) -> Uplink {
+    match PackedBatch::pack(&batch) {
+        Ok(packed) => Uplink::ReadingBatchV2(packed),
+        Err(e) => {
+            warn!(error = %e, first_seq = batch.first_seq, "batch not packable; sent as V1");
+            Uplink::ReadingBatchV1(batch)
         }
     }
 }

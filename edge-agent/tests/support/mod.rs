@@ -98,7 +98,14 @@ impl TestCloud {
             let (client, auto_ack, device) = (client.clone(), auto_ack.clone(), device.clone());
             tokio::spawn(async move {
                 while let Some(payload) = raw_rx.recv().await {
-                    let uplink = decode_uplink(&payload).expect("agent sent an undecodable uplink");
+                    let uplink =
+                        match decode_uplink(&payload).expect("agent sent an undecodable uplink") {
+                            // Seen as the batch it packs, so tests look at readings, not wire bytes.
+                            Uplink::ReadingBatchV2(packed) => Uplink::ReadingBatchV1(
+                                packed.unpack().expect("agent sent unpackable readings"),
+                            ),
+                            other => other,
+                        };
                     if let Uplink::ReadingBatchV1(batch) = &uplink
                         && auto_ack.load(Ordering::SeqCst)
                     {

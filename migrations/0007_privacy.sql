@@ -33,8 +33,9 @@ CREATE TABLE consent_events (
     user_id      uuid NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
     purpose      text NOT NULL CHECK (purpose IN ('emotional_data')),
     granted      boolean NOT NULL,
-    -- 'self' (the person's own token) or 'admin'.
-    recorded_by  text NOT NULL CHECK (recorded_by IN ('self', 'admin')),
+    -- 'self' (the person's own token), 'admin', or 'migration' (reconstructed from what
+    -- `users` held when this history began: who recorded it is not known).
+    recorded_by  text NOT NULL CHECK (recorded_by IN ('self', 'admin', 'migration')),
     recorded_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX consent_events_user_idx ON consent_events (user_id, event_id);
@@ -66,10 +67,19 @@ CREATE TRIGGER consent_events_append_only BEFORE UPDATE OR DELETE ON consent_eve
 CREATE TRIGGER data_access_log_append_only BEFORE UPDATE OR DELETE ON data_access_log
     FOR EACH ROW EXECUTE FUNCTION refuse_history_change();
 
--- The history so far: what `users` knows of each person's consent.
+-- The history so far: what `users` knows of each person's consent, in time order (only the
+-- latest grant and the latest withdrawal are known; a withdrawal older than the latest grant
+-- was followed by that grant).
 INSERT INTO consent_events (user_id, purpose, granted, recorded_by, recorded_at)
-SELECT user_id, 'emotional_data', true, 'admin', consent_recorded_at
-FROM users WHERE consent_recorded_at IS NOT NULL;
-INSERT INTO consent_events (user_id, purpose, granted, recorded_by, recorded_at)
-SELECT user_id, 'emotional_data', false, 'admin', consent_withdrawn_at
-FROM users WHERE consent_withdrawn_at IS NOT NULL;
+SELECT user_id, 'emotional_data', granted, 'migration', at
+FROM (
+    SELECT user_id, true AS granted, consent_recorded_at AS at
+    FROM users WHERE consent_recorded_at IS NOT NULL
+    UNION ALL
+    SELECT user_id, false, consent_withdrawn_at
+    FROM users WHERE consent_withdrawn_at IS NOT NULL
+) known
+ORDER BY user_id, at, granted;
+
+-- The names still in the clear (rows from before this migration), for the sealing at start.
+CREATE INDEX users_name_in_clear_idx ON users (user_id) WHERE display_name IS NOT NULL;

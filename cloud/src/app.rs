@@ -245,11 +245,6 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     // error, reported at once.
     let model = model::build(&settings.model)?;
     let keyring = Arc::new(settings.keys.keyring()?);
-    // Names stored in the clear before encryption existed are sealed now (nothing when none).
-    let sealed = crate::keys::seal_legacy_names(&pool, &keyring).await?;
-    if sealed > 0 {
-        info!(sealed, "sealed the names stored before encryption");
-    }
     let rates = ApiRates {
         per_user: f64::from(settings.api_rate_per_user),
         per_user_burst: 2.0 * f64::from(settings.api_rate_per_user),
@@ -360,6 +355,27 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
             period: Duration::from_secs(3600),
         },
     });
+    // Names stored in the clear before encryption existed are sealed in the background (reads
+    // open either form meanwhile), so a big table does not hold the replica's start; then the
+    // task waits for shutdown like every component.
+    {
+        let (pool, keyring, stop) = (pool.clone(), keyring.clone(), shutdown.clone());
+        components.spawn(
+            "seal_legacy_names",
+            async move {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    sealed = crate::keys::seal_legacy_names(&pool, &keyring) => match sealed {
+                        Ok(0) => {}
+                        Ok(n) => info!(sealed = n, "sealed the names stored before encryption"),
+                        Err(e) => warn!(error = %e, "sealing the names stored in the clear failed; the next start tries again"),
+                    },
+                }
+                stop.cancelled().await;
+            }
+            .instrument(info_span!("seal_legacy_names")),
+        );
+    }
     if settings.proactive.enabled {
         let proactive = crate::proactive::ProactiveOffers {
             assessor: assessor.clone(),

@@ -334,9 +334,10 @@ pub async fn seal_legacy_names(pool: &PgPool, keyring: &Keyring) -> Result<u64> 
     let mut sealed = 0;
     loop {
         let mut tx = pool.begin().await?;
+        // By the partial index `users_name_in_clear_idx`: each step finds the next row at once.
         let row: Option<(Uuid, String)> = sqlx::query_as(
             "SELECT user_id, display_name FROM users WHERE display_name IS NOT NULL
-             LIMIT 1 FOR UPDATE SKIP LOCKED",
+             ORDER BY user_id LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
         .fetch_optional(&mut *tx)
         .await?;

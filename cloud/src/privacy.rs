@@ -22,7 +22,8 @@ pub struct ConsentEvent {
     /// What the consent is for; `emotional_data` (LGPD Art. 11) is the only purpose so far.
     pub purpose: String,
     pub granted: bool,
-    /// `self` (the person's own token) or `admin`.
+    /// `self` (the person's own token), `admin`, or `migration` (reconstructed from the state
+    /// before the history began).
     pub recorded_by: String,
     pub recorded_at: DateTime<Utc>,
 }

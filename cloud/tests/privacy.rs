@@ -349,7 +349,7 @@ async fn the_export_holds_every_kind_of_row_the_person_has(pool: PgPool) {
         assert!(!rows.is_empty(), "the export's {section} is empty");
     }
     assert_eq!(doc["readings"].as_array().unwrap().len(), 1);
-    assert_eq!(doc["readings"][0]["stress"], 12);
+    assert_eq!(doc["readings"][0]["stress"], 12, "{}", doc["readings"]);
     // No secret leaves: token digests and sealed answers are not in it.
     let text = doc.to_string();
     assert!(!text.contains("token_sha256") && !text.contains("sealed_answer"));
@@ -508,6 +508,25 @@ async fn every_admin_read_of_a_person_is_on_their_access_trail(pool: PgPool) {
     ] {
         call(&app, Method::GET, &path, Some(ADMIN), None).await;
     }
+    // A HEAD is served by the GET handler: a read too. Minting the person's token is recorded:
+    // that token reads as the person.
+    call(
+        &app,
+        Method::HEAD,
+        &format!("/v1/users/{user}"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/tokens"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    let token = r.body["api_token"].as_str().unwrap().to_owned();
     let r = call(
         &app,
         Method::GET,
@@ -531,6 +550,8 @@ async fn every_admin_read_of_a_person_is_on_their_access_trail(pool: PgPool) {
             "GET /v1/users/{user_id}/emotional-profile",
             "GET /v1/credit-offers/{offer_id}",
             "GET /v1/users/{user_id}/notifications",
+            "HEAD /v1/users/{user_id}",
+            "POST /v1/users/{user_id}/tokens",
         ]
     );
     let first: &Value = &r.body[0];

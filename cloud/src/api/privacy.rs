@@ -51,6 +51,8 @@ pub struct AfterQuery {
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 429, description = "An export of this person, or as many as the server runs, is running; see Retry-After.",
+                   body = Problem, content_type = "application/problem+json"),
               AuthProblems),
     security(("bearer" = [])))]
 pub(super) async fn export_user(
@@ -59,13 +61,16 @@ pub(super) async fn export_user(
     ApiPath(user_id): ApiPath<Uuid>,
 ) -> Result<Response> {
     principal.ensure_can_access(user_id)?;
-    // 404 (and any failure to open their data) before the body starts.
+    // 404 (and any failure to open their data) before the body starts; at most one export per
+    // person and a few per replica (429 past them).
     people::view(&state.pool, &state.keyring, user_id).await?;
+    let slot = export::admit(user_id)?;
     let (writer, reader) = tokio::io::duplex(EXPORT_BUFFER);
     let (pool, keyring) = (state.pool.clone(), state.keyring.clone());
     // Ends when the document is written, or when the client goes away (the reader is dropped
     // and the next write fails).
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = export::write(&pool, &keyring, user_id, writer).await {
             tracing::warn!(%user_id, error = %e, "export cut short");
         }

@@ -22,6 +22,63 @@ use crate::{error::Result, keys::Keyring, people};
 
 /// Readings written per page.
 const READINGS_PAGE: i64 = 5_000;
+/// Exports running at once in this replica, and per person: an export holds a connection of the
+/// pool while it reads and memory while the client reads, so a token cannot open many.
+pub const MAX_EXPORTS: usize = 4;
+/// Longest a write may wait for the client to read: one that stopped reading ends its export.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The exports running now: a permit each, at most one per person.
+pub struct ExportGate {
+    running: tokio::sync::Semaphore,
+    people: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+/// Held while an export runs; frees its place when dropped.
+pub struct ExportSlot {
+    _permit: tokio::sync::SemaphorePermit<'static>,
+    user_id: Uuid,
+}
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        if let Ok(mut people) = gate().people.lock() {
+            people.remove(&self.user_id);
+        }
+    }
+}
+
+fn gate() -> &'static ExportGate {
+    static GATE: std::sync::OnceLock<ExportGate> = std::sync::OnceLock::new();
+    GATE.get_or_init(|| ExportGate {
+        running: tokio::sync::Semaphore::new(MAX_EXPORTS),
+        people: Default::default(),
+    })
+}
+
+/// A place for one export of `user_id`, or 429 when theirs is already running or the replica
+/// runs as many as it takes.
+pub fn admit(user_id: Uuid) -> Result<ExportSlot> {
+    let busy = |what| crate::Error::RateLimited {
+        what,
+        retry_after: std::time::Duration::from_secs(5),
+    };
+    let permit = gate()
+        .running
+        .try_acquire()
+        .map_err(|_| busy("as many exports as this server runs at once are running"))?;
+    let mut people = gate()
+        .people
+        .lock()
+        .map_err(|_| crate::Error::Internal("the export gate is poisoned".into()))?;
+    if !people.insert(user_id) {
+        return Err(busy("an export of this person is already running"));
+    }
+    Ok(ExportSlot {
+        _permit: permit,
+        user_id,
+    })
+}
 
 /// The sections besides the profile and the readings: (section name, table, the statement that
 /// makes it as one JSON array; `$1` is the person).
@@ -138,13 +195,23 @@ pub const NOT_EXPORTED: &[(&str, &str)] = &[
     ),
 ];
 
-/// One reading as exported.
+/// One reading as exported: its position, and itself as JSON text (never parsed here).
 #[derive(sqlx::FromRow)]
 struct ReadingRow {
     recorded_at: DateTime<Utc>,
     device_id: String,
     seq: i64,
-    reading: Value,
+    reading: String,
+}
+
+/// Writes `bytes`, giving up when the client does not read for [`WRITE_TIMEOUT`].
+async fn send(out: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: &[u8]) -> Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, out.write_all(bytes)).await {
+        Ok(written) => written.map_err(io),
+        Err(_) => Err(crate::Error::Internal(
+            "the client stopped reading its export".into(),
+        )),
+    }
 }
 
 /// Writes the person's export into `out`. The caller has checked the person exists and may be
@@ -175,40 +242,54 @@ pub async fn write(
     // The head without its closing brace, then the readings as the last member.
     let head = serde_json::to_string(&Value::Object(head)).map_err(json)?;
     let open = head.strip_suffix('}').unwrap_or(&head);
-    out.write_all(open.as_bytes()).await.map_err(io)?;
-    out.write_all(b",\"readings\":[").await.map_err(io)?;
+    send(&mut out, open.as_bytes()).await?;
+    send(&mut out, b",\"readings\":[").await?;
     let mut after: Option<(DateTime<Utc>, String, i64)> = None;
     let mut first = true;
     loop {
-        let page: Vec<ReadingRow> = sqlx::query_as(
-            "SELECT r.recorded_at, r.device_id, r.seq,
-                    to_jsonb(r) - 'user_id' AS reading
-             FROM emotion_readings r
-             WHERE r.user_id = $1
-               AND ($2::timestamptz IS NULL OR (r.recorded_at, r.device_id, r.seq) > ($2, $3, $4))
-             ORDER BY r.recorded_at, r.device_id, r.seq
-             LIMIT $5",
-        )
-        .bind(user_id)
-        .bind(after.as_ref().map(|a| a.0))
-        .bind(after.as_ref().map(|a| a.1.clone()))
-        .bind(after.as_ref().map(|a| a.2))
-        .bind(READINGS_PAGE)
-        .fetch_all(pool)
-        .await?;
+        // Two statements, so each is a plain range scan of the (user_id, recorded_at) index.
+        let page: Vec<ReadingRow> = match &after {
+            None => {
+                sqlx::query_as(
+                    "SELECT r.recorded_at, r.device_id, r.seq,
+                            (to_jsonb(r) - 'user_id')::text AS reading
+                     FROM emotion_readings r
+                     WHERE r.user_id = $1
+                     ORDER BY r.recorded_at, r.device_id, r.seq
+                     LIMIT $2",
+                )
+                .bind(user_id)
+                .bind(READINGS_PAGE)
+                .fetch_all(pool)
+                .await?
+            }
+            Some((at, device, seq)) => {
+                sqlx::query_as(
+                    "SELECT r.recorded_at, r.device_id, r.seq,
+                            (to_jsonb(r) - 'user_id')::text AS reading
+                     FROM emotion_readings r
+                     WHERE r.user_id = $1 AND (r.recorded_at, r.device_id, r.seq) > ($2, $3, $4)
+                     ORDER BY r.recorded_at, r.device_id, r.seq
+                     LIMIT $5",
+                )
+                .bind(user_id)
+                .bind(at)
+                .bind(device)
+                .bind(seq)
+                .bind(READINGS_PAGE)
+                .fetch_all(pool)
+                .await?
+            }
+        };
         let mut chunk = Vec::new();
         for row in &page {
             if !first {
                 chunk.push(b',');
             }
             first = false;
-            chunk.extend_from_slice(
-                serde_json::to_string(&row.reading)
-                    .map_err(json)?
-                    .as_bytes(),
-            );
+            chunk.extend_from_slice(row.reading.as_bytes());
         }
-        out.write_all(&chunk).await.map_err(io)?;
+        send(&mut out, &chunk).await?;
         match page.last() {
             Some(last) if page.len() as i64 == READINGS_PAGE => {
                 after = Some((last.recorded_at, last.device_id.clone(), last.seq));
@@ -216,7 +297,7 @@ pub async fn write(
             _ => break,
         }
     }
-    out.write_all(b"]}").await.map_err(io)?;
+    send(&mut out, b"]}").await?;
     out.shutdown().await.map_err(io)?;
     Ok(())
 }
@@ -227,4 +308,27 @@ fn io(e: std::io::Error) -> crate::Error {
 
 fn json(e: serde_json::Error) -> crate::Error {
     crate::Error::Internal(format!("encoding the export: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_export_per_person_and_a_few_per_replica() {
+        let someone = Uuid::new_v4();
+        let first = admit(someone).unwrap();
+        assert!(
+            admit(someone).is_err(),
+            "a second export of the same person"
+        );
+        drop(first);
+        let again = admit(someone).unwrap();
+        let others: Vec<_> = (1..MAX_EXPORTS)
+            .map(|_| admit(Uuid::new_v4()).unwrap())
+            .collect();
+        assert!(admit(Uuid::new_v4()).is_err(), "more than the replica runs");
+        drop((again, others));
+        assert!(admit(Uuid::new_v4()).is_ok());
+    }
 }

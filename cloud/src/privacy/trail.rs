@@ -1,6 +1,9 @@
 //! The access trail: every read of a person's data by the admin/service token is recorded
 //! (who, when, what) before it is served, by one middleware over every route, so a new route
-//! cannot forget it.
+//! cannot forget it. A read is a `GET` or a `HEAD` (axum serves `HEAD` with the `GET` handler)
+//! of a route naming a person (`{user_id}`) or one of their offers (`{offer_id}`); the admin
+//! minting a person's token (`POST /v1/users/{user_id}/tokens`) is recorded too, since that
+//! token reads as the person.
 
 use axum::{
     extract::{MatchedPath, RawPathParams, Request, State},
@@ -22,7 +25,12 @@ pub async fn record_admin_reads(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() != Method::GET {
+    let method = request.method().clone();
+    let mints_a_token = method == Method::POST
+        && matched
+            .as_ref()
+            .is_some_and(|m| m.as_str() == "/v1/users/{user_id}/tokens");
+    if method != Method::GET && method != Method::HEAD && !mints_a_token {
         return next.run(request).await;
     }
     let authorization = request
@@ -49,7 +57,7 @@ pub async fn record_admin_reads(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(|v| v.chars().take(200).collect::<String>());
-    let resource = format!("GET {}", matched.as_str());
+    let resource = format!("{method} {}", matched.as_str());
     let recorded = record(
         &state,
         name == "offer_id",
@@ -62,7 +70,7 @@ pub async fn record_admin_reads(
         Ok(()) => next.run(request).await,
         Err(e) => {
             tracing::warn!(error = %e, "cannot record an admin read; not serving it");
-            crate::Error::Unavailable("access trail").into_response()
+            e.into_response()
         }
     }
 }
@@ -83,11 +91,25 @@ async fn record(
         "INSERT INTO data_access_log (user_id, principal, resource, request_id)
          SELECT user_id, 'admin', $2, $3 FROM users WHERE user_id = $1"
     };
-    sqlx::query(sql)
+    // The insert's foreign key waits on the person's lock (an assessment, an erasure): bounded
+    // like every wait on a person (a timeout answers 503 `busy`); a person erased meanwhile is
+    // the handler's 404.
+    let mut tx = state
+        .pool
+        .begin_with("BEGIN; SET LOCAL lock_timeout = '2s'")
+        .await?;
+    let inserted = sqlx::query(sql)
         .bind(id)
         .bind(resource)
         .bind(request_id)
-        .execute(&state.pool)
-        .await?;
+        .execute(&mut *tx)
+        .await;
+    match inserted {
+        Ok(_) => tx.commit().await?,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23503") => {
+            tx.rollback().await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }

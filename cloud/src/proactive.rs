@@ -378,12 +378,9 @@ async fn record(
     } else if !decision.approved {
         CheckOutcome::Declined
     } else {
-        let offer = match assessor.record(tx, prepared).await {
-            Ok(offer) => offer,
-            // Consent changed or the allowance ran out under the lock: not this time.
-            Err(Error::Conflict(_) | Error::RateLimited { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        // Consent changed or the allowance ran out under the lock: an error, so the scan defers
+        // the person instead of assessing them again at the next one.
+        let offer = assessor.record(tx, prepared).await?;
         let expires_at_ms = offer.expires_at.timestamp_millis();
         notify::create_for_user(
             tx.conn(),

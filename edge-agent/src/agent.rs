@@ -86,7 +86,9 @@ impl Counters {
 }
 
 /// A snapshot of what an agent has done since it started (unless noted otherwise).
+/// Saved by `status` as JSON: a field another version does not know reads as its default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct AgentStats {
     pub readings_produced: u64,
     /// Readings deleted from the buffer because the cloud acknowledged them. After a restart

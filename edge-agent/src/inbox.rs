@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ecs_protocol::{Downlink, Notification, decode_downlink, encode_downlink};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::sqlite::{self, Durability};
@@ -107,7 +107,8 @@ pub fn read_only(path: &Path) -> Result<Vec<Received>> {
             [],
             |_| Ok(()),
         )
-        .is_ok();
+        .optional()?
+        .is_some();
     if !exists {
         return Ok(Vec::new());
     }

@@ -419,15 +419,27 @@ impl Pump {
                 },
                 () = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)),
                     if paused && !backlogged => None,
-                () = tokio::time::sleep(BACKLOG_RECHECK), if backlogged => None,
+                () = tokio::time::sleep(BACKLOG_RECHECK), if backlogged => {
+                    // Only looking again: nothing is passed on while the router is behind, and
+                    // a client we are not reading from is not silent (its keep-alive waits).
+                    last_heard = Instant::now();
+                    continue;
+                }
                 () = tokio::time::sleep_until(silence_deadline) => break End::KeepAliveExpired,
             };
             let _: Option<()> = round;
             match self.forward(wire, &mut link_tx).await {
                 Ok(round) => {
                     more = round.more;
-                    paused_until =
+                    // A rate pause still running is kept: a round that charged nothing new
+                    // does not cut it short.
+                    let pause =
                         (round.pause > Duration::ZERO).then(|| Instant::now() + round.pause);
+                    paused_until = match (paused_until, pause) {
+                        (Some(old), Some(new)) => Some(old.max(new)),
+                        (Some(old), None) if old > Instant::now() => Some(old),
+                        (_, new) => new,
+                    };
                 }
                 Err(end) => break end,
             }

@@ -34,6 +34,8 @@ struct PersonApp {
     api: ApiClient,
     cursor: Option<String>,
     seen_offers: HashSet<Uuid>,
+    /// Announced, but not read yet (the read failed).
+    pending_offers: HashSet<Uuid>,
 }
 
 pub async fn run(
@@ -61,6 +63,7 @@ pub async fn run(
             entry,
             cursor: None,
             seen_offers: HashSet::new(),
+            pending_offers: HashSet::new(),
         });
     }
     let mut ticker = tokio::time::interval(options.interval);
@@ -78,13 +81,28 @@ pub async fn run(
 impl PersonApp {
     async fn round(&mut self, options: &MobileOptions) {
         let user_id = self.entry.user_id;
+        // Announced offers to look at: the new ones, and those whose read failed before (the
+        // cursor has moved past their notification).
         for n in self.catch_up().await {
-            if n.kind == "offer_made" && self.seen_offers.insert(n.offer_id) {
-                match self.api.offer(n.offer_id).await {
-                    Ok(offer) => self.consider(&offer, options).await,
-                    Err(e) => tracing::warn!(%user_id, offer_id = %n.offer_id, error = %e,
-                        "cannot read the announced offer"),
+            if n.kind == "offer_made" && !self.seen_offers.contains(&n.offer_id) {
+                self.pending_offers.insert(n.offer_id);
+            }
+        }
+        for offer_id in self.pending_offers.clone() {
+            match self.api.offer(offer_id).await {
+                Ok(offer) => {
+                    self.pending_offers.remove(&offer_id);
+                    self.seen_offers.insert(offer_id);
+                    self.consider(&offer, options).await;
                 }
+                Err(super::ApiError::Status { status, .. })
+                    if status == reqwest::StatusCode::NOT_FOUND =>
+                {
+                    // Gone (the person was erased): nothing to show, ever.
+                    self.pending_offers.remove(&offer_id);
+                }
+                Err(e) => tracing::warn!(%user_id, %offer_id, error = %e,
+                    "cannot read the announced offer; trying again next round"),
             }
         }
         if !options.request_offers {

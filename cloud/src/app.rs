@@ -303,7 +303,8 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         "group_commit",
         commit_task.instrument(info_span!("group_commit")),
     );
-    let ingest = Ingest::new(pool.clone())
+    let keys = crate::keys::KeyCache::new(keyring.clone());
+    let ingest = Ingest::new(pool.clone(), keys.clone())
         .with_device_seen(notifier_wake.clone())
         .with_group_commit(committer);
     let ingest_run = ingest.run(
@@ -355,13 +356,13 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
             period: Duration::from_secs(3600),
         },
     });
-    // Names stored in the clear before encryption existed are sealed in the background (reads
-    // open either form meanwhile), so a big table does not hold the replica's start; then the
-    // task waits for shutdown like every component.
+    // Names and thoughts stored in the clear before encryption existed are sealed in the
+    // background (reads open either form meanwhile), so a big table does not hold the
+    // replica's start; then the task waits for shutdown like every component.
     {
         let (pool, keyring, stop) = (pool.clone(), keyring.clone(), shutdown.clone());
         components.spawn(
-            "seal_legacy_names",
+            "seal_legacy",
             async move {
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -371,9 +372,17 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
                         Err(e) => warn!(error = %e, "sealing the names stored in the clear failed; the next start tries again"),
                     },
                 }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    sealed = crate::privacy::thoughts::seal_legacy(&pool, &keys) => match sealed {
+                        Ok(0) => {}
+                        Ok(n) => info!(readings = n, "sealed the thoughts stored before encryption"),
+                        Err(e) => warn!(error = %e, "sealing the thoughts stored in the clear failed; the next start tries again"),
+                    },
+                }
                 stop.cancelled().await;
             }
-            .instrument(info_span!("seal_legacy_names")),
+            .instrument(info_span!("seal_legacy")),
         );
     }
     if settings.proactive.enabled {

@@ -39,6 +39,7 @@ use crate::{
     Error,
     error::Result,
     ingest::{Ingest, Outcome},
+    keys::KeyCache,
 };
 
 /// Most rows [`list`] returns at once.
@@ -376,7 +377,12 @@ impl ReplayReport {
 /// Explicit ids that do not exist are an error before anything is replayed. Dead letters that
 /// arrive while the replay runs are not taken (it stops at the newest id it saw at the start).
 /// An error on one dead letter stops the replay there, reported in [`ReplayReport::stopped`].
-pub async fn replay(pool: &PgPool, selection: &Selection, mode: Mode) -> Result<ReplayReport> {
+pub async fn replay(
+    pool: &PgPool,
+    keys: &KeyCache,
+    selection: &Selection,
+    mode: Mode,
+) -> Result<ReplayReport> {
     let ids: Option<Vec<i64>> = match selection {
         Selection::Ids(ids) => {
             let missing = missing(pool, ids).await?;
@@ -408,7 +414,7 @@ pub async fn replay(pool: &PgPool, selection: &Selection, mode: Mode) -> Result<
     let Some(newest) = newest else {
         return Ok(report);
     };
-    let ingest = Ingest::new(pool.clone());
+    let ingest = Ingest::new(pool.clone(), keys.clone());
     let mut after = 0_i64;
     loop {
         let page: Vec<DeadLetter> = sqlx::query_as(
@@ -591,7 +597,7 @@ mod tests {
     async fn list_shows_the_newest_first_and_filters_by_reason_and_device(pool: PgPool) {
         let (_, phone) = user_with_device(&pool).await;
         let (_, tablet) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), KeyCache::ephemeral());
         let garbage = b"\xff\xff\xffnot postcard".as_slice();
         ingest
             .handle(&topic::uplink(&phone), garbage)
@@ -681,7 +687,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn show_decodes_a_batch_and_dumps_the_start_of_an_undecodable_payload(pool: PgPool) {
         let (_, phone) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), KeyCache::ephemeral());
         let up = topic::uplink(&phone);
         ingest.handle(&up, &invalid_batch(&phone)).await.unwrap();
         ingest
@@ -735,7 +741,9 @@ mod tests {
         let payload = encode(batch(&phone, 7, 3));
         let id = dead_letter(&pool, &phone, CLOCK_WAS_OFF, &payload).await;
 
-        let report = replay(&pool, &ids(&[id]), Mode::Replay).await.unwrap();
+        let report = replay(&pool, &KeyCache::ephemeral(), &ids(&[id]), Mode::Replay)
+            .await
+            .unwrap();
         assert_eq!(
             (report.replayed, report.stored, report.readings_stored),
             (1, 1, 3)
@@ -752,12 +760,16 @@ mod tests {
         assert_eq!(folded.readings_count, 3);
 
         // Again: nothing is left to replay, and nothing changes.
-        let again = replay(&pool, &Selection::All, Mode::Replay).await.unwrap();
+        let again = replay(&pool, &KeyCache::ephemeral(), &Selection::All, Mode::Replay)
+            .await
+            .unwrap();
         assert_eq!(again.replayed, 0);
         // The same payload dead-lettered twice (it was resent): its copy is all duplicates,
         // deleted, and folds nothing a second time.
         dead_letter(&pool, &phone, CLOCK_WAS_OFF, &payload).await;
-        let copy = replay(&pool, &Selection::All, Mode::Replay).await.unwrap();
+        let copy = replay(&pool, &KeyCache::ephemeral(), &Selection::All, Mode::Replay)
+            .await
+            .unwrap();
         assert_eq!((copy.already_stored, copy.deleted, copy.stored), (1, 1, 0));
         assert!(dead_letter_ids(&pool).await.is_empty());
         assert_eq!(
@@ -775,7 +787,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), KeyCache::ephemeral());
         let refused = ingest
             .handle(&topic::uplink(&phone), &encode(batch(&phone, 0, 4)))
             .await
@@ -791,6 +803,7 @@ mod tests {
         // Before the fix: refused again, and still that one row.
         let before = replay(
             &pool,
+            &KeyCache::ephemeral(),
             &Selection::Reason(ReasonCode::RefusedByDatabase),
             Mode::Replay,
         )
@@ -808,6 +821,7 @@ mod tests {
             .unwrap();
         let after = replay(
             &pool,
+            &KeyCache::ephemeral(),
             &Selection::Reason(ReasonCode::RefusedByDatabase),
             Mode::Replay,
         )
@@ -818,7 +832,7 @@ mod tests {
             (1, 4, 1)
         );
         assert!(dead_letter_ids(&pool).await.is_empty());
-        let again = replay(&pool, &ids(&[id]), Mode::Replay).await;
+        let again = replay(&pool, &KeyCache::ephemeral(), &ids(&[id]), Mode::Replay).await;
         assert!(matches!(again, Err(Error::InvalidInput(_))), "{again:?}");
         assert_eq!(
             count(&pool, "SELECT count(*) FROM emotion_readings").await,
@@ -829,7 +843,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_still_invalid_batch_stays_one_dead_letter_with_todays_reason(pool: PgPool) {
         let (_, phone) = user_with_device(&pool).await;
-        Ingest::new(pool.clone())
+        Ingest::new(pool.clone(), KeyCache::ephemeral())
             .handle(&topic::uplink(&phone), &invalid_batch(&phone))
             .await
             .unwrap();
@@ -843,7 +857,9 @@ mod tests {
         .unwrap();
 
         for _ in 0..2 {
-            let report = replay(&pool, &Selection::All, Mode::Replay).await.unwrap();
+            let report = replay(&pool, &KeyCache::ephemeral(), &Selection::All, Mode::Replay)
+                .await
+                .unwrap();
             assert_eq!(report.replayed, 2);
             assert_eq!(report.still_refused, BTreeMap::from([("invalid", 2)]));
             assert_eq!((report.stored, report.deleted), (0, 0));
@@ -878,7 +894,9 @@ mod tests {
         .await
         .unwrap();
 
-        let report = replay(&pool, &Selection::All, Mode::DryRun).await.unwrap();
+        let report = replay(&pool, &KeyCache::ephemeral(), &Selection::All, Mode::DryRun)
+            .await
+            .unwrap();
         assert!(report.dry_run);
         assert_eq!(
             (report.replayed, report.stored, report.readings_stored),
@@ -912,9 +930,14 @@ mod tests {
         let (_, phone) = user_with_device(&pool).await;
         let valid = dead_letter(&pool, &phone, CLOCK_WAS_OFF, &encode(batch(&phone, 0, 3))).await;
         let unknown = id(valid.get() + 1);
-        let err = replay(&pool, &ids(&[valid, unknown]), Mode::Replay)
-            .await
-            .unwrap_err();
+        let err = replay(
+            &pool,
+            &KeyCache::ephemeral(),
+            &ids(&[valid, unknown]),
+            Mode::Replay,
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
         assert!(
             err.to_string()
@@ -953,7 +976,9 @@ mod tests {
             .await
             .unwrap();
 
-        let report = replay(&pool, &Selection::All, Mode::Replay).await.unwrap();
+        let report = replay(&pool, &KeyCache::ephemeral(), &Selection::All, Mode::Replay)
+            .await
+            .unwrap();
         assert_eq!(report.not_accepted, BTreeMap::from([("revoked_device", 2)]));
         assert_eq!(report.without_consent, 1);
         assert_eq!(report.deleted, 0);

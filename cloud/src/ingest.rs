@@ -64,7 +64,7 @@ use uuid::Uuid;
 
 use self::delivery::Delivery;
 pub use self::delivery::{DeadLetterId, DeadLetterIdError};
-use crate::{Error, error::Result};
+use crate::{Error, error::Result, keys::KeyCache, privacy::thoughts};
 
 /// Readings taken longer ago than this are refused: no phone buffers a month of data, so such a
 /// timestamp means a broken clock, and stale data must not move today's features.
@@ -184,15 +184,18 @@ impl Outcome {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     pool: PgPool,
+    /// The people's data keys, which seal each reading's thoughts before it is stored.
+    keys: KeyCache,
     device_seen: Option<Arc<Notify>>,
     /// When set, batches are committed in groups (see [`GroupCommitter`]); else each alone.
     committer: Option<GroupCommitter>,
 }
 
 impl Ingest {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, keys: KeyCache) -> Self {
         Self {
             pool,
+            keys,
             device_seen: None,
             committer: None,
         }
@@ -308,14 +311,38 @@ impl Ingest {
             return Ok(committed(device, user_id, readings, inserted, ack));
         }
         let newest = checked.taken_at.iter().max().copied();
+        // Sealed before the batch's transaction: a data key made for it is committed on its
+        // own, never undone by a batch that rolls back (see `KeyCache`).
+        let first_seq = i64::try_from(batch.first_seq)
+            .map_err(|_| Error::Internal("validated batch has first_seq above i64::MAX".into()))?;
+        let Some(thoughts) = thoughts::seal_batch(
+            &self.keys,
+            &self.pool,
+            user_id,
+            &device,
+            first_seq,
+            batch.readings.iter().map(|r| r.thoughts.as_slice()),
+        )
+        .await?
+        else {
+            return Ok(not_accepted(device, Rejection::UnknownDevice));
+        };
         let stored = match &self.committer {
             Some(committer) => {
                 committer
-                    .store(device.clone(), user_id, batch, checked.taken_at)
+                    .store(device.clone(), user_id, batch, checked.taken_at, thoughts)
                     .await
             }
             None => {
-                store::store_batch(&self.pool, &device, user_id, &batch, &checked.taken_at).await
+                store::store_batch(
+                    &self.pool,
+                    &device,
+                    user_id,
+                    &batch,
+                    &checked.taken_at,
+                    &thoughts,
+                )
+                .await
             }
         };
         let stored = match stored {
@@ -758,7 +785,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_valid_batch_is_stored_and_acked_with_its_exact_range(pool: PgPool) {
         let (user_id, device) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let outcome = ingest
             .handle(&topic::uplink(&device), &encode(batch(&device, 10, 3)))
             .await
@@ -773,14 +800,30 @@ mod tests {
         );
         assert_eq!(outcome.ack(), Some((&device, expected)));
 
-        let rows: Vec<(i64, i16, Vec<i16>, Vec<i16>)> = sqlx::query_as(
-            "SELECT seq, valence, intents, intent_confidence FROM emotion_readings ORDER BY seq",
+        let rows: Vec<(i64, i16, i32, Vec<u8>)> = sqlx::query_as(
+            "SELECT seq, valence, cardinality(intents), coalesce(thoughts_sealed, '')
+             FROM emotion_readings ORDER BY seq",
         )
         .fetch_all(&pool)
         .await
         .unwrap();
         assert_eq!(rows.len(), 3);
-        assert_eq!(rows[0], (10, 20, vec![1], vec![80]));
+        let (seq, valence, clear, sealed) = &rows[0];
+        assert_eq!((*seq, *valence), (10, 20));
+        // The thought is sealed with the person's key, bound to this reading.
+        assert_eq!(*clear, 0, "thoughts in the clear");
+        assert!(!sealed.is_empty(), "the reading's thought is not sealed");
+        let key = crate::keys::KeyCache::ephemeral()
+            .key_for(&pool, user_id)
+            .await
+            .unwrap()
+            .unwrap();
+        let opened = thoughts::open(&key, device.as_str(), 10, sealed).unwrap();
+        assert_eq!((opened.intents, opened.confidences), (vec![1], vec![80]));
+        assert!(
+            thoughts::open(&key, device.as_str(), 11, sealed).is_err(),
+            "another reading's"
+        );
         let features = features::load(&pool, user_id).await.unwrap().unwrap();
         assert_eq!(features.readings_count, 3);
         assert_eq!(features.mean_valence, 20.0);
@@ -795,7 +838,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_resent_batch_stores_nothing_new_and_is_acked_again(pool: PgPool) {
         let (user_id, device) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let payload = encode(batch(&device, 0, 5));
         ingest
             .handle(&topic::uplink(&device), &payload)
@@ -850,7 +893,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_packed_batch_is_stored_as_its_readings_and_a_broken_one_dead_lettered(pool: PgPool) {
         let (user_id, device) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let up = topic::uplink(&device);
         let packed = ecs_protocol::PackedBatch::pack(&batch(&device, 5, 4)).unwrap();
         let payload = encode_uplink(&Uplink::ReadingBatchV2(packed.clone())).unwrap();
@@ -892,7 +935,7 @@ mod tests {
         let (_, device) = user_with_device(&pool).await;
         let (_, other) = user_with_device(&pool).await;
         let stranger = DeviceId::random();
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let up = topic::uplink(&device);
 
         // Garbage: no range is known, so nothing to ack.
@@ -1038,7 +1081,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let outcome = Ingest::new(pool.clone())
+        let outcome = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral())
             .handle(&topic::uplink(&device), &encode(batch(&device, 0, 1)))
             .await
             .unwrap();
@@ -1068,7 +1111,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let outcome = Ingest::new(pool.clone())
+        let outcome = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral())
             .handle(&topic::uplink(&device), &encode(batch(&device, 0, 3)))
             .await
             .unwrap();
@@ -1104,7 +1147,7 @@ mod tests {
             .await
             .unwrap();
         let stranger = DeviceId::random();
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         for (device, expected) in [(&stranger, "unknown_device"), (&revoked, "revoked_device")] {
             let up = topic::uplink(device);
             for payload in [invalid_batch(device), b"\xff\xffnot postcard".to_vec()] {
@@ -1127,7 +1170,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let up = topic::uplink(&device);
 
         // Invalid, with a known range: discarded and acked like a valid batch.
@@ -1209,7 +1252,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_person_erased_while_their_batch_is_stored_is_not_accepted(pool: PgPool) {
         let (user_id, device) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let payload = encode(batch(&device, 0, 3));
         // The registration is read before the erasure commits; the insert waits for it, then
         // fails on the foreign key: nothing kept, not even a dead letter, and no ack.
@@ -1241,7 +1284,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn a_person_erased_while_their_bad_batch_is_dead_lettered_is_not_accepted(pool: PgPool) {
         let (user_id, device) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let payload = invalid_batch(&device);
         let outcome = erase_during(&pool, user_id, async {
             ingest
@@ -1267,7 +1310,7 @@ mod tests {
     async fn two_phones_of_one_person_feed_one_feature_row(pool: PgPool) {
         let (user_id, phone) = user_with_device(&pool).await;
         let tablet = add_device(&pool, user_id).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let (phone_topic, tablet_topic) = (topic::uplink(&phone), topic::uplink(&tablet));
         let (phone_batch, tablet_batch) =
             (encode(batch(&phone, 0, 50)), encode(batch(&tablet, 0, 30)));
@@ -1284,7 +1327,7 @@ mod tests {
     #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn an_unavailable_database_is_an_error_not_a_dead_letter(pool: PgPool) {
         let (_, device) = user_with_device(&pool).await;
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         pool.close().await;
         let result = ingest
             .handle(&topic::uplink(&device), &encode(batch(&device, 0, 1)))
@@ -1298,7 +1341,7 @@ mod tests {
         let other = add_device(&pool, user_id).await;
         let (_, ids) = crate::notify::fixtures::notify_offer(&pool, user_id).await;
         assert_eq!(ids.len(), 2);
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let receipt = |ids: Vec<Uuid>| {
             encode_uplink(&Uplink::NotificationReceiptV1(NotificationReceipt {
                 notification_ids: ids,

@@ -308,13 +308,19 @@ pub async fn shred(conn: &mut PgConnection, user_id: Uuid) -> Result<()> {
     Ok(())
 }
 
-/// One person's data key, unwrapped.
+/// One person's data key, unwrapped. Cloned only into [`KeyCache`].
+#[derive(Clone)]
 pub struct DataKey {
     user_id: Uuid,
     key: SealingKey,
 }
 
 impl DataKey {
+    /// Whose key this is.
+    pub fn user_id(&self) -> Uuid {
+        self.user_id
+    }
+
     pub fn seal_text(&self, field: &str, text: &str) -> Result<Vec<u8>> {
         self.key
             .seal(&field_aad(self.user_id, field), text.as_bytes())
@@ -324,6 +330,112 @@ impl DataKey {
         let bytes = self.key.open(&field_aad(self.user_id, field), sealed)?;
         String::from_utf8(bytes)
             .map_err(|_| Error::Internal(format!("sealed {field} is not UTF-8")))
+    }
+
+    /// Seals `msg` as `field` of the row `row` (its key, e.g. a reading's device and seq), so
+    /// the sealed value opens only as that field of that row of this person.
+    pub fn seal_row(&self, field: &str, row: &[u8], msg: &[u8]) -> Result<Vec<u8>> {
+        self.key.seal(&row_aad(self.user_id, field, row), msg)
+    }
+
+    pub fn open_row(&self, field: &str, row: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        self.key.open(&row_aad(self.user_id, field, row), sealed)
+    }
+}
+
+/// [`field_aad`] and the row's key, length-prefixed so no two (field, row) pairs collide.
+fn row_aad(user_id: Uuid, field: &str, row: &[u8]) -> Vec<u8> {
+    let mut aad = field_aad(user_id, field);
+    aad.extend_from_slice(&(row.len() as u64).to_be_bytes());
+    aad.extend_from_slice(row);
+    aad
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most data keys a [`KeyCache`] holds (about 64 bytes each).
+const KEY_CACHE_CAPACITY: usize = 16_384;
+
+/// The data keys of the people whose phones stream, unwrapped once instead of once per batch.
+///
+/// A key enters the cache only once it is committed: one made for a batch is made in a
+/// transaction of its own (never in the batch's, which may roll back after the key sealed
+/// something). A key stays usable after a rotation (which re-wraps the same key); after an
+/// erasure it is not asked for again, since the person's batches are refused before their
+/// readings are stored. Bounded: when full it is emptied and refills from the key store.
+#[derive(Clone, Debug)]
+pub struct KeyCache {
+    keyring: SharedKeyring,
+    keys: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, DataKey>>>,
+}
+
+impl KeyCache {
+    pub fn new(keyring: SharedKeyring) -> Self {
+        Self {
+            keyring,
+            keys: Arc::default(),
+        }
+    }
+
+    /// A cache over a random master key made once per process and held by nothing else: for
+    /// tests and scratch runs, whose sealed data is read back (if at all) by the same process.
+    pub fn ephemeral() -> Self {
+        static PROCESS: std::sync::OnceLock<KeyCache> = std::sync::OnceLock::new();
+        PROCESS
+            .get_or_init(|| Self::new(Arc::new(Keyring::new(MasterKey::random(), Vec::new()))))
+            .clone()
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// The person's data key, made now if they have none; `None` when the person is gone.
+    pub async fn key_for(&self, pool: &PgPool, user_id: Uuid) -> Result<Option<DataKey>> {
+        if let Some(key) = self.lock().get(&user_id) {
+            return Ok(Some(key.clone()));
+        }
+        let key = match self.keyring.load(pool, user_id).await? {
+            Some(key) => key,
+            None => {
+                // Under the person's row lock, which registration, erasure and the sealing of
+                // names in the clear also take: no second key, and none for an erased person.
+                let mut tx = pool.begin().await?;
+                let alive: Option<i32> =
+                    sqlx::query_scalar("SELECT 1 FROM users WHERE user_id = $1 FOR NO KEY UPDATE")
+                        .bind(user_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if alive.is_none() {
+                    return Ok(None);
+                }
+                let key = match self.keyring.load(&mut *tx, user_id).await? {
+                    Some(key) => key,
+                    None => self.keyring.create_for(&mut tx, user_id).await?,
+                };
+                tx.commit().await?;
+                key
+            }
+        };
+        let mut keys = self.lock();
+        if keys.len() >= KEY_CACHE_CAPACITY {
+            keys.clear();
+        }
+        keys.insert(user_id, key.clone());
+        Ok(Some(key))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, DataKey>> {
+        // Each holder makes one call on the map: a panic cannot leave it half-changed.
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

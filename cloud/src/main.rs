@@ -183,6 +183,9 @@ enum DeadLettersCommand {
         /// replay).
         #[arg(long)]
         dry_run: bool,
+        /// The master keys: a replayed reading's thoughts are sealed with its person's data key.
+        #[command(flatten)]
+        keys: ecs_cloud::config::KeySettings,
     },
 }
 
@@ -408,6 +411,7 @@ async fn dead_letters_command(pool: &PgPool, command: DeadLettersCommand) -> any
             reason,
             all,
             dry_run,
+            keys,
         } => {
             let selection = match (reason, all) {
                 (Some(code), _) => Selection::Reason(code),
@@ -415,7 +419,14 @@ async fn dead_letters_command(pool: &PgPool, command: DeadLettersCommand) -> any
                 (None, false) => Selection::Ids(ids),
             };
             let mode = if dry_run { Mode::DryRun } else { Mode::Replay };
-            let report = dead_letters::replay(pool, &selection, mode).await?;
+            // A dry run seals nothing (it stores nothing), so it needs no master key.
+            let keys = match mode {
+                Mode::DryRun => ecs_cloud::keys::KeyCache::ephemeral(),
+                Mode::Replay => {
+                    ecs_cloud::keys::KeyCache::new(std::sync::Arc::new(keys.keyring()?))
+                }
+            };
+            let report = dead_letters::replay(pool, &keys, &selection, mode).await?;
             print!("{}", dead_letters::replay_report(&report));
             if report.stopped.is_some() {
                 bail!("the replay stopped before its end");

@@ -625,7 +625,7 @@ mod tests {
             notification_ids: ids.clone(),
         }))
         .unwrap();
-        let outcome = Ingest::new(pool.clone())
+        let outcome = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral())
             .handle(&topic::uplink(&device), &receipt)
             .await
             .unwrap();
@@ -665,7 +665,8 @@ mod tests {
         // The phone comes back and sends its buffered readings.
         let mut phone = TestClient::connect(Some(&topic::downlink(&device))).await;
         let wake = notifier.wake_handle();
-        let ingest = Ingest::new(pool.clone()).with_device_seen(wake.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral())
+            .with_device_seen(wake.clone());
         ingest
             .handle(&topic::uplink(&device), &encode(batch(&device, 0, 3)))
             .await

@@ -5,6 +5,7 @@
 //! Encryption at rest and crypto-shredding are [`crate::keys`].
 
 pub mod export;
+pub mod thoughts;
 pub mod trail;
 
 use chrono::{DateTime, Utc};

@@ -513,7 +513,7 @@ mod tests {
         minutes: i64,
         stress: u8,
     ) {
-        let ingest = Ingest::new(pool.clone());
+        let ingest = Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
         let start = Utc::now() - TimeDelta::minutes(starts_minutes_ago);
         for m in 0..minutes {
             let batch = ReadingBatch {

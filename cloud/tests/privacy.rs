@@ -6,10 +6,14 @@ use std::{collections::BTreeSet, process::Command, sync::Arc};
 
 use axum::http::{Method, StatusCode};
 use ecs_cloud::{
-    keys::{Keyring, MasterKey},
+    ingest::{Ingest, Outcome},
+    keys::{KeyCache, Keyring, MasterKey},
     offers::OfferWorker,
     people,
-    privacy::export,
+    privacy::{export, thoughts},
+};
+use ecs_protocol::{
+    DeviceId, Emotions, Intent, Reading, ReadingBatch, Thought, Uplink, encode_uplink, topic,
 };
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -22,6 +26,66 @@ use common::{
     client::{FixedModel, assess, call, person},
     keyring,
 };
+
+/// Gives the person a phone and streams two readings through ingest, both with thoughts (a
+/// purchase intent at 80 % and a money worry at 65 %, then a saving intent at 90 %); returns the
+/// phone's id.
+async fn stream_thoughts(pool: &PgPool, user_id: Uuid) -> DeviceId {
+    let device = DeviceId::random();
+    sqlx::query("INSERT INTO devices (device_id, user_id) VALUES ($1, $2)")
+        .bind(device.as_str())
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let reading = |offset_ms, thoughts: &[(Intent, u8)]| Reading {
+        offset_ms,
+        emotions: Emotions::default(),
+        valence: 10,
+        arousal: 40,
+        dominance: 50,
+        stress: 20,
+        focus: 60,
+        thoughts: thoughts
+            .iter()
+            .map(|&(intent, confidence)| Thought { intent, confidence })
+            .collect(),
+    };
+    let batch = ReadingBatch {
+        device_id: device.clone(),
+        first_seq: 0,
+        base_time_ms: (chrono::Utc::now() - chrono::TimeDelta::minutes(1)).timestamp_millis(),
+        readings: vec![
+            reading(
+                0,
+                &[(Intent::PurchaseIntent, 80), (Intent::FinancialWorry, 65)],
+            ),
+            reading(1_000, &[(Intent::SavingIntent, 90)]),
+        ],
+    };
+    let payload = encode_uplink(&Uplink::ReadingBatchV1(batch)).unwrap();
+    let outcome = Ingest::new(pool.clone(), KeyCache::new(Arc::new(keyring())))
+        .handle(&topic::uplink(&device), &payload)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::Stored { inserted: 2, .. }),
+        "{outcome:?}"
+    );
+    device
+}
+
+/// The thoughts of the person's readings as stored: in the clear (legacy columns) and sealed.
+async fn stored_thoughts(pool: &PgPool, user_id: Uuid) -> Vec<(String, i64, Vec<i16>, Vec<u8>)> {
+    sqlx::query_as(
+        "SELECT device_id, seq, intents, thoughts_sealed FROM emotion_readings
+         WHERE user_id = $1 ORDER BY seq",
+    )
+    .bind(user_id)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
 
 async fn create(app: &axum::Router, name: &str) -> (Uuid, String) {
     let body = serde_json::json!({ "display_name": name, "emotional_data_consent": true });
@@ -140,10 +204,101 @@ fn run(command: &mut Command) -> Vec<u8> {
 }
 
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn thoughts_are_stored_sealed_and_exported_opened(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user_id, token) = create(&app, "Thinking Person").await;
+    stream_thoughts(&pool, user_id).await;
+
+    // Read the table directly: nothing in the clear, and each sealed value opens only as the
+    // thoughts of its own reading, with its owner's key.
+    let rows = stored_thoughts(&pool, user_id).await;
+    assert_eq!(rows.len(), 2);
+    let key = keyring().load(&pool, user_id).await.unwrap().unwrap();
+    let (stranger, _) = create(&app, "Someone Else").await;
+    let strangers_key = keyring().load(&pool, stranger).await.unwrap().unwrap();
+    for (device, seq, clear, sealed) in &rows {
+        assert!(clear.is_empty(), "intents in the clear: {clear:?}");
+        assert!(thoughts::open(&key, device, *seq, sealed).is_ok());
+        assert!(thoughts::open(&key, device, seq + 1, sealed).is_err());
+        assert!(thoughts::open(&strangers_key, device, *seq, sealed).is_err());
+    }
+    let first = thoughts::open(&key, &rows[0].0, 0, &rows[0].3).unwrap();
+    assert_eq!(
+        (first.intents, first.confidences),
+        (vec![1, 2], vec![80, 65])
+    );
+
+    // The person's export shows them as the sensor sent them.
+    let r = call(
+        &app,
+        Method::GET,
+        &format!("/v1/users/{user_id}/export"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let readings = r.body["readings"].as_array().unwrap();
+    assert_eq!(readings.len(), 2);
+    assert_eq!(readings[0]["intents"], serde_json::json!([1, 2]));
+    assert_eq!(
+        readings[0]["intent_confidence"],
+        serde_json::json!([80, 65])
+    );
+    assert_eq!(readings[1]["intents"], serde_json::json!([3]));
+    assert_eq!(readings[1]["intent_confidence"], serde_json::json!([90]));
+    assert!(
+        readings[0].get("thoughts_sealed").is_none(),
+        "{}",
+        readings[0]
+    );
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn thoughts_stored_before_sealing_are_sealed_in_the_background(pool: PgPool) {
+    let app = app(&pool, Arc::new(FixedModel(0.05)), true);
+    let (user_id, _) = create(&app, "Legacy Person").await;
+    let device = stream_thoughts(&pool, user_id).await;
+    // As a reading written before migration 0008 was: its thoughts in the clear.
+    sqlx::query(
+        "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, joy, trust, fear,
+             surprise, sadness, disgust, anger, anticipation, valence, arousal, dominance,
+             stress, focus, intents, intent_confidence)
+         SELECT $1, s, $2, now(), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, '{4,5}', '{70,30}'
+         FROM generate_series(10, 1209) AS s",
+    )
+    .bind(device.as_str())
+    .bind(user_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let keys = KeyCache::new(Arc::new(keyring()));
+    assert_eq!(thoughts::seal_legacy(&pool, &keys).await.unwrap(), 1_200);
+    assert_eq!(
+        thoughts::seal_legacy(&pool, &keys).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let key = keyring().load(&pool, user_id).await.unwrap().unwrap();
+    let rows = stored_thoughts(&pool, user_id).await;
+    assert_eq!(rows.len(), 1_202);
+    for (device, seq, clear, sealed) in rows.iter().skip(2) {
+        assert!(clear.is_empty());
+        let opened = thoughts::open(&key, device, *seq, sealed).unwrap();
+        assert_eq!(
+            (opened.intents, opened.confidences),
+            (vec![4, 5], vec![70, 30])
+        );
+    }
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
 async fn a_backup_restored_after_an_erasure_opens_nothing_of_the_erased_person(pool: PgPool) {
     let app = app(&pool, Arc::new(FixedModel(0.05)), true);
     let (erased, _) = create(&app, "Erased Person").await;
     let (kept, _) = create(&app, "Kept Person").await;
+    stream_thoughts(&pool, erased).await;
+    stream_thoughts(&pool, kept).await;
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&pool)
         .await
@@ -211,6 +366,19 @@ async fn a_backup_restored_after_an_erasure_opens_nothing_of_the_erased_person(p
         "the erased person's data key is gone"
     );
     assert!(people::view(&restored_pool, &keys, erased).await.is_err());
+    // Their readings are in the backup too, with their thoughts sealed under the shredded key;
+    // everyone else's open.
+    let erased_rows = stored_thoughts(&restored_pool, erased).await;
+    assert_eq!(
+        erased_rows.len(),
+        2,
+        "the backup holds the erased person's readings"
+    );
+    assert!(erased_rows.iter().all(|(_, _, clear, _)| clear.is_empty()));
+    let kept_key = keys.load(&restored_pool, kept).await.unwrap().unwrap();
+    for (device, seq, _, sealed) in stored_thoughts(&restored_pool, kept).await {
+        thoughts::open(&kept_key, &device, seq, &sealed).unwrap();
+    }
     restored_pool.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE {restored} WITH (FORCE)"

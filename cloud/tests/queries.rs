@@ -217,16 +217,18 @@ async fn the_documented_queries_return_what_they_promise(pool: PgPool) {
         .await;
     let events: Vec<(i64, Value)> = rows
         .iter()
-        .map(|r| (r["stress"].as_i64().unwrap(), r["thoughts"].clone()))
+        .map(|r| (r["stress"].as_i64().unwrap(), r["had_thoughts"].clone()))
         .collect();
-    // The worry three days ago and the stress two days ago; not the mild wish to buy, not the
-    // stress of eight days ago, not the calm hours of today.
+    // The wish to buy four days ago, the worry three days ago (both sealed: only that there
+    // was a thought shows) and the stress two days ago; not the stress of eight days ago, not
+    // the calm hours of today.
     assert_eq!(
         events,
-        [(30, json!(["financial_worry"])), (80, json!([]))],
+        [(20, json!(true)), (30, json!(true)), (80, json!(false))],
         "{rows:?}"
     );
     assert!(time(&rows[0]["recorded_at"]) < time(&rows[1]["recorded_at"]));
+    assert!(time(&rows[1]["recorded_at"]) < time(&rows[2]["recorded_at"]));
 
     let rows = queries
         .run(

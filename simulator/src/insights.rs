@@ -18,10 +18,14 @@ pub mod findings;
 pub mod population;
 pub mod svg;
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::Context;
 use chrono::{DurationRound, TimeDelta, Utc};
+use ecs_cloud::keys::{KeyCache, Keyring, MasterKey};
 use ecs_edge_agent::sensor::Archetype;
 use sqlx::postgres::PgPoolOptions;
 
@@ -73,7 +77,10 @@ pub async fn run(args: &InsightsArgs) -> anyhow::Result<Findings> {
             .connect(scratch.url())
             .await
             .context("connecting to the scratch database")?;
-        let (people, written) = population::simulate(&pool, &plan, progress).await?;
+        // The run's own master key: names and thoughts are sealed as the cloud seals them, and
+        // only this analysis opens them again.
+        let keys = KeyCache::new(Arc::new(Keyring::new(MasterKey::random(), vec![])));
+        let (people, written) = population::simulate(&pool, &plan, &keys, progress).await?;
         progress.note(&format!(
             "{} people, {} readings and {} transactions written; assessing",
             people.len(),
@@ -83,6 +90,7 @@ pub async fn run(args: &InsightsArgs) -> anyhow::Result<Findings> {
         // One connection for the analysis: its temporary tables live in its session.
         let mut conn = pool.acquire().await?;
         counterfactual::assess(&pool, &people, &mut conn).await?;
+        analysis::open_thoughts(&mut conn, &keys, &pool).await?;
         analysis::tabulate(&mut conn, &plan).await?;
         let (readings_stored, transactions_stored) = analysis::stored(&mut conn).await?;
         let (hours, stress_by_hour) = analysis::hours(&mut conn, &plan).await?;

@@ -42,6 +42,7 @@ struct Request {
     user_id: Uuid,
     batch: ReadingBatch,
     taken_at: Vec<DateTime<Utc>>,
+    thoughts: Vec<Option<Vec<u8>>>,
     reply: oneshot::Sender<Result<StoreOutcome>>,
 }
 
@@ -76,6 +77,7 @@ impl GroupCommitter {
         user_id: Uuid,
         batch: ReadingBatch,
         taken_at: Vec<DateTime<Utc>>,
+        thoughts: Vec<Option<Vec<u8>>>,
     ) -> Result<StoreOutcome> {
         let (reply, outcome) = oneshot::channel();
         let request = Request {
@@ -83,6 +85,7 @@ impl GroupCommitter {
             user_id,
             batch,
             taken_at,
+            thoughts,
             reply,
         };
         self.requests
@@ -156,7 +159,17 @@ async fn together(pool: &PgPool, group: &[Request]) -> Result<Vec<StoreOutcome>>
     let mut tx = store::begin(pool).await?;
     let mut outcomes = Vec::with_capacity(group.len());
     for r in group {
-        outcomes.push(store::store_in(&mut tx, &r.device, r.user_id, &r.batch, &r.taken_at).await?);
+        outcomes.push(
+            store::store_in(
+                &mut tx,
+                &r.device,
+                r.user_id,
+                &r.batch,
+                &r.taken_at,
+                &r.thoughts,
+            )
+            .await?,
+        );
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -170,6 +183,7 @@ async fn alone(pool: &PgPool, request: Request) {
         request.user_id,
         &request.batch,
         &request.taken_at,
+        &request.thoughts,
     )
     .await;
     metrics::histogram!("ecs_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -199,6 +213,7 @@ mod tests {
         let request = Request {
             device: device.clone(),
             user_id,
+            thoughts: vec![None; batch.readings.len()],
             batch,
             taken_at,
             reply,
@@ -291,6 +306,7 @@ mod tests {
                 device.clone(),
                 Uuid::new_v4(),
                 batch(&device, 1, 1),
+                Vec::new(),
                 Vec::new(),
             )
             .await;

@@ -199,8 +199,14 @@ mod tests {
         let (link, driver) = BrokerLink::new(&settings(&group), tx, shutdown.clone()).unwrap();
         let link_task = tokio::spawn(driver.run());
         link.wait_ready(WAIT).await.unwrap();
-        let runner =
-            tokio::spawn(Ingest::new(pool.clone()).run(link.client(), rx, 4, shutdown.clone()));
+        let runner = tokio::spawn(
+            Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral()).run(
+                link.client(),
+                rx,
+                4,
+                shutdown.clone(),
+            ),
+        );
         let mut phone = TestClient::connect(Some(&topic::downlink(&device))).await;
         let up = topic::uplink(&device);
         let publisher = phone.client.clone();

@@ -18,17 +18,19 @@ use crate::{
 /// error: not acked, not dead-lettered).
 const PERSON_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '2s'";
 
-/// Stores `batch` (readings taken at `taken_at`, index-aligned) for `user_id` and folds the
-/// readings that were new into the person's features, all in one transaction.
+/// Stores `batch` (readings taken at `taken_at`, their thoughts sealed as `thoughts`, both
+/// index-aligned) for `user_id` and folds the readings that were new into the person's
+/// features, all in one transaction.
 pub(super) async fn store_batch(
     pool: &PgPool,
     device: &DeviceId,
     user_id: Uuid,
     batch: &ReadingBatch,
     taken_at: &[DateTime<Utc>],
+    thoughts: &[Option<Vec<u8>>],
 ) -> Result<StoreOutcome> {
     let mut tx = begin(pool).await?;
-    let outcome = store_in(&mut tx, device, user_id, batch, taken_at).await?;
+    let outcome = store_in(&mut tx, device, user_id, batch, taken_at, thoughts).await?;
     tx.commit().await?;
     Ok(outcome)
 }
@@ -50,6 +52,7 @@ pub(super) async fn store_in(
     user_id: Uuid,
     batch: &ReadingBatch,
     taken_at: &[DateTime<Utc>],
+    thoughts: &[Option<Vec<u8>>],
 ) -> Result<StoreOutcome> {
     // Consent is re-read under the person's row lock, which a withdrawal (an UPDATE of that row)
     // also takes: a batch either commits before the withdrawal (whose transaction then removes
@@ -66,7 +69,7 @@ pub(super) async fn store_in(
         Some(false) => return Ok(StoreOutcome::WithoutConsent),
         None => return Ok(StoreOutcome::RegistrationGone),
     }
-    let inserted = insert_readings(tx, device, user_id, batch, taken_at).await?;
+    let inserted = insert_readings(tx, device, user_id, batch, taken_at, thoughts).await?;
     if !inserted.is_empty() {
         let mut is_new = vec![false; batch.readings.len()];
         for seq in &inserted {
@@ -152,6 +155,7 @@ async fn insert_readings(
     user_id: Uuid,
     batch: &ReadingBatch,
     taken_at: &[DateTime<Utc>],
+    thoughts: &[Option<Vec<u8>>],
 ) -> Result<Vec<i64>> {
     let first_seq = i64::try_from(batch.first_seq)
         .map_err(|_| Error::Internal("validated batch has first_seq above i64::MAX".into()))?;
@@ -165,8 +169,6 @@ async fn insert_readings(
         mut stress,
         mut focus,
     ]: [Vec<i16>; 5] = Default::default();
-    let mut intents = Vec::with_capacity(n);
-    let mut confidences = Vec::with_capacity(n);
     for (index, reading) in (0i64..).zip(&batch.readings) {
         seq.push(first_seq + index);
         for (column, value) in emotions.iter_mut().zip(reading.emotions.as_array()) {
@@ -177,12 +179,6 @@ async fn insert_readings(
         dominance.push(i16::from(reading.dominance));
         stress.push(i16::from(reading.stress));
         focus.push(i16::from(reading.focus));
-        intents.push(array_literal(
-            reading.thoughts.iter().map(|t| t.intent.code()),
-        ));
-        confidences.push(array_literal(
-            reading.thoughts.iter().map(|t| i16::from(t.confidence)),
-        ));
     }
     let [
         joy,
@@ -197,19 +193,18 @@ async fn insert_readings(
     let inserted = sqlx::query_scalar(
         "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at,
              joy, trust, fear, surprise, sadness, disgust, anger, anticipation,
-             valence, arousal, dominance, stress, focus, intents, intent_confidence)
+             valence, arousal, dominance, stress, focus, thoughts_sealed)
          SELECT $1, r.seq, $2, r.recorded_at,
              r.joy, r.trust, r.fear, r.surprise, r.sadness, r.disgust, r.anger, r.anticipation,
              r.valence, r.arousal, r.dominance, r.stress, r.focus,
-             r.intents::smallint[], r.intent_confidence::smallint[]
+             r.thoughts_sealed
          FROM UNNEST($3::bigint[], $4::timestamptz[],
              $5::smallint[], $6::smallint[], $7::smallint[], $8::smallint[],
              $9::smallint[], $10::smallint[], $11::smallint[], $12::smallint[],
              $13::smallint[], $14::smallint[], $15::smallint[], $16::smallint[], $17::smallint[],
-             $18::text[], $19::text[])
+             $18::bytea[])
              AS r(seq, recorded_at, joy, trust, fear, surprise, sadness, disgust, anger,
-                  anticipation, valence, arousal, dominance, stress, focus, intents,
-                  intent_confidence)
+                  anticipation, valence, arousal, dominance, stress, focus, thoughts_sealed)
          ON CONFLICT (device_id, seq) DO NOTHING
          RETURNING seq",
     )
@@ -230,17 +225,10 @@ async fn insert_readings(
     .bind(&dominance)
     .bind(&stress)
     .bind(&focus)
-    .bind(&intents)
-    .bind(&confidences)
+    .bind(thoughts)
     .fetch_all(conn)
     .await?;
     Ok(inserted)
-}
-
-/// `{1,3}`: a Postgres array literal of small integers (no quoting needed).
-fn array_literal(values: impl Iterator<Item = i16>) -> String {
-    let items: Vec<String> = values.map(|v| v.to_string()).collect();
-    format!("{{{}}}", items.join(","))
 }
 
 #[derive(sqlx::FromRow)]
@@ -269,15 +257,4 @@ async fn mark_seen(conn: &mut PgConnection, device: &DeviceId) -> Result<Option<
     .fetch_optional(conn)
     .await?;
     Ok(seen)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn thoughts_travel_as_array_literals() {
-        assert_eq!(array_literal([1i16, 3].into_iter()), "{1,3}");
-        assert_eq!(array_literal(std::iter::empty()), "{}");
-    }
 }

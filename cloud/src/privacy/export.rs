@@ -18,7 +18,12 @@ use sqlx::PgPool;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::{error::Result, keys::Keyring, people};
+use super::thoughts;
+use crate::{
+    error::Result,
+    keys::{DataKey, Keyring},
+    people,
+};
 
 /// Readings written per page.
 const READINGS_PAGE: i64 = 5_000;
@@ -202,6 +207,8 @@ struct ReadingRow {
     device_id: String,
     seq: i64,
     reading: String,
+    /// Its thoughts, sealed ([`thoughts`]); opened into `intents` and `intent_confidence`.
+    thoughts_sealed: Option<Vec<u8>>,
 }
 
 /// Writes `bytes`, giving up when the client does not read for [`WRITE_TIMEOUT`].
@@ -244,6 +251,7 @@ pub async fn write(
     let open = head.strip_suffix('}').unwrap_or(&head);
     send(&mut out, open.as_bytes()).await?;
     send(&mut out, b",\"readings\":[").await?;
+    let key = keyring.load(pool, user_id).await?;
     let mut after: Option<(DateTime<Utc>, String, i64)> = None;
     let mut first = true;
     loop {
@@ -252,7 +260,8 @@ pub async fn write(
             None => {
                 sqlx::query_as(
                     "SELECT r.recorded_at, r.device_id, r.seq,
-                            (to_jsonb(r) - 'user_id')::text AS reading
+                            (to_jsonb(r) - 'user_id' - 'thoughts_sealed')::text AS reading,
+                            r.thoughts_sealed
                      FROM emotion_readings r
                      WHERE r.user_id = $1
                      ORDER BY r.recorded_at, r.device_id, r.seq
@@ -266,7 +275,8 @@ pub async fn write(
             Some((at, device, seq)) => {
                 sqlx::query_as(
                     "SELECT r.recorded_at, r.device_id, r.seq,
-                            (to_jsonb(r) - 'user_id')::text AS reading
+                            (to_jsonb(r) - 'user_id' - 'thoughts_sealed')::text AS reading,
+                            r.thoughts_sealed
                      FROM emotion_readings r
                      WHERE r.user_id = $1 AND (r.recorded_at, r.device_id, r.seq) > ($2, $3, $4)
                      ORDER BY r.recorded_at, r.device_id, r.seq
@@ -287,7 +297,13 @@ pub async fn write(
                 chunk.push(b',');
             }
             first = false;
-            chunk.extend_from_slice(row.reading.as_bytes());
+            match &row.thoughts_sealed {
+                None => chunk.extend_from_slice(row.reading.as_bytes()),
+                Some(sealed) => {
+                    let opened_text = with_thoughts(key.as_ref(), row, sealed)?;
+                    chunk.extend_from_slice(opened_text.as_bytes());
+                }
+            }
         }
         send(&mut out, &chunk).await?;
         match page.last() {
@@ -300,6 +316,20 @@ pub async fn write(
     send(&mut out, b"]}").await?;
     out.shutdown().await.map_err(io)?;
     Ok(())
+}
+
+/// The reading's JSON with its sealed thoughts opened, in the columns that held them in the
+/// clear (so every reading of the export has the same shape).
+fn with_thoughts(key: Option<&DataKey>, row: &ReadingRow, sealed: &[u8]) -> Result<String> {
+    let key = key.ok_or_else(|| {
+        crate::Error::Internal("a person with sealed thoughts has no data key".into())
+    })?;
+    let opened = thoughts::open(key, &row.device_id, row.seq, sealed)?;
+    let mut reading: serde_json::Map<String, Value> =
+        serde_json::from_str(&row.reading).map_err(json)?;
+    reading.insert("intents".into(), Value::from(opened.intents));
+    reading.insert("intent_confidence".into(), Value::from(opened.confidences));
+    serde_json::to_string(&reading).map_err(json)
 }
 
 fn io(e: std::io::Error) -> crate::Error {

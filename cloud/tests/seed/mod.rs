@@ -243,13 +243,29 @@ async fn readings(
     readings: &[Reading],
     received_at: Option<DateTime<Utc>>,
 ) {
+    // Thoughts sealed with the person's data key, as ingest stores them.
+    let key = crate::common::keyring()
+        .load(pool, person.user_id)
+        .await
+        .unwrap()
+        .expect("a person registered through the API has a data key");
+    let device = ecs_protocol::DeviceId::parse(person.device_id.clone()).unwrap();
     for (seq, r) in readings.iter().enumerate() {
-        let (intents, confidences): (Vec<i16>, Vec<i16>) = r.intent.into_iter().unzip();
+        let thoughts: Vec<ecs_protocol::Thought> = r
+            .intent
+            .into_iter()
+            .map(|(code, confidence)| ecs_protocol::Thought {
+                intent: ecs_protocol::Intent::from_code(code).unwrap(),
+                confidence: u8::try_from(confidence).unwrap(),
+            })
+            .collect();
+        let sealed =
+            ecs_cloud::privacy::thoughts::seal(&key, &device, seq as i64, &thoughts).unwrap();
         sqlx::query(
             "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, received_at,
                  joy, trust, fear, surprise, sadness, disgust, anger, anticipation,
-                 valence, arousal, dominance, stress, focus, intents, intent_confidence)
-             VALUES ($1, $2, $3, $4, $5, 50, 50, 50, 50, 50, 50, 50, 50, $6, $7, 50, $8, 50, $9, $10)",
+                 valence, arousal, dominance, stress, focus, thoughts_sealed)
+             VALUES ($1, $2, $3, $4, $5, 50, 50, 50, 50, 50, 50, 50, 50, $6, $7, 50, $8, 50, $9)",
         )
         .bind(&person.device_id)
         .bind(seq as i64)
@@ -259,8 +275,7 @@ async fn readings(
         .bind(r.valence)
         .bind(r.arousal)
         .bind(r.stress)
-        .bind(&intents)
-        .bind(&confidences)
+        .bind(&sealed)
         .execute(pool)
         .await
         .unwrap();

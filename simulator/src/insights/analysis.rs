@@ -4,14 +4,18 @@
 //! The archetype labels exist only in this analysis's session (temporary tables on its own
 //! connection); the cloud's tables never hold them.
 
+use anyhow::Context;
 use ecs_cloud::{
     features::{EmotionFeatures, HIGH_STRESS},
     finance::DISCRETIONARY,
+    keys::KeyCache,
     policy::{CreditPolicy, ReasonCode},
+    privacy::thoughts,
 };
 use ecs_edge_agent::sensor::Archetype;
 use ecs_protocol::Intent;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::findings::{
     ArchetypeFigures, ArchetypeSeries, Contribution, CreditFindings, GuardFindings, HourFigures,
@@ -27,6 +31,63 @@ fn emotional_features() -> Vec<&'static str> {
         .collect()
 }
 
+/// The readings of the stretch with their thoughts opened, in a temporary table of this
+/// session (`readings_opened`) that the other queries read: the cloud stores each reading's
+/// thoughts sealed with its person's data key, and this analysis holds the run's keys.
+pub async fn open_thoughts(
+    conn: &mut PgConnection,
+    keys: &KeyCache,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "CREATE TEMP TABLE readings_opened AS
+         SELECT user_id, device_id, seq, recorded_at, valence, arousal, stress, intents
+         FROM emotion_readings",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let sealed: Vec<(Uuid, String, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT user_id, device_id, seq, thoughts_sealed FROM emotion_readings
+         WHERE thoughts_sealed IS NOT NULL
+         ORDER BY user_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let (mut devices, mut seqs, mut intents) = (Vec::new(), Vec::new(), Vec::new());
+    let mut key = None;
+    for (user_id, device_id, seq, blob) in sealed {
+        if key
+            .as_ref()
+            .is_none_or(|k: &ecs_cloud::keys::DataKey| k.user_id() != user_id)
+        {
+            key = keys.key_for(pool, user_id).await?;
+        }
+        let key = key
+            .as_ref()
+            .context("a person of the run has no data key")?;
+        let opened = thoughts::open(key, &device_id, seq, &blob)?;
+        // One array literal per reading: UNNEST cannot take an array of arrays of uneven length.
+        let codes: Vec<String> = opened.intents.iter().map(i16::to_string).collect();
+        intents.push(format!("{{{}}}", codes.join(",")));
+        devices.push(device_id);
+        seqs.push(seq);
+    }
+    sqlx::query(
+        "UPDATE readings_opened r SET intents = s.intents::smallint[]
+         FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS s(device_id, seq, intents)
+         WHERE r.device_id = s.device_id AND r.seq = s.seq",
+    )
+    .bind(&devices)
+    .bind(&seqs)
+    .bind(&intents)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("ANALYZE readings_opened")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Per-person figures over what the cloud stored, in a temporary table the other queries read.
 pub async fn tabulate(conn: &mut PgConnection, plan: &Plan) -> anyhow::Result<()> {
     sqlx::query(
@@ -39,7 +100,7 @@ pub async fn tabulate(conn: &mut PgConnection, plan: &Plan) -> anyhow::Result<()
                     avg(($4 = ANY(r.intents))::int)::float8 AS purchase_intent_share,
                     avg(($5 = ANY(r.intents))::int)::float8 AS financial_worry_share,
                     avg(($6 = ANY(r.intents))::int)::float8 AS saving_intent_share
-             FROM emotion_readings r
+             FROM readings_opened r
              WHERE r.recorded_at >= $1 AND r.recorded_at < $2
              GROUP BY r.user_id),
          money AS (
@@ -209,7 +270,7 @@ pub async fn spending(conn: &mut PgConnection, plan: &Plan) -> anyhow::Result<Sp
                                   interval '1 hour') AS h),
          intent_hours AS (
              SELECT DISTINCT user_id, date_trunc('hour', recorded_at) AS h
-             FROM emotion_readings
+             FROM readings_opened
              WHERE $3 = ANY(intents) AND recorded_at >= $1 AND recorded_at < $2),
          flagged AS (
              SELECT user_id, h FROM intent_hours
@@ -277,7 +338,7 @@ pub async fn hours(
                     avg(r.arousal)::float8 AS mean_arousal,
                     avg(($3 = ANY(r.intents))::int)::float8 AS purchase_intent_share,
                     avg(($4 = ANY(r.intents))::int)::float8 AS financial_worry_share
-             FROM emotion_readings r
+             FROM readings_opened r
              WHERE r.recorded_at >= $1 AND r.recorded_at < $2
              GROUP BY 1),
          bought AS (
@@ -314,7 +375,7 @@ pub async fn hours(
         "SELECT archetype, array_agg(stress ORDER BY hour) FROM (
              SELECT p.archetype, extract(hour FROM r.recorded_at AT TIME ZONE 'UTC')::int AS hour,
                     avg(r.stress)::float8 AS stress
-             FROM emotion_readings r JOIN person_figures p USING (user_id)
+             FROM readings_opened r JOIN person_figures p USING (user_id)
              WHERE r.recorded_at >= $1 AND r.recorded_at < $2
              GROUP BY 1, 2) s
          GROUP BY archetype

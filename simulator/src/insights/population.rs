@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeDelta, Timelike, Utc};
 use ecs_cloud::{
     devices, finance,
     ingest::{Ingest, Outcome},
+    keys::KeyCache,
     people::{NewPersonRow, PersonTx},
 };
 use ecs_edge_agent::sensor::{Archetype, Sensor};
@@ -75,15 +76,14 @@ pub struct Written {
 pub async fn simulate(
     pool: &PgPool,
     plan: &Plan,
+    keys: &KeyCache,
     progress: &Progress,
 ) -> anyhow::Result<(Vec<Person>, Written)> {
     if plan.reading_interval < TimeDelta::seconds(1) {
         bail!("the reading interval must be at least a second");
     }
-    let ingest = Ingest::new(pool.clone());
-    // The run's own master key: the names are sealed as the cloud seals them, and nobody reads
-    // them back.
-    let keyring = ecs_cloud::keys::Keyring::new(ecs_cloud::keys::MasterKey::random(), vec![]);
+    let ingest = Ingest::new(pool.clone(), keys.clone());
+    let keyring = keys.keyring();
     let bar = progress.counter("simulated people", plan.people() as u64);
     let mut people = Vec::with_capacity(plan.people());
     let mut written = Written::default();
@@ -103,7 +103,7 @@ pub async fn simulate(
             .map(|t| t.amount_cents)
             .sum::<i64>()
             / history::MONTHS;
-        provision(pool, &keyring, &person, index, &device, &past).await?;
+        provision(pool, keyring, &person, index, &device, &past).await?;
         let bought = stream(&ingest, plan, &person, &device, monthly_income).await?;
         record(pool, person.user_id, &bought).await?;
         written.readings += plan.readings_per_person() as u64;

@@ -18,7 +18,7 @@ const READING_SPACING_MS: u32 = 10;
 /// `received_at` takes its default, `now()`, as it does for ingest.
 pub const COPY_STATEMENT: &str = "COPY emotion_readings (device_id, seq, user_id, recorded_at, \
      joy, trust, fear, surprise, sadness, disgust, anger, anticipation, \
-     valence, arousal, dominance, stress, focus, intents, intent_confidence) FROM STDIN";
+     valence, arousal, dominance, stress, focus, thoughts_sealed) FROM STDIN";
 
 /// A registered, consenting person's device.
 #[derive(Debug, Clone)]
@@ -226,23 +226,18 @@ pub(crate) fn copy_row(
     ] {
         let _ = write!(out, "\t{value}");
     }
-    let intents: Vec<String> = r
-        .thoughts
-        .iter()
-        .map(|t| t.intent.code().to_string())
-        .collect();
-    let confidences: Vec<String> = r
-        .thoughts
-        .iter()
-        .map(|t| t.confidence.to_string())
-        .collect();
-    let _ = writeln!(
-        out,
-        "\t{{{}}}\t{{{}}}",
-        intents.join(","),
-        confidences.join(",")
-    );
+    // What ingest stores for the thoughts: none (NULL), or a sealed value of the same length
+    // (nonce, a byte pair per thought, tag). The reference does not encrypt; it writes zeros.
+    if r.thoughts.is_empty() {
+        let _ = writeln!(out, "\t\\N");
+    } else {
+        let sealed_len = SEALED_OVERHEAD + 2 * r.thoughts.len();
+        let _ = writeln!(out, "\t\\\\x{}", "00".repeat(sealed_len));
+    }
 }
+
+/// Bytes a sealed value adds to its plaintext: the nonce (12) and the tag (16).
+const SEALED_OVERHEAD: usize = 12 + 16;
 
 #[cfg(test)]
 mod tests {
@@ -318,13 +313,16 @@ mod tests {
                 "1", "2", "3", "4", "5", "6", "7", "8", "-20", "9", "10", "11", "12"
             ]
         );
-        let codes = format!(
-            "{{{},{}}}",
-            Intent::PurchaseIntent.code(),
-            Intent::Gratitude.code()
-        );
-        assert_eq!(fields[17..], [codes.as_str(), "{80,15}"]);
+        // Two thoughts: the sealed value's length, in bytea's hex form (escaped for COPY).
+        assert_eq!(fields[17], format!("\\\\x{}", "00".repeat(12 + 2 * 2 + 16)));
         assert!(line.ends_with('\n'));
+        let mut line = String::new();
+        let calm = Reading {
+            thoughts: Vec::new(),
+            ..reading
+        };
+        copy_row(&mut line, &device, 43, at, &calm);
+        assert!(line.ends_with("\t\\N\n"), "{line:?}");
     }
 
     #[test]

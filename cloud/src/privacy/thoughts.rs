@@ -1,0 +1,191 @@
+//! The thoughts of a reading (its intents and their confidences), sealed with the person's data
+//! key before they reach the database.
+//!
+//! A reading's `thoughts_sealed` holds `(code, confidence)` byte pairs, sealed as the field
+//! [`FIELD`] of the row `(device_id, seq)`: a sealed value copied onto another reading, or
+//! another person's, does not open. A reading without thoughts stores `NULL`: that a moment had
+//! thoughts, and how many (the ciphertext's length), stays visible; which ones and how sure the
+//! sensor was do not. Features are computed at ingest from the readings in memory, so nothing
+//! the system runs needs them in the clear; a person reads them in their export.
+//!
+//! Readings stored before sealing existed have their thoughts in the `intents` and
+//! `intent_confidence` columns; [`seal_legacy`] moves them into `thoughts_sealed` in the
+//! background.
+
+use ecs_protocol::{DeviceId, Thought};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    Error,
+    error::Result,
+    keys::{DataKey, KeyCache},
+};
+
+/// The field name a reading's thoughts are sealed under.
+pub const FIELD: &str = "thoughts";
+
+/// The row a reading's thoughts are bound to.
+fn row(device_id: &str, seq: i64) -> Vec<u8> {
+    // The seq is always the last 8 bytes, so (device, seq) pairs cannot collide.
+    [device_id.as_bytes(), &seq.to_be_bytes()].concat()
+}
+
+/// The sealed thoughts of the reading `seq` of `device`; `None` when it has none.
+pub fn seal(
+    key: &DataKey,
+    device: &DeviceId,
+    seq: i64,
+    thoughts: &[Thought],
+) -> Result<Option<Vec<u8>>> {
+    if thoughts.is_empty() {
+        return Ok(None);
+    }
+    let plain: Vec<u8> = thoughts
+        .iter()
+        .flat_map(|t| [code_byte(t.intent.code()), t.confidence])
+        .collect();
+    key.seal_row(FIELD, &row(device.as_str(), seq), &plain)
+        .map(Some)
+}
+
+/// One reading's thoughts as stored in the clear: intent codes and confidences, index-aligned.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub intents: Vec<i16>,
+    pub confidences: Vec<i16>,
+}
+
+/// Opens what [`seal`] sealed for the reading `seq` of `device_id`.
+pub fn open(key: &DataKey, device_id: &str, seq: i64, sealed: &[u8]) -> Result<Opened> {
+    let plain = key.open_row(FIELD, &row(device_id, seq), sealed)?;
+    if plain.len() % 2 != 0 {
+        return Err(Error::Internal(format!(
+            "the sealed thoughts of reading {seq} of {device_id} are not pairs"
+        )));
+    }
+    let mut opened = Opened::default();
+    for pair in plain.chunks_exact(2) {
+        opened.intents.push(i16::from(pair[0]));
+        opened.confidences.push(i16::from(pair[1]));
+    }
+    Ok(opened)
+}
+
+/// The stored codes are 1..=5 ([`ecs_protocol::Intent::code`]); a byte holds them.
+fn code_byte(code: i16) -> u8 {
+    u8::try_from(code).unwrap_or(u8::MAX)
+}
+
+/// The sealed thoughts of every reading of `readings` (numbered from `first_seq`), index-aligned;
+/// `Ok(None)` when the person is gone (erased since their registration was read).
+pub async fn seal_batch<'a>(
+    keys: &KeyCache,
+    pool: &PgPool,
+    user_id: Uuid,
+    device: &DeviceId,
+    first_seq: i64,
+    readings: impl ExactSizeIterator<Item = &'a [Thought]>,
+) -> Result<Option<Vec<Option<Vec<u8>>>>> {
+    let mut sealed = Vec::with_capacity(readings.len());
+    let mut key = None;
+    for (seq, thoughts) in (first_seq..).zip(readings) {
+        if thoughts.is_empty() {
+            sealed.push(None);
+            continue;
+        }
+        if key.is_none() {
+            match keys.key_for(pool, user_id).await? {
+                Some(found) => key = Some(found),
+                None => return Ok(None),
+            }
+        }
+        let key = key
+            .as_ref()
+            .ok_or_else(|| Error::Internal("no key".into()))?;
+        sealed.push(seal(key, device, seq, thoughts)?);
+    }
+    Ok(Some(sealed))
+}
+
+/// A reading whose thoughts are still in the clear.
+#[derive(sqlx::FromRow)]
+struct LegacyRow {
+    user_id: Uuid,
+    device_id: String,
+    seq: i64,
+    intents: Vec<i16>,
+    intent_confidence: Vec<i16>,
+}
+
+/// Most legacy readings sealed in one transaction.
+const LEGACY_BATCH: i64 = 500;
+
+/// Seals the thoughts of readings stored in the clear before sealing existed,
+/// [`LEGACY_BATCH`] readings per transaction. Idempotent and safe with several replicas at once
+/// (rows are taken with `SKIP LOCKED`); returns when none is left that it could take, with how
+/// many readings it sealed.
+pub async fn seal_legacy(pool: &PgPool, keys: &KeyCache) -> Result<u64> {
+    let mut sealed = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        // By the partial index `emotion_readings_thoughts_in_clear_idx`.
+        let rows: Vec<LegacyRow> = sqlx::query_as(
+            "SELECT user_id, device_id, seq, intents, intent_confidence FROM emotion_readings
+             WHERE cardinality(intents) > 0
+             ORDER BY user_id
+             LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(LEGACY_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(sealed);
+        }
+        let mut devices = Vec::with_capacity(rows.len());
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut blobs = Vec::with_capacity(rows.len());
+        let mut key: Option<DataKey> = None;
+        for LegacyRow {
+            user_id,
+            device_id,
+            seq,
+            intents,
+            intent_confidence: confidences,
+        } in rows
+        {
+            if key.as_ref().is_none_or(|k| k.user_id() != user_id) {
+                key = keys.key_for(pool, user_id).await?;
+            }
+            // `None`: the person was erased meanwhile, and the cascade removes the reading.
+            let Some(key) = &key else { continue };
+            let plain: Vec<u8> = intents
+                .iter()
+                .zip(&confidences)
+                .flat_map(|(code, confidence)| {
+                    [
+                        code_byte(*code),
+                        u8::try_from(*confidence).unwrap_or(u8::MAX),
+                    ]
+                })
+                .collect();
+            blobs.push(key.seal_row(FIELD, &row(&device_id, seq), &plain)?);
+            devices.push(device_id);
+            seqs.push(seq);
+        }
+        sealed += sqlx::query(
+            "UPDATE emotion_readings r
+             SET thoughts_sealed = s.sealed, intents = '{}', intent_confidence = '{}'
+             FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS s(device_id, seq, sealed)
+             WHERE r.device_id = s.device_id AND r.seq = s.seq",
+        )
+        .bind(&devices)
+        .bind(&seqs)
+        .bind(&blobs)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+    }
+}

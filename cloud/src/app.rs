@@ -76,6 +76,10 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 /// How long [`RunningApp::stop`] lets the components finish before aborting them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often names and thoughts found in the clear are sealed after the pass at start (a lookup
+/// by a partial index that is empty once everything is sealed).
+const SEAL_LEGACY_EVERY: Duration = Duration::from_secs(600);
 /// How long [`RunningApp::kill`] waits for the database connections to close.
 const KILL_POOL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -358,29 +362,35 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     });
     // Names and thoughts stored in the clear before encryption existed are sealed in the
     // background (reads open either form meanwhile), so a big table does not hold the
-    // replica's start; then the task waits for shutdown like every component.
+    // replica's start. Again every few minutes: during a rolling upgrade, replicas of the older
+    // version still write them in the clear until they stop.
     {
         let (pool, keyring, stop) = (pool.clone(), keyring.clone(), shutdown.clone());
         components.spawn(
             "seal_legacy",
             async move {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    sealed = crate::keys::seal_legacy_names(&pool, &keyring) => match sealed {
-                        Ok(0) => {}
-                        Ok(n) => info!(sealed = n, "sealed the names stored before encryption"),
-                        Err(e) => warn!(error = %e, "sealing the names stored in the clear failed; the next start tries again"),
-                    },
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        sealed = crate::keys::seal_legacy_names(&pool, &keyring) => match sealed {
+                            Ok(0) => {}
+                            Ok(n) => info!(sealed = n, "sealed names stored in the clear"),
+                            Err(e) => warn!(error = %e, "sealing names stored in the clear failed; trying again later"),
+                        },
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        sealed = crate::privacy::thoughts::seal_legacy(&pool, &keys) => match sealed {
+                            Ok(0) => {}
+                            Ok(n) => info!(readings = n, "sealed thoughts stored in the clear"),
+                            Err(e) => warn!(error = %e, "sealing thoughts stored in the clear failed; trying again later"),
+                        },
+                    }
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(SEAL_LEGACY_EVERY) => {}
+                    }
                 }
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    sealed = crate::privacy::thoughts::seal_legacy(&pool, &keys) => match sealed {
-                        Ok(0) => {}
-                        Ok(n) => info!(readings = n, "sealed the thoughts stored before encryption"),
-                        Err(e) => warn!(error = %e, "sealing the thoughts stored in the clear failed; the next start tries again"),
-                    },
-                }
-                stop.cancelled().await;
             }
             .instrument(info_span!("seal_legacy")),
         );

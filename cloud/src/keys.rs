@@ -478,3 +478,91 @@ pub const NAME_FIELD: &str = "display_name";
 
 /// A keyring shared by the API and the background tasks.
 pub type SharedKeyring = Arc<Keyring>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn person(pool: &PgPool) -> Uuid {
+        let user_id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO users (user_id, display_name, emotional_data_consent, consent_recorded_at)
+             VALUES ($1, 'Legacy', true, now())",
+        )
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+        user_id
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn racing_batches_of_a_person_without_a_key_get_one_key(pool: PgPool) {
+        let user_id = person(&pool).await;
+        let keys = KeyCache::new(Arc::new(Keyring::new(MasterKey::random(), Vec::new())));
+        // Two caches (two replicas) and one, all at once.
+        let other = KeyCache::new(keys.keyring.clone());
+        let (a, b, c) = tokio::join!(
+            keys.key_for(&pool, user_id),
+            other.key_for(&pool, user_id),
+            keys.key_for(&pool, user_id),
+        );
+        let sealed = a.unwrap().unwrap().seal_text("f", "x").unwrap();
+        for key in [b.unwrap().unwrap(), c.unwrap().unwrap()] {
+            assert_eq!(key.open_text("f", &sealed).unwrap(), "x");
+        }
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM keystore.person_keys WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(stored, 1);
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn no_key_is_made_for_a_person_who_is_gone(pool: PgPool) {
+        let keys = KeyCache::ephemeral();
+        assert!(keys.key_for(&pool, Uuid::new_v4()).await.unwrap().is_none());
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM keystore.person_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, 0);
+    }
+
+    #[test]
+    fn a_row_field_opens_only_as_that_field_of_that_row_of_that_person() {
+        let key = |user_id| DataKey {
+            user_id,
+            key: SealingKey::from_bytes([7; 32]),
+        };
+        let (ana, bia) = (Uuid::new_v4(), Uuid::new_v4());
+        let sealed = key(ana)
+            .seal_row("thoughts", b"phone1\x00", b"\x01\x50")
+            .unwrap();
+        assert_eq!(
+            key(ana)
+                .open_row("thoughts", b"phone1\x00", &sealed)
+                .unwrap(),
+            b"\x01\x50"
+        );
+        assert!(
+            key(ana)
+                .open_row("thoughts", b"phone1\x01", &sealed)
+                .is_err()
+        );
+        assert!(key(ana).open_row("name", b"phone1\x00", &sealed).is_err());
+        assert!(
+            key(bia)
+                .open_row("thoughts", b"phone1\x00", &sealed)
+                .is_err()
+        );
+        // The row's length is part of what it is bound to: no (field, row) pair collides.
+        assert!(
+            key(ana)
+                .open_row("thought", b"sphone1\x00", &sealed)
+                .is_err()
+        );
+    }
+}

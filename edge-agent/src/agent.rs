@@ -60,6 +60,19 @@ pub(crate) struct Counters {
     /// When the last trusted ack arrived (Unix ms; 0: none yet this run).
     pub(crate) last_ack_at_ms: std::sync::atomic::AtomicI64,
     pub(crate) connected: AtomicBool,
+    /// Why the last connection attempt failed, said for a person (`connection::explain`);
+    /// `None` once connected.
+    pub(crate) connection_problem: std::sync::Mutex<Option<String>>,
+}
+
+impl Counters {
+    pub(crate) fn set_connection_problem(&self, problem: Option<String>) {
+        // A poisoned lock still holds a whole value (each holder makes one assignment).
+        *self
+            .connection_problem
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = problem;
+    }
 }
 
 impl Counters {
@@ -143,10 +156,14 @@ impl Agent {
             Some(archetype) => Sensor::for_archetype(config.effective_seed(), archetype),
             None => Sensor::new(config.effective_seed()),
         };
+        let broker = config.broker.clone();
         let (buffer, inbox, status, (client, eventloop)) = tokio::task::spawn_blocking(move || {
-            let buffer = Buffer::open(&config.db_path, &config.device_id, config.buffer_capacity)?;
-            let inbox = Inbox::open(&config.db_path)?;
-            let status = StatusStore::open(&config.db_path)?;
+            let path = &config.db_path;
+            let file = |e| Error::buffer_file(path, e);
+            let buffer =
+                Buffer::open(path, &config.device_id, config.buffer_capacity).map_err(file)?;
+            let inbox = Inbox::open(path).map_err(file)?;
+            let status = StatusStore::open(path).map_err(file)?;
             Ok::<_, Error>((buffer, inbox, status, connection::client(&config)?))
         })
         .await
@@ -233,6 +250,7 @@ impl Agent {
                     connection::drive(
                         eventloop,
                         client,
+                        broker,
                         link_tx,
                         Arc::clone(&counters),
                         shutdown.clone(),
@@ -295,6 +313,16 @@ impl AgentHandle {
 
     pub fn stats(&self) -> AgentStats {
         self.counters.snapshot()
+    }
+
+    /// Why the agent cannot reach the broker, said for a person and naming the setting that
+    /// would fix it when one would; `None` while connected (or before the first attempt ends).
+    pub fn connection_problem(&self) -> Option<String> {
+        self.counters
+            .connection_problem
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// Stops producing readings; what is buffered keeps going up. Idempotent.

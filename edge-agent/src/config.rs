@@ -126,7 +126,8 @@ impl AgentConfig {
         }
         if self.broker.scheme == Scheme::Mqtts && self.tls.is_none() {
             return invalid(format!(
-                "{} needs a CA certificate, a device certificate and its key",
+                "{} needs a CA certificate, a device certificate and its key (--tls-ca-file, \
+                 --tls-cert-file, --tls-key-file), or a plain mqtt:// broker (--mqtt-url)",
                 self.broker
             ));
         }

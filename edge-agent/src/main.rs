@@ -192,8 +192,21 @@ impl Cli {
     }
 }
 
+/// A failure is one line on stderr, saying what is wrong and which flag or variable fixes it,
+/// and a non-zero exit.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The top error only: ours carry their cause in their own message.
+            eprintln!("ecs-edge-agent: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     if let Some(command) = cli.command.take() {
         return inspect(command);
@@ -207,9 +220,7 @@ async fn main() -> anyhow::Result<()> {
         db = %config.db_path.display(),
         "starting edge agent"
     );
-    let agent = Agent::start(config)
-        .await
-        .context("cannot start the edge agent")?;
+    let agent = Agent::start(config).await?;
 
     let period = Duration::from_secs(cli.stats_interval_secs.max(1));
     let mut stats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -222,7 +233,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     info!("signal received, shutting down");
-    agent.shutdown().await.context("unclean shutdown")?;
+    agent
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("unclean shutdown: {e}"))?;
     Ok(())
 }
 

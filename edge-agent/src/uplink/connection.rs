@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use ecs_protocol::MAX_MESSAGE_BYTES;
 use rand::RngExt;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Transport,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
@@ -21,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agent::Counters;
-use crate::config::{AgentConfig, Scheme, TlsFiles};
-use crate::error::{Error, Result};
+use crate::config::{AgentConfig, BrokerUrl, Scheme, TlsFiles};
+use crate::error::{Error, Result, TlsFile};
 
 /// What the connection tells the session.
 #[derive(Debug)]
@@ -77,30 +79,104 @@ pub(crate) fn client(config: &AgentConfig) -> Result<(AsyncClient, EventLoop)> {
 /// The ring provider is passed explicitly, so this works whether or not the process installed
 /// a default provider, and never picks up a second one.
 fn client_tls(files: &TlsFiles) -> Result<ClientConfig> {
-    let pem_error = |path: &std::path::Path| {
+    let pem_error = |file: TlsFile, path: &std::path::Path| {
         let path = path.to_path_buf();
-        move |source| Error::Pem { path, source }
+        move |source| Error::Pem { file, path, source }
     };
+    let ca = |e| pem_error(TlsFile::Ca, &files.ca_file)(e);
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&files.ca_file).map_err(pem_error(&files.ca_file))? {
-        roots.add(cert.map_err(pem_error(&files.ca_file))?)?;
+    for cert in CertificateDer::pem_file_iter(&files.ca_file).map_err(ca)? {
+        roots.add(cert.map_err(ca)?).map_err(|e| {
+            Error::InvalidConfig(format!(
+                "{} in {} is not a usable certificate: {e}",
+                TlsFile::Ca,
+                files.ca_file.display()
+            ))
+        })?;
     }
     if roots.is_empty() {
-        return Err(Error::NoCertificate(files.ca_file.clone()));
+        return Err(Error::NoCertificate {
+            file: TlsFile::Ca,
+            path: files.ca_file.clone(),
+        });
     }
     let chain = CertificateDer::pem_file_iter(&files.cert_file)
-        .map_err(pem_error(&files.cert_file))?
+        .map_err(pem_error(TlsFile::Cert, &files.cert_file))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_error(&files.cert_file))?;
+        .map_err(pem_error(TlsFile::Cert, &files.cert_file))?;
     if chain.is_empty() {
-        return Err(Error::NoCertificate(files.cert_file.clone()));
+        return Err(Error::NoCertificate {
+            file: TlsFile::Cert,
+            path: files.cert_file.clone(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file).map_err(pem_error(&files.key_file))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(pem_error(TlsFile::Key, &files.key_file))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(ClientConfig::builder_with_provider(provider)
+    ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?)
+        .with_client_auth_cert(chain, key)
+        .map_err(|source| Error::KeyMismatch { source })
+}
+
+/// What a failed connection attempt means for the person running the agent, and the setting
+/// that would fix it when one would.
+pub(crate) fn explain(error: &ConnectionError, broker: &BrokerUrl) -> String {
+    use rustls::{AlertDescription, CertificateError};
+    // rumqttc wraps rustls's error in its own and in `io::Error`s: find it wherever it is.
+    let mut rustls_error = None;
+    let mut io_kind = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if let Some(found) = e.downcast_ref::<rustls::Error>() {
+            rustls_error = Some(found);
+            break;
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+            if let Some(inner) = io.get_ref() {
+                cause = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
+            }
+        }
+        cause = e.source();
+    }
+    match (rustls_error, error) {
+        (Some(rustls::Error::InvalidCertificate(CertificateError::NotValidForName)), _) => format!(
+            "the broker's certificate does not name the host of {broker} (--mqtt-url, \
+             ECS_MQTT_URL)"
+        ),
+        (Some(rustls::Error::InvalidCertificate(e)), _) => format!(
+            "the broker's certificate is not trusted by {} ({e:?}): is it the CA that \
+             signed the broker's certificate?",
+            TlsFile::Ca
+        ),
+        (
+            Some(rustls::Error::AlertReceived(
+                alert @ (AlertDescription::BadCertificate
+                | AlertDescription::UnknownCA
+                | AlertDescription::CertificateRevoked
+                | AlertDescription::CertificateExpired
+                | AlertDescription::CertificateUnknown
+                | AlertDescription::AccessDenied
+                | AlertDescription::CertificateRequired),
+            )),
+            _,
+        ) => format!(
+            "the broker refused {} ({alert:?}): not signed by the broker's device CA, \
+             revoked, expired, or not naming a device",
+            TlsFile::Cert
+        ),
+        (Some(e), _) => format!("the TLS handshake with {broker} failed: {e}"),
+        (None, ConnectionError::ConnectionRefused(code)) => {
+            format!("the broker refused the session ({code:?})")
+        }
+        (None, _) if io_kind == Some(std::io::ErrorKind::ConnectionRefused) => {
+            format!("nothing listens at {broker} (--mqtt-url, ECS_MQTT_URL); trying again")
+        }
+        (None, _) => format!("cannot reach {broker} (--mqtt-url, ECS_MQTT_URL): {error}"),
+    }
 }
 
 /// Polls the event loop until `cancel`, then lets a DISCONNECT go out (bounded by
@@ -108,6 +184,7 @@ fn client_tls(files: &TlsFiles) -> Result<ClientConfig> {
 pub(crate) async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
+    broker: BrokerUrl,
     events: mpsc::UnboundedSender<LinkEvent>,
     counters: Arc<Counters>,
     cancel: CancellationToken,
@@ -121,6 +198,7 @@ pub(crate) async fn drive(
         let event = match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
+                counters.set_connection_problem(None);
                 counters.connected.store(true, Ordering::Relaxed);
                 counters.connections.fetch_add(1, Ordering::Relaxed);
                 info!("connected to broker");
@@ -139,7 +217,13 @@ pub(crate) async fn drive(
                     }
                 }
                 let delay = backoff.next_delay();
-                warn!(%error, retry_in_ms = delay.as_millis() as u64, "broker unreachable");
+                let problem = explain(&error, &broker);
+                warn!(
+                    %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot connect: {problem}"
+                );
+                counters.set_connection_problem(Some(problem));
                 tokio::select! {
                     () = cancel.cancelled() => break,
                     () = tokio::time::sleep(delay) => continue,
@@ -241,22 +325,37 @@ mod tests {
             ca_file: dir.path().join("missing.pem"),
             ..files.clone()
         });
+        let missing = client(&config).err().expect("refused");
         assert!(
-            matches!(client(&config), Err(Error::Pem { path, .. }) if path.ends_with("missing.pem"))
+            matches!(&missing, Error::Pem { file: TlsFile::Ca, path, .. } if path.ends_with("missing.pem"))
         );
+        assert!(missing.to_string().contains("--tls-ca-file"), "{missing}");
 
         config.tls = Some(TlsFiles {
             ca_file: dir.path().join("empty.pem"),
             ..files.clone()
         });
-        assert!(matches!(client(&config), Err(Error::NoCertificate(_))));
+        let empty = client(&config).err().expect("refused");
+        assert!(matches!(
+            empty,
+            Error::NoCertificate {
+                file: TlsFile::Ca,
+                ..
+            }
+        ));
+        assert!(empty.to_string().contains("ECS_TLS_CA_FILE"), "{empty}");
 
         config.tls = Some(TlsFiles {
             key_file: files.cert_file.clone(),
             ..files
         });
+        let not_a_key = client(&config).err().expect("refused");
         assert!(
-            matches!(client(&config), Err(Error::Pem { path, .. }) if path.ends_with("cert.pem"))
+            matches!(&not_a_key, Error::Pem { file: TlsFile::Key, path, .. } if path.ends_with("cert.pem"))
+        );
+        assert!(
+            not_a_key.to_string().contains("--tls-key-file"),
+            "{not_a_key}"
         );
     }
 

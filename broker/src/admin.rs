@@ -46,7 +46,10 @@ pub(crate) async fn serve(
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            ecs_telemetry::prometheus::CONTENT_TYPE,
+        )],
         state.door.metrics.render(),
     )
 }

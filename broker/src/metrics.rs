@@ -10,6 +10,7 @@
 //! through the door on its way to and from the router, so the door counts the same figures
 //! (connections, subscriptions, publishes in and out) where they happen.
 
+use ecs_telemetry::prometheus::header;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -674,11 +675,6 @@ impl BrokerMetrics {
             top_talkers: talkers,
         }
     }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
 /// The broker's state as `GET /status` serves it (JSON).

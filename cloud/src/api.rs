@@ -353,7 +353,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>, principal: Principal) -> Result<Response> {
     principal.ensure_admin()?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            ecs_telemetry::prometheus::CONTENT_TYPE,
+        )],
         state.metrics.render(),
     )
         .into_response())

@@ -157,6 +157,20 @@ impl Agent {
             None => Sensor::new(config.effective_seed()),
         };
         let broker = config.broker.clone();
+        // Bound before anything runs: a port in use is a configuration error, said at start.
+        let metrics = match config.metrics_addr {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::InvalidConfig(format!(
+                    "cannot serve metrics on {addr} (--metrics-addr, ECS_METRICS_ADDR): {e}"
+                ))
+            })?),
+            None => None,
+        };
+        let metrics_addr = metrics
+            .as_ref()
+            .map(tokio::net::TcpListener::local_addr)
+            .transpose()
+            .map_err(|e| Error::Task(format!("the metrics listener has no address: {e}")))?;
         let (buffer, inbox, status, (client, eventloop)) = tokio::task::spawn_blocking(move || {
             let path = &config.db_path;
             let file = |e| Error::buffer_file(path, e);
@@ -202,7 +216,7 @@ impl Agent {
             shutdown.clone(),
         );
 
-        let tasks = vec![
+        let mut tasks = vec![
             (
                 "sensor",
                 tokio::spawn(
@@ -259,6 +273,20 @@ impl Agent {
                 ),
             ),
         ];
+        if let Some(listener) = metrics {
+            tasks.push((
+                "metrics",
+                tokio::spawn(
+                    crate::metrics::serve(
+                        listener,
+                        device_id.clone(),
+                        Arc::clone(&counters),
+                        shutdown.clone(),
+                    )
+                    .instrument(info_span!("metrics", device_id = %device_id)),
+                ),
+            ));
+        }
         Ok(AgentHandle {
             device_id,
             counters,
@@ -267,6 +295,7 @@ impl Agent {
             sensor_stop,
             shutdown,
             tasks,
+            metrics_addr,
         })
     }
 }
@@ -304,11 +333,17 @@ pub struct AgentHandle {
     sensor_stop: CancellationToken,
     shutdown: CancellationToken,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentHandle {
     pub fn device_id(&self) -> &DeviceId {
         &self.device_id
+    }
+
+    /// Where `GET /metrics` is served (`AgentConfig::metrics_addr`, with the port chosen).
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     pub fn stats(&self) -> AgentStats {

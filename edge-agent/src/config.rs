@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub ack_timeout: Duration,
     /// Most batches sent and not yet acknowledged at any time.
     pub inflight_batches: usize,
+    /// Where to serve `GET /metrics` (a loopback address; port 0 picks one); `None`: no
+    /// endpoint.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -76,6 +79,7 @@ impl AgentConfig {
             flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
             ack_timeout: Self::DEFAULT_ACK_TIMEOUT,
             inflight_batches: Self::DEFAULT_INFLIGHT_BATCHES,
+            metrics_addr: None,
         }
     }
 
@@ -123,6 +127,9 @@ impl AgentConfig {
         }
         if self.flush_interval.is_zero() || self.ack_timeout.is_zero() {
             return invalid("flush interval and ack timeout must be positive".into());
+        }
+        if let Some(addr) = self.metrics_addr {
+            crate::metrics::check_addr(addr).map_err(Error::InvalidConfig)?;
         }
         if self.broker.scheme == Scheme::Mqtts && self.tls.is_none() {
             return invalid(format!(

@@ -22,6 +22,7 @@ pub mod buffer;
 mod config;
 mod error;
 pub mod inbox;
+pub mod metrics;
 mod recorder;
 pub mod sensor;
 mod sqlite;

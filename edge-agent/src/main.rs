@@ -80,6 +80,11 @@ struct Cli {
     #[arg(long, env = "ECS_INFLIGHT_BATCHES", default_value_t = AgentConfig::DEFAULT_INFLIGHT_BATCHES)]
     inflight_batches: usize,
 
+    /// Serve the agent's counters as Prometheus text on `GET /metrics` at this loopback
+    /// address (e.g. 127.0.0.1:9464) [default: no endpoint].
+    #[arg(long, env = "ECS_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     /// How often to log the agent's counters (seconds).
     #[arg(long, env = "ECS_STATS_INTERVAL_SECS", default_value_t = 30)]
     stats_interval_secs: u64,
@@ -187,6 +192,7 @@ impl Cli {
         config.flush_interval = Duration::from_millis(self.flush_interval_ms);
         config.ack_timeout = Duration::from_millis(self.ack_timeout_ms);
         config.inflight_batches = self.inflight_batches;
+        config.metrics_addr = self.metrics_addr;
         config.validate()?;
         Ok(config)
     }
@@ -218,6 +224,7 @@ async fn run() -> anyhow::Result<()> {
         device_id = %config.device_id,
         broker = %config.broker,
         db = %config.db_path.display(),
+        metrics = ?config.metrics_addr,
         "starting edge agent"
     );
     let agent = Agent::start(config).await?;

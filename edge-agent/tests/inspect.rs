@@ -113,3 +113,73 @@ async fn status_and_inbox_read_a_running_agent_s_file() {
         .unwrap();
     assert!(!missing.status.success());
 }
+
+/// `GET /metrics` on the agent's own endpoint: one raw HTTP/1.1 exchange.
+async fn scrape(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_serves_the_counters_and_stops_with_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    let mut cloud = TestCloud::connect(&device, true).await;
+    let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    config.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let agent = Agent::start(config).await.unwrap();
+    let addr = agent.metrics_addr().expect("an endpoint was asked for");
+    assert_ne!(addr.port(), 0);
+    cloud.next_batch(WAIT).await;
+    eventually(WAIT, "readings acknowledged", || {
+        agent.stats().readings_acked > 0
+    })
+    .await;
+
+    let response = scrape(addr, "/metrics").await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    let value = |name: &str| -> f64 {
+        let prefix = format!("{name}{{device_id=\"{device}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("ecs_agent_readings_acked_total") > 0.0);
+    assert!(value("ecs_agent_readings_produced_total") >= value("ecs_agent_readings_acked_total"));
+    assert_eq!(value("ecs_agent_connected"), 1.0);
+    assert!(value("ecs_agent_bytes_published_total") > 0.0);
+    let other = scrape(addr, "/").await.unwrap();
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+
+    agent.shutdown().await.unwrap();
+    assert!(
+        scrape(addr, "/metrics").await.is_err(),
+        "still served after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_metrics_address_in_use_or_not_on_loopback_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    config.metrics_addr = Some(taken.local_addr().unwrap());
+    let refused = Agent::start(config.clone()).await.expect_err("refused");
+    assert!(refused.to_string().contains("--metrics-addr"), "{refused}");
+    config.metrics_addr = Some("0.0.0.0:0".parse().unwrap());
+    let refused = Agent::start(config).await.expect_err("refused");
+    assert!(refused.to_string().contains("loopback"), "{refused}");
+}

@@ -112,3 +112,37 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+/// Writing the Prometheus text format (version 0.0.4) by hand, for the components that keep
+/// their counters in their own atomics: one `# HELP`/`# TYPE` header per metric, then samples.
+pub mod prometheus {
+    use std::fmt::Write;
+
+    /// The content type of the format.
+    pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+    /// The `# HELP` and `# TYPE` lines of the metric `name` (`kind`: `counter` or `gauge`).
+    pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+    }
+
+    /// A metric with its header and one sample labelled `labels` (`key="value"` pairs, already
+    /// escaped; empty for none).
+    pub fn single(
+        out: &mut String,
+        name: &str,
+        kind: &str,
+        help: &str,
+        labels: &str,
+        value: impl std::fmt::Display,
+    ) {
+        header(out, name, kind, help);
+        let _ = if labels.is_empty() {
+            writeln!(out, "{name} {value}")
+        } else {
+            writeln!(out, "{name}{{{labels}}} {value}")
+        };
+    }
+}

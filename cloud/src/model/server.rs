@@ -161,7 +161,10 @@ async fn healthz(State(state): State<ServerState>) -> Json<Health> {
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            header::CONTENT_TYPE,
+            ecs_telemetry::prometheus::CONTENT_TYPE,
+        )],
         metrics_handle().render(),
     )
 }

@@ -381,8 +381,12 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         sealed = crate::privacy::thoughts::seal_legacy(&pool, &keys) => match sealed {
-                            Ok(0) => {}
-                            Ok(n) => info!(readings = n, "sealed thoughts stored in the clear"),
+                            Ok(done) if done == Default::default() => {}
+                            Ok(done) => info!(
+                                readings = done.sealed,
+                                people_skipped = done.people_skipped,
+                                "sealed thoughts stored in the clear"
+                            ),
                             Err(e) => warn!(error = %e, "sealing thoughts stored in the clear failed; trying again later"),
                         },
                     }

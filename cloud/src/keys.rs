@@ -287,6 +287,24 @@ impl Keyring {
         }
     }
 
+    /// Refuses a keyring that holds none of the master keys the key store's data keys are
+    /// wrapped by: it would make keys for new people that no replica of this deployment could
+    /// open (a master key from another deployment, or a typo'd file).
+    pub async fn check_against_store(&self, pool: &PgPool) -> Result<()> {
+        let census = Self::census(pool).await?;
+        let total: i64 = census.iter().map(|(_, n)| n).sum();
+        if total == 0 || census.iter().any(|(id, _)| self.holds(id)) {
+            return Ok(());
+        }
+        let ids: Vec<&str> = census.iter().map(|(id, _)| id.as_str()).collect();
+        Err(Error::InvalidInput(format!(
+            "the master key {} (ECS_MASTER_KEY_FILE) wraps none of the {total} data keys in \
+             the key store (they are wrapped by {}): is it this deployment's key?",
+            self.current.id,
+            ids.join(", ")
+        )))
+    }
+
     /// How many data keys each master key wraps.
     pub async fn census(pool: &PgPool) -> Result<Vec<(String, i64)>> {
         Ok(sqlx::query_as(
@@ -343,11 +361,17 @@ impl DataKey {
     }
 }
 
-/// [`field_aad`] and the row's key, length-prefixed so no two (field, row) pairs collide.
+/// What a sealed field of a row is bound to: its owner, its name and the row's key. Its own
+/// prefix (no row field opens as a whole-person field) and lengths in front of the name and the
+/// row, so no two (field, row) pairs give the same bytes.
 fn row_aad(user_id: Uuid, field: &str, row: &[u8]) -> Vec<u8> {
-    let mut aad = field_aad(user_id, field);
-    aad.extend_from_slice(&(row.len() as u64).to_be_bytes());
-    aad.extend_from_slice(row);
+    let mut aad = Vec::with_capacity(17 + 16 + 16 + field.len() + row.len());
+    aad.extend_from_slice(b"ecs row field v1 ");
+    aad.extend_from_slice(user_id.as_bytes());
+    for part in [field.as_bytes(), row] {
+        aad.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        aad.extend_from_slice(part);
+    }
     aad
 }
 
@@ -361,18 +385,25 @@ impl std::fmt::Debug for DataKey {
 
 /// Most data keys a [`KeyCache`] holds (about 64 bytes each).
 const KEY_CACHE_CAPACITY: usize = 16_384;
+/// How long a [`KeyCache`] keeps a key: the longest an erased person's key stays in a replica's
+/// memory after the key store destroyed it.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+type CachedKeys = std::collections::HashMap<Uuid, (DataKey, std::time::Instant)>;
 
 /// The data keys of the people whose phones stream, unwrapped once instead of once per batch.
 ///
 /// A key enters the cache only once it is committed: one made for a batch is made in a
 /// transaction of its own (never in the batch's, which may roll back after the key sealed
 /// something). A key stays usable after a rotation (which re-wraps the same key); after an
-/// erasure it is not asked for again, since the person's batches are refused before their
-/// readings are stored. Bounded: when full it is emptied and refills from the key store.
+/// erasure it is not needed again, since the person's batches are refused before their
+/// readings are stored, and it is forgotten [`KEY_CACHE_TTL`] after it was read (no replica
+/// keeps a shredded key in memory longer). Bounded: when full it is emptied and refills from
+/// the key store.
 #[derive(Clone, Debug)]
 pub struct KeyCache {
     keyring: SharedKeyring,
-    keys: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, DataKey>>>,
+    keys: Arc<std::sync::Mutex<CachedKeys>>,
 }
 
 impl KeyCache {
@@ -396,10 +427,21 @@ impl KeyCache {
         &self.keyring
     }
 
-    /// The person's data key, made now if they have none; `None` when the person is gone.
+    /// The person's data key, made now if they have none; `None` when they have none and are
+    /// gone (a key read less than [`KEY_CACHE_TTL`] ago is answered from memory, even if the
+    /// person was erased since).
     pub async fn key_for(&self, pool: &PgPool, user_id: Uuid) -> Result<Option<DataKey>> {
-        if let Some(key) = self.lock().get(&user_id) {
-            return Ok(Some(key.clone()));
+        {
+            let mut keys = self.lock();
+            match keys.get(&user_id) {
+                Some((key, read_at)) if read_at.elapsed() < KEY_CACHE_TTL => {
+                    return Ok(Some(key.clone()));
+                }
+                Some(_) => {
+                    keys.remove(&user_id);
+                }
+                None => {}
+            }
         }
         let key = match self.keyring.load(pool, user_id).await? {
             Some(key) => key,
@@ -427,11 +469,11 @@ impl KeyCache {
         if keys.len() >= KEY_CACHE_CAPACITY {
             keys.clear();
         }
-        keys.insert(user_id, key.clone());
+        keys.insert(user_id, (key.clone(), std::time::Instant::now()));
         Ok(Some(key))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Uuid, DataKey>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedKeys> {
         // Each holder makes one call on the map: a panic cannot leave it half-changed.
         self.keys
             .lock()
@@ -521,6 +563,26 @@ mod tests {
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_master_key_that_wraps_nothing_in_the_store_is_refused(pool: PgPool) {
+        let ours = MasterKey::random();
+        let foreign = Keyring::new(MasterKey::random(), Vec::new());
+        assert!(
+            foreign.check_against_store(&pool).await.is_ok(),
+            "empty store"
+        );
+        let keys = KeyCache::new(Arc::new(Keyring::new(ours.clone(), Vec::new())));
+        keys.key_for(&pool, person(&pool).await).await.unwrap();
+        let refused = foreign.check_against_store(&pool).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("ECS_MASTER_KEY_FILE"),
+            "{refused}"
+        );
+        // A new key with ours still held (a rotation under way) is fine.
+        let rotating = Keyring::new(MasterKey::random(), vec![ours]);
+        assert!(rotating.check_against_store(&pool).await.is_ok());
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
     async fn no_key_is_made_for_a_person_who_is_gone(pool: PgPool) {
         let keys = KeyCache::ephemeral();
         assert!(keys.key_for(&pool, Uuid::new_v4()).await.unwrap().is_none());
@@ -558,11 +620,15 @@ mod tests {
                 .open_row("thoughts", b"phone1\x00", &sealed)
                 .is_err()
         );
-        // The row's length is part of what it is bound to: no (field, row) pair collides.
+        // The lengths are part of what it is bound to: no (field, row) pair collides.
         assert!(
             key(ana)
                 .open_row("thought", b"sphone1\x00", &sealed)
                 .is_err()
+        );
+        assert!(
+            key(ana).open_text("thoughts", &sealed).is_err(),
+            "a row field opens as a whole-person field"
         );
     }
 }

@@ -423,7 +423,9 @@ async fn dead_letters_command(pool: &PgPool, command: DeadLettersCommand) -> any
             let keys = match mode {
                 Mode::DryRun => ecs_cloud::keys::KeyCache::ephemeral(),
                 Mode::Replay => {
-                    ecs_cloud::keys::KeyCache::new(std::sync::Arc::new(keys.keyring()?))
+                    let keyring = keys.keyring()?;
+                    keyring.check_against_store(pool).await?;
+                    ecs_cloud::keys::KeyCache::new(std::sync::Arc::new(keyring))
                 }
             };
             let report = dead_letters::replay(pool, &keys, &selection, mode).await?;

@@ -273,31 +273,33 @@ async fn thoughts_stored_before_sealing_are_sealed_in_the_background(pool: PgPoo
     .await
     .unwrap();
     let keys = KeyCache::new(Arc::new(keyring()));
+    let left = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM emotion_readings WHERE cardinality(intents) > 0",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
     // Cut mid-work (as a replica stopping) again and again, each pass given a little longer:
-    // a cut loses at most the batch in its transaction, and the next pass goes on from there.
-    let mut cuts = 0;
-    while tokio::time::timeout(
-        std::time::Duration::from_millis(2 * (cuts + 1)),
-        thoughts::seal_legacy(&pool, &keys),
-    )
-    .await
-    .is_err()
-    {
-        cuts += 1;
-        assert!(cuts < 1_000, "never finished");
+    // a cut loses at most the batch in its transaction, and a later pass goes on from there. A
+    // pass right after a cut may find the cut transaction's rows still locked (its rollback is
+    // sent later) and end early without them: passes go on until none is left.
+    let (mut cuts, mut passes) = (0, 0);
+    while left().await > 0 {
+        passes += 1;
+        assert!(passes < 1_000, "never finished");
+        let budget = std::time::Duration::from_millis(2 * (passes + 1));
+        if tokio::time::timeout(budget, thoughts::seal_legacy(&pool, &keys))
+            .await
+            .is_err()
+        {
+            cuts += 1;
+        }
     }
     assert!(cuts > 0, "never cut: make the work longer");
-    let left: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM emotion_readings WHERE cardinality(intents) > 0")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(left, 0, "after {cuts} cuts");
-    assert_eq!(
-        thoughts::seal_legacy(&pool, &keys).await.unwrap(),
-        0,
-        "idempotent"
-    );
+    let again = thoughts::seal_legacy(&pool, &keys).await.unwrap();
+    assert_eq!(again, thoughts::LegacySealing::default(), "idempotent");
     let key = keyring().load(&pool, user_id).await.unwrap().unwrap();
     let rows = stored_thoughts(&pool, user_id).await;
     assert_eq!(rows.len(), 1_202);
@@ -309,6 +311,123 @@ async fn thoughts_stored_before_sealing_are_sealed_in_the_background(pool: PgPoo
             (vec![4, 5], vec![70, 30])
         );
     }
+}
+
+/// A person as an older version stored them: a name in the clear, no data key, and `n`
+/// readings with thoughts in the clear.
+async fn legacy_person(pool: &PgPool, n: i64) -> Uuid {
+    let user_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO users (user_id, display_name, emotional_data_consent, consent_recorded_at)
+         VALUES ($1, 'Old Row', true, now())",
+    )
+    .bind(user_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    let device = DeviceId::random();
+    sqlx::query("INSERT INTO devices (device_id, user_id) VALUES ($1, $2)")
+        .bind(device.as_str())
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, joy, trust, fear,
+             surprise, sadness, disgust, anger, anticipation, valence, arousal, dominance,
+             stress, focus, intents, intent_confidence)
+         SELECT $1, s, $2, now(), 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, '{2}', '{60}'
+         FROM generate_series(1, $3) AS s",
+    )
+    .bind(device.as_str())
+    .bind(user_id)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    user_id
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn legacy_sealing_never_makes_an_erasure_wait(pool: PgPool) {
+    let user_id = legacy_person(&pool, 50).await;
+    // The erasure holds the person's row first (as `PersonTx` does)...
+    let mut erasure = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL lock_timeout = '2s'")
+        .execute(&mut *erasure)
+        .await
+        .unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE user_id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *erasure)
+        .await
+        .unwrap();
+    // ...while the sealer wants to make the person a key, which needs that row.
+    let keys = KeyCache::new(Arc::new(keyring()));
+    let sealing = tokio::spawn({
+        let (pool, keys) = (pool.clone(), keys.clone());
+        async move { thoughts::seal_legacy(&pool, &keys).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The cascade reaches the readings: the sealer holds none of them while it waits.
+    sqlx::query("DELETE FROM users WHERE user_id = $1")
+        .bind(user_id)
+        .execute(&mut *erasure)
+        .await
+        .expect("the erasure is not made to wait for the readings");
+    erasure.commit().await.unwrap();
+    let done = sealing.await.unwrap().unwrap();
+    assert_eq!(done.sealed, 0, "nothing left of the person to seal");
+    assert!(keyring().load(&pool, user_id).await.unwrap().is_none());
+}
+
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn legacy_sealing_works_on_one_connection_and_passes_over_a_key_it_cannot_open(pool: PgPool) {
+    let unopenable = legacy_person(&pool, 3).await;
+    let others = [
+        legacy_person(&pool, 700).await,
+        legacy_person(&pool, 2).await,
+    ];
+    // A key wrapped by a master key this replica does not hold (retired too early).
+    sqlx::query(
+        "INSERT INTO keystore.person_keys (user_id, master_key_id, wrapped_key)
+         VALUES ($1, 'retired-and-gone', decode(repeat('00', 60), 'hex'))",
+    )
+    .bind(unopenable)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let keys = KeyCache::new(Arc::new(keyring()));
+    let done = thoughts::seal_legacy(&one, &keys).await.unwrap();
+    assert_eq!(
+        done,
+        thoughts::LegacySealing {
+            sealed: 702,
+            people_skipped: 1
+        }
+    );
+    for user_id in others {
+        let key = keyring().load(&pool, user_id).await.unwrap().unwrap();
+        for (device, seq, clear, sealed) in stored_thoughts(&pool, user_id).await {
+            assert!(clear.is_empty());
+            let opened = thoughts::open(&key, &device, seq, &sealed).unwrap();
+            assert_eq!((opened.intents, opened.confidences), (vec![2], vec![60]));
+        }
+    }
+    let still_clear: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM emotion_readings WHERE user_id = $1 AND cardinality(intents) > 0",
+    )
+    .bind(unopenable)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(still_clear, 3, "left as they were, for the next pass");
 }
 
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]

@@ -146,9 +146,9 @@ fn sqlstate(e: &sqlx::Error) -> Option<Cow<'_, str>> {
 
 /// Inserts the whole batch in one statement and returns the sequence numbers that were new.
 ///
-/// Each column travels as one array parameter and `UNNEST` zips them back into rows. A reading's
-/// thoughts are a variable-length array, and Postgres arrays are rectangular, so those two
-/// columns travel as array literals (`'{1,3}'`) in a `text[]` and are cast per row.
+/// Each column travels as one array parameter and `UNNEST` zips them back into rows; a
+/// reading's thoughts travel already sealed (`privacy::thoughts`), one `bytea` each (NULL for
+/// none).
 async fn insert_readings(
     conn: &mut PgConnection,
     device: &DeviceId,

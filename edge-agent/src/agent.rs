@@ -48,6 +48,11 @@ pub(crate) struct Counters {
     pub(crate) acked: AtomicU64,
     pub(crate) batches_sent: AtomicU64,
     pub(crate) batches_resent: AtomicU64,
+    /// Resends because a later batch was acknowledged first (included in `batches_resent`).
+    pub(crate) batches_overtaken: AtomicU64,
+    /// Resends of one batch to find out whether a silent cloud is back (included in
+    /// `batches_resent`).
+    pub(crate) probes: AtomicU64,
     pub(crate) buffered: AtomicU64,
     pub(crate) notifications: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
@@ -84,6 +89,8 @@ impl Counters {
             readings_acked: load(&c.acked),
             batches_sent: load(&c.batches_sent),
             batches_resent: load(&c.batches_resent),
+            batches_overtaken: load(&c.batches_overtaken),
+            probes: load(&c.probes),
             readings_dropped: load(&c.dropped) + load(&c.lost),
             readings_dropped_total: load(&c.dropped_total),
             readings_buffered: load(&c.buffered),
@@ -109,6 +116,12 @@ pub struct AgentStats {
     pub readings_acked: u64,
     pub batches_sent: u64,
     pub batches_resent: u64,
+    /// Of `batches_resent`, those sent again at once because a later batch was acknowledged
+    /// first (the cloud never got them), rather than after the ack timeout.
+    pub batches_overtaken: u64,
+    /// Of `batches_resent`, single batches sent again to find out whether a cloud that had gone
+    /// silent is back (after 1 s of silence, then 2 s, 4 s, ... up to the ack timeout).
+    pub probes: u64,
     /// Readings this run lost before the cloud had them: the oldest dropped from a full buffer,
     /// or never stored because the disk stalled.
     pub readings_dropped: u64,

@@ -259,6 +259,8 @@ fn log_stats(agent: &AgentHandle) {
         readings_dropped_total = s.readings_dropped_total,
         batches_sent = s.batches_sent,
         batches_resent = s.batches_resent,
+        batches_overtaken = s.batches_overtaken,
+        probes = s.probes,
         notifications_received = s.notifications_received,
         decode_errors = s.decode_errors,
         acks_untrusted = s.acks_untrusted,

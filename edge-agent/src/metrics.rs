@@ -53,7 +53,7 @@ pub fn render(device_id: &DeviceId, s: &AgentStats) -> String {
     // A device id is letters and digits (`DeviceId`): nothing in it needs escaping.
     let labels = format!("device_id=\"{device_id}\"");
     let mut out = String::with_capacity(2048);
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 12] = [
         (
             "ecs_agent_readings_produced_total",
             "Readings the sensor produced (this run).",
@@ -83,6 +83,16 @@ pub fn render(device_id: &DeviceId, s: &AgentStats) -> String {
             "ecs_agent_batches_resent_total",
             "Uplink batches published again after an ack timeout or a reconnect (this run).",
             s.batches_resent,
+        ),
+        (
+            "ecs_agent_batches_overtaken_total",
+            "Of the resends, those sent at once because a later batch was acknowledged first (this run).",
+            s.batches_overtaken,
+        ),
+        (
+            "ecs_agent_probes_total",
+            "Of the resends, single batches sent to find out whether a silent cloud is back (this run).",
+            s.probes,
         ),
         (
             "ecs_agent_notifications_received_total",
@@ -163,7 +173,7 @@ mod tests {
         };
         let text = render(&device, &stats);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 14, "{text}");
+        assert_eq!(samples.len(), 16, "{text}");
         for sample in &samples {
             let (name, value) = sample.split_once("{device_id=\"phone7\"} ").unwrap();
             assert!(value.parse::<f64>().is_ok(), "{sample}");

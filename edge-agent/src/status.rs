@@ -186,7 +186,10 @@ impl Status {
                 line("produced", s.readings_produced.to_string());
                 line(
                     "batches sent",
-                    format!("{} ({} resent)", s.batches_sent, s.batches_resent),
+                    format!(
+                        "{} ({} resent: {} at once after a later ack, {} probing a silent cloud)",
+                        s.batches_sent, s.batches_resent, s.batches_overtaken, s.probes
+                    ),
                 );
                 line("readings acked", s.readings_acked.to_string());
                 line("dropped (this run)", s.readings_dropped.to_string());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ecs_edge_agent::Agent;
 use ecs_edge_agent::buffer::{Buffer, now_unix_micros};
 use ecs_protocol::{
-    CreditType, DeviceId, Downlink, MAX_READINGS_PER_BATCH, Notification, NotificationKind,
+    Ack, CreditType, DeviceId, Downlink, MAX_READINGS_PER_BATCH, Notification, NotificationKind,
     NotificationReceipt, Uplink,
 };
 use support::{PhoneNetwork, TestCloud, agent_config, eventually, seqs};
@@ -88,7 +88,8 @@ async fn unacknowledged_batches_are_resent_and_kept_until_acked() {
     let agent = Agent::start(config).await.unwrap();
 
     let first = cloud.next_batch(WAIT).await;
-    let again = cloud.batches_for(Duration::from_secs(1)).await;
+    // Several ack timeouts: on a busy machine the first resend can come late.
+    let again = cloud.batches_for(Duration::from_secs(3)).await;
     assert!(
         again
             .iter()
@@ -349,4 +350,48 @@ async fn an_unreachable_broker_never_stops_the_sensor() {
         matches!(stopped, Ok(Ok(()))),
         "shutdown while offline: {stopped:?}"
     );
+}
+
+#[tokio::test]
+async fn a_batch_overtaken_by_a_later_ack_is_sent_again_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let device = DeviceId::random();
+    // A cloud that acks only what it is told to: the first batch is "lost" (never acked).
+    let mut cloud = TestCloud::connect(&device, false).await;
+    let mut config = agent_config(&device, &dir.path().join("edge.db"));
+    // Far longer than the test: any resend of the lost batch is the overtaking rule's.
+    config.ack_timeout = Duration::from_secs(60);
+    let agent = Agent::start(config).await.unwrap();
+
+    let lost = cloud.next_batch(WAIT).await;
+    // Past the grace, a later batch arrives and is acked.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let later = loop {
+        let batch = cloud.next_batch(WAIT).await;
+        if batch.first_seq > lost.last_seq() {
+            break batch;
+        }
+    };
+    cloud
+        .send(&Downlink::AckV1(Ack {
+            first_seq: later.first_seq,
+            up_to_seq: later.last_seq(),
+        }))
+        .await;
+    let started = tokio::time::Instant::now();
+    loop {
+        let batch = cloud.next_batch(WAIT).await;
+        if batch.first_seq == lost.first_seq {
+            assert_eq!(batch.last_seq(), lost.last_seq());
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the lost batch was not sent again"
+        );
+    }
+    let stats = agent.stats();
+    assert!(stats.batches_overtaken >= 1, "{stats:?}");
+    assert!(stats.batches_resent >= stats.batches_overtaken, "{stats:?}");
+    agent.shutdown().await.unwrap();
 }

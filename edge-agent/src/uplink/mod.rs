@@ -37,6 +37,12 @@ use crate::sqlite::Shared;
 use connection::LinkEvent;
 use window::{InFlight, Window};
 
+/// How long a batch must have waited before a later batch's ack counts as overtaking it (see
+/// `Window::overtaken`).
+const OVERTAKEN_GRACE: Duration = Duration::from_millis(500);
+/// The first silence after which the cloud is probed ([`Session::probe`]).
+const PROBE_FIRST: Duration = Duration::from_secs(1);
+
 /// How the session batches and re-sends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
@@ -69,6 +75,10 @@ pub(crate) struct Session {
     connected: bool,
     /// Highest seq the recorder has stored, to skip buffer reads that cannot fill a batch.
     newest_recorded: u64,
+    /// When the cloud was last heard (a trusted ack) or last probed; see [`Session::probe`].
+    quiet_since: Instant,
+    /// How long a silence lasts before the next probe; doubles with each probe.
+    probe_delay: Duration,
     cancel: CancellationToken,
 }
 
@@ -95,8 +105,41 @@ impl Session {
             settings,
             connected: false,
             newest_recorded,
+            quiet_since: Instant::now(),
+            probe_delay: PROBE_FIRST,
             cancel,
         }
+    }
+
+    /// When to probe a cloud that has gone silent: `None` while connected and nothing waits, or
+    /// once the probes have backed off to the ack timeout (which then resends everything).
+    fn probe_deadline(&self) -> Option<Instant> {
+        if !self.connected || self.probe_delay >= self.settings.ack_timeout {
+            return None;
+        }
+        let waiting = self.window.longest_waiting()?;
+        Some(waiting.sent_at.max(self.quiet_since) + self.probe_delay)
+    }
+
+    /// The cloud has said nothing for a while, batches wait: it may have restarted, and what was
+    /// published while none was subscribed is gone. Sends the longest-waiting batch again, one
+    /// only: if the cloud is back its ack overtakes the rest, which then go at once
+    /// ([`Window::overtaken`]). The probes back off (1 s, 2 s, 4 s, ... up to the ack timeout),
+    /// so a cloud that is only slow gets a handful of duplicates, never a flood.
+    async fn probe(&mut self) -> Result<()> {
+        let now = Instant::now();
+        self.quiet_since = now;
+        self.probe_delay = (self.probe_delay * 2).min(self.settings.ack_timeout);
+        let Some(batch) = self.window.longest_waiting() else {
+            return Ok(());
+        };
+        debug!(
+            first_seq = batch.first_seq,
+            last_seq = batch.last_seq,
+            "the cloud is silent; probing"
+        );
+        self.counters.probes.fetch_add(1, Ordering::Relaxed);
+        self.resend(batch).await
     }
 
     /// Runs until `cancel` or until the connection task is gone. A failed step (say, a
@@ -115,6 +158,7 @@ impl Session {
             } else {
                 None
             };
+            let probe = self.probe_deadline();
             let step = tokio::select! {
                 () = self.cancel.cancelled() => break,
                 event = link.recv() => match event {
@@ -134,6 +178,8 @@ impl Session {
                 },
                 () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
                     if deadline.is_some() => self.resend_expired().await,
+                () = tokio::time::sleep_until(probe.unwrap_or_else(Instant::now)),
+                    if probe.is_some() => self.probe().await,
             };
             match step {
                 Ok(()) => {}
@@ -148,6 +194,8 @@ impl Session {
         match event {
             LinkEvent::Connected => {
                 self.connected = true;
+                self.quiet_since = Instant::now();
+                self.probe_delay = PROBE_FIRST;
                 // Clean session: the subscription is gone. Ordered before the re-sends on the
                 // same connection, so acks for them find us subscribed.
                 self.client
@@ -287,6 +335,9 @@ impl Session {
         if trusted.is_empty() {
             return Ok(());
         }
+        let answered = self.window.latest_send_within(first_seq, up_to_seq);
+        self.quiet_since = Instant::now();
+        self.probe_delay = PROBE_FIRST;
         let counters = Arc::clone(&self.counters);
         let deleted = self
             .buffer
@@ -306,6 +357,23 @@ impl Session {
             .store(crate::status::unix_ms(), Ordering::Relaxed);
         self.window.acknowledge(first_seq, up_to_seq);
         debug!(first_seq, up_to_seq, deleted, "ack");
+        // A later send answered first: what was sent before it is lost (after a cloud restart,
+        // everything published while no cloud was subscribed). Send it again now rather than
+        // after its ack timeout.
+        if let Some(answered) = answered {
+            let grace = OVERTAKEN_GRACE.min(self.settings.ack_timeout);
+            for batch in self.window.overtaken(answered, Instant::now(), grace) {
+                debug!(
+                    first_seq = batch.first_seq,
+                    last_seq = batch.last_seq,
+                    "overtaken by a later ack"
+                );
+                self.counters
+                    .batches_overtaken
+                    .fetch_add(1, Ordering::Relaxed);
+                self.resend(batch).await?;
+            }
+        }
         self.send_new(Flush::FullOnly).await
     }
 

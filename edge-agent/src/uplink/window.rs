@@ -97,6 +97,37 @@ impl Window {
         self.batches = kept;
     }
 
+    /// When the newest of the batches overlapping `first_seq..=up_to_seq` was (re)sent.
+    pub(crate) fn latest_send_within(&self, first_seq: u64, up_to_seq: u64) -> Option<Instant> {
+        self.batches
+            .iter()
+            .filter(|b| b.last_seq >= first_seq && b.first_seq <= up_to_seq)
+            .map(|b| b.sent_at)
+            .max()
+    }
+
+    /// Batches overtaken by an ack: (re)sent before `acked_sent_at` (the send an ack just
+    /// answered) and at least `grace` ago. The cloud handles a device's batches in the order
+    /// they arrive, so an ack for a later send means these never arrived (dropped while no
+    /// cloud was subscribed, say); `grace` spares a batch a second replica is still storing.
+    pub(crate) fn overtaken(
+        &self,
+        acked_sent_at: Instant,
+        now: Instant,
+        grace: Duration,
+    ) -> Vec<InFlight> {
+        self.batches
+            .iter()
+            .filter(|b| b.sent_at < acked_sent_at && b.sent_at + grace <= now)
+            .copied()
+            .collect()
+    }
+
+    /// The batch (re)sent longest ago.
+    pub(crate) fn longest_waiting(&self) -> Option<InFlight> {
+        self.batches.iter().min_by_key(|b| b.sent_at).copied()
+    }
+
     /// When the oldest unacknowledged send times out.
     pub(crate) fn next_deadline(&self, ack_timeout: Duration) -> Option<Instant> {
         self.batches.iter().map(|b| b.sent_at + ack_timeout).min()

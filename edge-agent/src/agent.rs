@@ -53,6 +53,10 @@ pub(crate) struct Counters {
     /// Resends of one batch to find out whether a silent cloud is back (included in
     /// `batches_resent`).
     pub(crate) probes: AtomicU64,
+    /// Runs on this file that did not stop cleanly, since it was created (persisted).
+    pub(crate) unclean_stops: AtomicU64,
+    /// Readings produced and never stored after those unclean stops (persisted).
+    pub(crate) missed_after_crashes: AtomicU64,
     pub(crate) buffered: AtomicU64,
     pub(crate) notifications: AtomicU64,
     pub(crate) decode_errors: AtomicU64,
@@ -91,6 +95,8 @@ impl Counters {
             batches_resent: load(&c.batches_resent),
             batches_overtaken: load(&c.batches_overtaken),
             probes: load(&c.probes),
+            unclean_stops: load(&c.unclean_stops),
+            readings_missed_after_crashes: load(&c.missed_after_crashes),
             readings_dropped: load(&c.dropped) + load(&c.lost),
             readings_dropped_total: load(&c.dropped_total),
             readings_buffered: load(&c.buffered),
@@ -122,6 +128,14 @@ pub struct AgentStats {
     /// Of `batches_resent`, single batches sent again to find out whether a cloud that had gone
     /// silent is back (after 1 s of silence, then 2 s, 4 s, ... up to the ack timeout).
     pub probes: u64,
+    /// Runs of the agent on this buffer file that ended without a clean stop (SIGKILL, power
+    /// loss, a panic), since the file was created.
+    pub unclean_stops: u64,
+    /// Readings the sensor produced, by its clock, after the last one stored before each of
+    /// those stops and before the next start (the recorder's last moments, at most about
+    /// 100 ms of readings and one write, then the time no agent ran); since the file was
+    /// created.
+    pub readings_missed_after_crashes: u64,
     /// Readings this run lost before the cloud had them: the oldest dropped from a full buffer,
     /// or never stored because the disk stalled.
     pub readings_dropped: u64,
@@ -184,19 +198,36 @@ impl Agent {
             .map(tokio::net::TcpListener::local_addr)
             .transpose()
             .map_err(|e| Error::Task(format!("the metrics listener has no address: {e}")))?;
-        let (buffer, inbox, status, (client, eventloop)) = tokio::task::spawn_blocking(move || {
-            let path = &config.db_path;
-            let file = |e| Error::buffer_file(path, e);
-            let buffer =
-                Buffer::open(path, &config.device_id, config.buffer_capacity).map_err(file)?;
-            let inbox = Inbox::open(path).map_err(file)?;
-            let status = StatusStore::open(path).map_err(file)?;
-            Ok::<_, Error>((buffer, inbox, status, connection::client(&config)?))
-        })
-        .await
-        .map_err(|e| Error::Task(format!("opening the agent did not finish: {e}")))??;
+        let (buffer, run, inbox, status, (client, eventloop)) =
+            tokio::task::spawn_blocking(move || {
+                let path = &config.db_path;
+                let file = |e| Error::buffer_file(path, e);
+                let mut buffer =
+                    Buffer::open(path, &config.device_id, config.buffer_capacity).map_err(file)?;
+                let run = buffer.start_run(period, crate::status::unix_ms())?;
+                let inbox = Inbox::open(path).map_err(file)?;
+                let status = StatusStore::open(path).map_err(file)?;
+                Ok::<_, Error>((buffer, run, inbox, status, connection::client(&config)?))
+            })
+            .await
+            .map_err(|e| Error::Task(format!("opening the agent did not finish: {e}")))??;
+        if run.after_unclean_stop {
+            warn!(
+                missed = run.missed,
+                unclean_stops_total = run.unclean_stops_total,
+                "the previous run did not stop cleanly: by the sensor's clock, {} readings it \
+                 produced after the last one stored were never stored",
+                run.missed
+            );
+        }
 
         let counters = Arc::new(Counters::default());
+        counters
+            .unclean_stops
+            .store(run.unclean_stops_total, Ordering::Relaxed);
+        counters
+            .missed_after_crashes
+            .store(run.missed_after_crashes_total, Ordering::Relaxed);
         counters.buffered.store(buffer.len(), Ordering::Relaxed);
         counters
             .dropped_total
@@ -427,6 +458,10 @@ impl AgentHandle {
                     )));
                 }
             }
+        }
+        if failure.is_none() {
+            // Every task stopped in time: what the sensor produced is stored.
+            self.buffer.call(|b| b.mark_clean_stop()).await?;
         }
         self.buffer.call(|b| b.checkpoint()).await?;
         info!(device_id = %self.device_id, stats = ?self.stats(), "agent stopped");

@@ -94,6 +94,14 @@ const COLUMNS: &str = "seq, taken_at_ms, joy, trust, fear, surprise, sadness, di
 const META_DEVICE_ID: &str = "device_id";
 const META_NEXT_SEQ: &str = "next_seq";
 const META_DROPPED: &str = "dropped_total";
+/// When the newest reading ever appended was taken (Unix ms).
+const META_LAST_TAKEN: &str = "last_taken_at_ms";
+/// `running` from a run's start until it stops cleanly, then `stopped`.
+const META_RUN_STATE: &str = "run_state";
+/// The sensor's sampling period of the last run, in µs.
+const META_PERIOD: &str = "sample_period_us";
+const META_UNCLEAN_STOPS: &str = "unclean_stops_total";
+const META_MISSED: &str = "missed_after_crashes_total";
 
 /// The most sequence numbers the agent may hand out per second: one per microsecond. The
 /// numbering rule (see the module docs and [`starting_seq`]) relies on it, so the configured
@@ -276,6 +284,9 @@ impl Buffer {
             }
         }
         set_meta(&tx, META_NEXT_SEQ, next)?;
+        if let Some((taken_at_ms, _)) = readings.last() {
+            set_meta(&tx, META_LAST_TAKEN, taken_at_ms)?;
+        }
         let overflow = (self.len + readings.len() as u64).saturating_sub(self.capacity);
         let dropped = if overflow > 0 {
             let deleted = tx.execute(
@@ -427,6 +438,51 @@ impl Buffer {
 
     /// Moves everything from the write-ahead log into the main file and truncates the log, so
     /// a clean shutdown leaves one self-contained file.
+    /// Starts a run of the agent on this file, whose sensor samples every `period`, at
+    /// `now_ms`. If the previous run did not stop cleanly (SIGKILL, power loss, a panic), it is
+    /// counted, with the readings its sensor produced and nobody stored: by the sensor's clock,
+    /// those between the newest reading stored and now (the recorder's last unwritten moments,
+    /// then all the time no agent ran).
+    pub fn start_run(&mut self, period: std::time::Duration, now_ms: i64) -> Result<RunStart> {
+        let period_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX).max(1);
+        let was_running = self
+            .conn
+            .query_row(
+                "SELECT value FROM buffer_meta WHERE key = ?1",
+                [META_RUN_STATE],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .is_some_and(|state| state == "running");
+        let mut start = RunStart {
+            unclean_stops_total: meta_u64(&self.conn, META_UNCLEAN_STOPS)?.unwrap_or(0),
+            missed_after_crashes_total: meta_u64(&self.conn, META_MISSED)?.unwrap_or(0),
+            ..RunStart::default()
+        };
+        let tx = self.conn.transaction()?;
+        if was_running {
+            start.after_unclean_stop = true;
+            start.unclean_stops_total += 1;
+            let last_taken = meta_u64(&tx, META_LAST_TAKEN)?;
+            let same_sensor = meta_u64(&tx, META_PERIOD)? == Some(period_us);
+            if let (Some(last), true) = (last_taken, same_sensor) {
+                start.missed = missed_between(last, now_ms, period_us);
+            }
+            start.missed_after_crashes_total += start.missed;
+            set_meta(&tx, META_UNCLEAN_STOPS, start.unclean_stops_total)?;
+            set_meta(&tx, META_MISSED, start.missed_after_crashes_total)?;
+        }
+        set_meta(&tx, META_RUN_STATE, "running")?;
+        set_meta(&tx, META_PERIOD, period_us)?;
+        tx.commit()?;
+        Ok(start)
+    }
+
+    /// The run ended with everything the sensor produced stored: the next start counts no loss.
+    pub fn mark_clean_stop(&mut self) -> Result<()> {
+        set_meta(&self.conn, META_RUN_STATE, "stopped")
+    }
+
     pub fn checkpoint(&self) -> Result<()> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -519,6 +575,30 @@ fn decode_reading(row: &Row<'_>, seq: u64) -> Result<Reading> {
     })
 }
 
+/// Readings a sensor sampling every `period_us` produced after the one taken at `last_ms` and
+/// before `now_ms`, by its clock: the sampling instants strictly between the two.
+pub fn missed_between(last_ms: u64, now_ms: i64, period_us: u64) -> u64 {
+    let Ok(now_ms) = u64::try_from(now_ms) else {
+        return 0;
+    };
+    let elapsed_us = now_ms.saturating_sub(last_ms).saturating_mul(1_000);
+    // The instants last + k·period with k ≥ 1 before now: ⌈elapsed / period⌉ − 1.
+    elapsed_us.div_ceil(period_us.max(1)).saturating_sub(1)
+}
+
+/// What [`Buffer::start_run`] found of the previous run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RunStart {
+    /// The previous run did not stop cleanly.
+    pub after_unclean_stop: bool,
+    /// Readings its sensor produced that were never stored (0 after a clean stop).
+    pub missed: u64,
+    /// Unclean stops since the file was created, this one included.
+    pub unclean_stops_total: u64,
+    /// Readings missed after unclean stops since the file was created.
+    pub missed_after_crashes_total: u64,
+}
+
 fn meta_u64(conn: &Connection, key: &str) -> Result<Option<u64>> {
     Ok(conn
         .query_row("SELECT value FROM buffer_meta WHERE key = ?1", [key], |r| {
@@ -538,7 +618,69 @@ fn set_meta(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::{Buffer, MIN_SEQ, now_unix_micros, offset, starting_seq};
+    use super::{Buffer, MIN_SEQ, missed_between, now_unix_micros, offset, starting_seq};
+
+    #[test]
+    fn readings_missed_are_the_sampling_instants_strictly_between() {
+        // Every 100 ms after the one at 1000 ms: 1100, ..., 2000 before 2050.
+        assert_eq!(missed_between(1_000, 2_050, 100_000), 10);
+        // The one at 2000 is the new run's own first reading.
+        assert_eq!(missed_between(1_000, 2_000, 100_000), 9);
+        assert_eq!(missed_between(1_000, 1_050, 100_000), 0);
+        assert_eq!(
+            missed_between(1_000, 900, 100_000),
+            0,
+            "a clock that went back"
+        );
+        assert_eq!(missed_between(1_000, -5, 100_000), 0);
+    }
+
+    #[test]
+    fn an_unclean_stop_is_counted_at_the_next_start_with_what_its_sensor_produced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.db");
+        let device = DeviceId::random();
+        let period = std::time::Duration::from_millis(100);
+        let mut sensor = Sensor::new(1);
+        let mut buffer = Buffer::open(&path, &device, 100).unwrap();
+        assert!(
+            !buffer.start_run(period, 500).unwrap().after_unclean_stop,
+            "a new file"
+        );
+        buffer.append(&[(1_000, sensor.sample())]).unwrap();
+        drop(buffer); // killed: no clean stop
+
+        let mut buffer = Buffer::open(&path, &device, 100).unwrap();
+        let start = buffer.start_run(period, 2_050).unwrap();
+        assert!(start.after_unclean_stop);
+        assert_eq!((start.missed, start.unclean_stops_total), (10, 1));
+        assert_eq!(start.missed_after_crashes_total, 10);
+        buffer.append(&[(2_050, sensor.sample())]).unwrap();
+        buffer.mark_clean_stop().unwrap();
+        drop(buffer);
+
+        let mut buffer = Buffer::open(&path, &device, 100).unwrap();
+        let start = buffer.start_run(period, 9_000).unwrap();
+        assert!(!start.after_unclean_stop, "it stopped cleanly");
+        assert_eq!(
+            start.missed, 0,
+            "a stopped agent is not sensing: nothing is missed"
+        );
+        assert_eq!(
+            (start.unclean_stops_total, start.missed_after_crashes_total),
+            (1, 10),
+            "the totals persist"
+        );
+        drop(buffer);
+
+        // Another sampling rate: the old clock says nothing about the new one.
+        let mut buffer = Buffer::open(&path, &device, 100).unwrap();
+        let start = buffer
+            .start_run(std::time::Duration::from_millis(20), 20_000)
+            .unwrap();
+        assert!(start.after_unclean_stop);
+        assert_eq!((start.missed, start.unclean_stops_total), (0, 2));
+    }
     use crate::sensor::Sensor;
     use ecs_protocol::DeviceId;
 

@@ -128,6 +128,22 @@ pub fn render(device_id: &DeviceId, s: &AgentStats) -> String {
     );
     single(
         &mut out,
+        "ecs_agent_unclean_stops_total",
+        "counter",
+        "Runs on this buffer file that ended without a clean stop, since it was created.",
+        &labels,
+        s.unclean_stops,
+    );
+    single(
+        &mut out,
+        "ecs_agent_readings_missed_after_crashes_total",
+        "counter",
+        "Readings the sensor produced that were never stored after unclean stops, since the file was created.",
+        &labels,
+        s.readings_missed_after_crashes,
+    );
+    single(
+        &mut out,
         "ecs_agent_readings_buffered",
         "gauge",
         "Readings on disk awaiting an ack.",
@@ -173,7 +189,7 @@ mod tests {
         };
         let text = render(&device, &stats);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 16, "{text}");
+        assert_eq!(samples.len(), 18, "{text}");
         for sample in &samples {
             let (name, value) = sample.split_once("{device_id=\"phone7\"} ").unwrap();
             assert!(value.parse::<f64>().is_ok(), "{sample}");

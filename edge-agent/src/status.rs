@@ -74,6 +74,14 @@ pub struct Status {
     pub oldest_unacked_age_secs: Option<f64>,
     /// Readings dropped from a full buffer since the file was created.
     pub dropped_total: u64,
+    /// Runs on the file that did not stop cleanly, counted when the next one starts.
+    pub unclean_stops_total: u64,
+    /// Readings the sensor produced and nobody stored after those stops (see
+    /// [`AgentStats::readings_missed_after_crashes`]).
+    pub missed_after_crashes_total: u64,
+    /// `running` (an agent runs on the file now, or the last one did not stop cleanly),
+    /// `stopped` (it stopped cleanly), or nothing (no agent has run on it).
+    pub run_state: Option<String>,
     /// The counters the agent last saved (its current run, or the last one), and when.
     pub last_run: Option<AgentStats>,
     pub saved_at_ms: Option<i64>,
@@ -117,9 +125,18 @@ impl Status {
             Some(rusqlite::types::Value::Text(id)) => Some(id),
             _ => None,
         };
-        let dropped_total = match meta("dropped_total")? {
-            Some(rusqlite::types::Value::Integer(n)) => u64::try_from(n).unwrap_or(0),
-            _ => 0,
+        let count = |key: &str| -> Result<u64> {
+            Ok(match meta(key)? {
+                Some(rusqlite::types::Value::Integer(n)) => u64::try_from(n).unwrap_or(0),
+                _ => 0,
+            })
+        };
+        let dropped_total = count("dropped_total")?;
+        let unclean_stops_total = count("unclean_stops_total")?;
+        let missed_after_crashes_total = count("missed_after_crashes_total")?;
+        let run_state = match meta("run_state")? {
+            Some(rusqlite::types::Value::Text(state)) => Some(state),
+            _ => None,
         };
         let (buffered, oldest): (u64, Option<i64>) = if table_exists("readings")? {
             conn.query_row("SELECT count(*), min(taken_at_ms) FROM readings", [], |r| {
@@ -155,6 +172,9 @@ impl Status {
             oldest_unacked_at_ms: oldest,
             oldest_unacked_age_secs: oldest.map(|t| (now - t).max(0) as f64 / 1000.0),
             dropped_total,
+            unclean_stops_total,
+            missed_after_crashes_total,
+            run_state,
             last_run,
             saved_at_ms,
         })
@@ -175,6 +195,22 @@ impl Status {
                 .map_or("–".into(), |s| format!("{s:.1} s ago")),
         );
         line("dropped (all time)", self.dropped_total.to_string());
+        line(
+            "unclean stops",
+            format!(
+                "{} (all time; {} readings the sensor produced were never stored after them)",
+                self.unclean_stops_total, self.missed_after_crashes_total
+            ),
+        );
+        line(
+            "last run",
+            match self.run_state.as_deref() {
+                Some("running") => "running, or did not stop cleanly".into(),
+                Some("stopped") => "stopped cleanly".into(),
+                Some(other) => other.to_owned(),
+                None => "–".into(),
+            },
+        );
         match (&self.last_run, self.saved_at_ms) {
             (Some(s), Some(at)) => {
                 let age = (unix_ms() - at).max(0) as f64 / 1000.0;

@@ -29,11 +29,11 @@ use std::collections::HashMap;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::{Notification, RouterConfig, SegmentConfig};
 
-/// Largest MQTT packet body a service may send or receive: one protocol message plus room for
-/// the topic, packet id and properties. Clients must raise their own limit too (rumqttc's
-/// default is 10 KiB). Device packets are held to less (see [`crate::door::acl`]), so whatever
-/// a device sends still fits, with the packet id the router adds, within this limit.
-pub const MAX_PACKET_BYTES: usize = ecs_protocol::MAX_MESSAGE_BYTES + 4096;
+/// Largest MQTT packet body a service may send or receive: the system's one packet limit
+/// ([`ecs_protocol::MAX_PACKET_BYTES`], which every client sets too; rumqttc's default is
+/// 10 KiB). Device packets are held to less (see [`crate::door::acl`]), so whatever a device
+/// sends still fits, with the packet id the router adds, within this limit.
+pub use ecs_protocol::MAX_PACKET_BYTES;
 
 /// QoS 0 messages the router hands a connection per scheduling round.
 const MAX_OUTGOING_PACKET_COUNT: u64 = 200;

@@ -13,7 +13,8 @@ use crate::{
 /// `Debug` redacts the password.
 #[derive(Clone, Args)]
 pub struct MqttSettings {
-    /// Broker address: mqtt://host:port (plain) or mqtts://host:port (TLS).
+    /// Broker address: mqtt://host[:port] (plain) or mqtts://host[:port] (TLS); default ports
+    /// 1883 and 8883.
     #[arg(
         long = "mqtt-url",
         env = "ECS_MQTT_URL",
@@ -62,51 +63,8 @@ impl MqttSettings {
     }
 }
 
-/// `mqtt://host:port` or `mqtts://host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MqttUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::str::FromStr for MqttUrl {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (tls, rest) = if let Some(rest) = s.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = s.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(format!(
-                "{s:?}: expected mqtt://host:port or mqtts://host:port"
-            ));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = rest
-            .rsplit_once(':')
-            .ok_or_else(|| format!("{s:?}: missing :port"))?;
-        let port = port
-            .parse()
-            .map_err(|_| format!("{s:?}: port {port:?} is not a number 0-65535"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(format!("{s:?}: missing host"));
-        }
-        Ok(Self {
-            tls,
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl std::fmt::Display for MqttUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        write!(f, "{scheme}://{}:{}", self.host, self.port)
-    }
-}
+/// The broker's address: one type and one set of rules for every client (`ecs_mqtt_link`).
+pub use ecs_mqtt_link::BrokerUrl as MqttUrl;
 
 /// Which risk model `ecs-cloud serve` uses, and how it reaches a remote one.
 #[derive(Debug, Clone, Args)]
@@ -647,22 +605,11 @@ mod tests {
     }
 
     #[test]
-    fn mqtt_urls_parse_scheme_host_and_port() {
-        let url: MqttUrl = "mqtts://broker.example:8883".parse().unwrap();
-        assert_eq!(
-            url,
-            MqttUrl {
-                tls: true,
-                host: "broker.example".into(),
-                port: 8883
-            }
-        );
-        assert!(!"mqtt://127.0.0.1:1884".parse::<MqttUrl>().unwrap().tls);
-        assert_eq!("mqtt://[::1]:1884".parse::<MqttUrl>().unwrap().host, "::1");
-        assert!("http://x:1".parse::<MqttUrl>().is_err());
-        assert!("mqtt://x".parse::<MqttUrl>().is_err());
-        assert!("mqtt://x:99999".parse::<MqttUrl>().is_err());
-        assert!("mqtt://:1884".parse::<MqttUrl>().is_err());
+    fn the_mqtt_url_is_the_shared_broker_url() {
+        // The rules are `ecs_mqtt_link`'s, tested there; the flag takes them.
+        let url: MqttUrl = "mqtts://broker.example".parse().unwrap();
+        assert_eq!(url.to_string(), "mqtts://broker.example:8883");
+        assert!("mqtt://x:0".parse::<MqttUrl>().is_err());
     }
 
     #[derive(clap::Parser, Debug)]

@@ -22,14 +22,14 @@
 //! convention that Mosquitto, EMQX, HiveMQ and rumqttd all accept), so the same code runs against
 //! the embedded broker and any other.
 
-use std::{fs, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use ecs_protocol::{MAX_MESSAGE_BYTES, topic};
+use ecs_mqtt_link::Backoff;
+use ecs_protocol::topic;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS, SubscribeReasonCode,
     TlsConfiguration, Transport,
 };
-use rustls::pki_types::{CertificateDer, pem::PemObject};
 use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, error, info, info_span, warn};
@@ -41,9 +41,9 @@ use crate::{
     ingest::queue::{Intake, Pushed},
 };
 
-/// Largest MQTT packet accepted or sent: the largest protocol message plus room for the topic
-/// and the fixed header. rumqttc's default (10 KiB) is smaller than a full batch.
-pub const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + 4096;
+/// Largest MQTT packet accepted or sent: the system's one limit (rumqttc's default, 10 KiB, is
+/// smaller than a full batch).
+pub use ecs_protocol::MAX_PACKET_BYTES;
 
 /// Room in rumqttc's request queue (publishes and subscribes waiting for the event loop).
 const REQUEST_QUEUE: usize = 1_024;
@@ -300,11 +300,7 @@ impl LinkDriver {
 
 fn mqtt_options(settings: &MqttSettings, client_id: &str) -> Result<MqttOptions> {
     let url = &settings.url;
-    let mut options = MqttOptions::new(client_id, url.host.clone(), url.port);
-    options
-        .set_clean_session(true)
-        .set_keep_alive(KEEP_ALIVE)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    let mut options = ecs_mqtt_link::options(client_id, url, KEEP_ALIVE);
     let password = settings
         .password()
         .map_err(|e| Error::InvalidInput(format!("cannot read the broker password file: {e}")))?;
@@ -319,7 +315,7 @@ fn mqtt_options(settings: &MqttSettings, client_id: &str) -> Result<MqttOptions>
         }
         (None, None) => {}
     }
-    if url.tls {
+    if url.scheme == ecs_mqtt_link::Scheme::Mqtts {
         let ca_file = settings.ca_file.as_deref().ok_or_else(|| {
             Error::InvalidInput(
                 "mqtts:// needs the broker's CA certificate (ECS_MQTT_CA_FILE)".into(),
@@ -332,30 +328,14 @@ fn mqtt_options(settings: &MqttSettings, client_id: &str) -> Result<MqttOptions>
     Ok(options)
 }
 
-/// A rustls client configuration trusting exactly the CAs in `ca_file`.
-///
-/// The ring provider is named explicitly rather than taken from the process default, so the link
-/// works whether or not the binary installed one (and cannot pick up a second provider).
+/// A rustls client configuration trusting exactly the CAs in `ca_file` (services log in with a
+/// password, not a certificate).
 fn tls_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>> {
-    let invalid = |what: String| Error::InvalidInput(format!("{}: {what}", ca_file.display()));
-    let pem = fs::read(ca_file).map_err(|e| invalid(format!("cannot read: {e}")))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| invalid(format!("not a PEM certificate: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| invalid(format!("unusable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(invalid("holds no certificate".into()));
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Internal(format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    ecs_mqtt_link::tls::client_config(ca_file, None).map_err(|e| {
+        Error::InvalidInput(format!(
+            "the broker's CA certificate (ECS_MQTT_CA_FILE): {e}"
+        ))
+    })
 }
 
 /// The event loop's side of the link: polls it until shutdown, then leaves the broker.
@@ -367,8 +347,8 @@ async fn drive(
     plan: watch::Sender<Option<Instant>>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::default();
-    let mut refusals = Backoff::default();
+    let mut backoff = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
+    let mut refusals = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
     loop {
         // Never dropped half-way: rumqttc's `poll` takes a request (an ack) off its queue and
         // then awaits the write, so cancelling it there would lose that request. Shutdown is
@@ -503,7 +483,7 @@ async fn keep_subscription(
         // A publisher subscribes to nothing.
         return std::future::pending().await;
     };
-    let mut failures = Backoff::default();
+    let mut failures = Backoff::new(BACKOFF_INITIAL, BACKOFF_MAX);
     loop {
         let due = *plan.borrow_and_update();
         let request = async {
@@ -583,30 +563,6 @@ async fn leave(eventloop: &mut EventLoop, client: &AsyncClient, role: &Role) {
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Exponential backoff with "equal jitter": the n-th delay is uniformly random in
-/// `[c/2, c]` with `c = min(INITIAL * 2^n, MAX)`. The fixed half keeps a flapping broker from
-/// being hammered; the random half keeps replicas that lost the broker together from
-/// reconnecting in lockstep.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = BACKOFF_INITIAL
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(BACKOFF_MAX);
-        self.failures = self.failures.saturating_add(1);
-        let half = ceiling / 2;
-        half + half.mul_f64(rand::random_range(0.0..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
 
 /// A plain MQTT client for tests: plays a device (or any other party) against a test broker.
 #[cfg(test)]
@@ -743,17 +699,6 @@ mod tests {
     use super::{testing::*, *};
 
     #[test]
-    fn backoff_grows_with_jitter_up_to_the_cap_and_resets() {
-        let mut backoff = Backoff::default();
-        let delays: Vec<_> = (0..20).map(|_| backoff.next_delay()).collect();
-        assert!(delays[0] >= BACKOFF_INITIAL / 2 && delays[0] <= BACKOFF_INITIAL);
-        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX));
-        assert!(delays[19] >= BACKOFF_MAX / 2);
-        backoff.reset();
-        assert!(backoff.next_delay() <= BACKOFF_INITIAL);
-    }
-
-    #[test]
     fn settings_that_can_never_work_are_refused_up_front() {
         let mut s = settings("g");
         s.password = Some("secret".into());
@@ -764,10 +709,10 @@ mod tests {
         assert!(matches!(mqtt_options(&s, "c"), Err(Error::InvalidInput(_))));
 
         let dir = std::env::temp_dir().join(format!("ecs-ca-{}", uuid::Uuid::new_v4()));
-        fs::write(&dir, "not a certificate").unwrap();
+        std::fs::write(&dir, "not a certificate").unwrap();
         s.ca_file = Some(dir.clone());
         let refused = mqtt_options(&s, "c");
-        fs::remove_file(&dir).unwrap();
+        std::fs::remove_file(&dir).unwrap();
         assert!(matches!(refused, Err(Error::InvalidInput(_))));
     }
 

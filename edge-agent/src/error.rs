@@ -16,14 +16,11 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    #[error("invalid broker url {url:?}: {reason}")]
-    InvalidBrokerUrl { url: String, reason: &'static str },
-
-    #[error("cannot read {file} {path}: {source}")]
-    Pem {
+    #[error("cannot read {file} {path}: {reason}")]
+    TlsFile {
         file: TlsFile,
         path: PathBuf,
-        source: rustls::pki_types::pem::Error,
+        reason: String,
     },
 
     #[error("{path}, given as {file}, holds no certificate")]

@@ -36,3 +36,8 @@ pub use reading::{
 /// A full batch of [`MAX_READINGS_PER_BATCH`] readings with the maximum number of thoughts each
 /// stays well below this; brokers and MQTT clients must be configured to allow at least this much.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The MQTT packet size every client and the broker allow: a message of [`MAX_MESSAGE_BYTES`]
+/// plus room for the topic, the packet id a broker adds when it forwards at QoS 1, and the
+/// fixed header. One number for all, so a message one side takes the other side takes too.
+pub const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + 4096;

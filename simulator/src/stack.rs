@@ -137,7 +137,7 @@ fn embedded_broker_login(
 ) -> MqttSettings {
     MqttSettings {
         url: MqttUrl {
-            tls: false,
+            scheme: ecs_mqtt_link::Scheme::Mqtt,
             host: "127.0.0.1".into(),
             port: broker.service_addr().port(),
         },
@@ -215,7 +215,7 @@ impl Stack {
             }
             BrokerChoice::External(url) => {
                 let mqtt = MqttSettings {
-                    url: url.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+                    url: url.parse()?,
                     username: None,
                     password: None,
                     password_file: None,

@@ -96,7 +96,7 @@ impl HttpModel {
                 Failure::Final(e) => return Err(e),
                 Failure::Transient(reason) => reason,
             };
-            let backoff = backoff(attempt);
+            let backoff = ecs_mqtt_link::Backoff::nth(BACKOFF_BASE, BACKOFF_MAX, attempt);
             if attempt >= self.settings.retries || Instant::now() + backoff >= deadline {
                 return Err(ModelError::Unavailable(format!(
                     "{}: {reason} (attempt {} of at most {})",
@@ -168,16 +168,6 @@ impl HttpModel {
     }
 }
 
-/// Exponential backoff with "equal jitter": half fixed, half random, so retries spread out but
-/// never collapse to zero.
-fn backoff(attempt: u32) -> Duration {
-    let full = BACKOFF_BASE
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(BACKOFF_MAX);
-    let half = full / 2;
-    half + half.mul_f64(rand::random_range(0.0..=1.0))
-}
-
 /// reqwest's own message is terse ("error sending request"); the cause is in its sources.
 fn describe(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
@@ -208,17 +198,6 @@ impl RiskModel for HttpModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_is_jittered_and_capped() {
-        for attempt in 0..10 {
-            let full = BACKOFF_BASE
-                .saturating_mul(2u32.saturating_pow(attempt))
-                .min(BACKOFF_MAX);
-            let b = backoff(attempt);
-            assert!(b >= full / 2 && b <= full, "attempt {attempt}: {b:?}");
-        }
-    }
 
     #[test]
     fn the_endpoint_is_under_the_base_url() {

@@ -10,14 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ecs_protocol::MAX_MESSAGE_BYTES;
-use rand::RngExt;
+use ecs_mqtt_link::Backoff;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, TlsConfiguration, Transport,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -51,22 +47,19 @@ const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 /// memory), and a persistent session per phone would pile up on brokers. Everything that must
 /// survive is in SQLite and is re-sent after each ConnAck.
 pub(crate) fn client(config: &AgentConfig) -> Result<(AsyncClient, EventLoop)> {
-    let mut options = MqttOptions::new(
+    let mut options = ecs_mqtt_link::options(
         config.device_id.as_str(),
-        config.broker.host.clone(),
-        config.broker.port,
+        &config.broker,
+        Duration::from_secs(30),
     );
-    let max_packet = MAX_MESSAGE_BYTES + 4096;
-    options
-        .set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(30))
-        .set_max_packet_size(max_packet, max_packet);
     if config.broker.scheme == Scheme::Mqtts {
         let files = config
             .tls
             .as_ref()
             .ok_or_else(|| Error::InvalidConfig(format!("{} needs TLS files", config.broker)))?;
-        options.set_transport(Transport::tls_with_config(client_tls(files)?.into()));
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            client_tls(files)?,
+        )));
     }
     // Room for a full window of batches, their resends and receipts, so the session task
     // rarely waits on the queue to the event loop.
@@ -74,50 +67,35 @@ pub(crate) fn client(config: &AgentConfig) -> Result<(AsyncClient, EventLoop)> {
     Ok(AsyncClient::new(options, requests))
 }
 
-/// A rustls client configuration that trusts only our CA and presents the device certificate.
-///
-/// The ring provider is passed explicitly, so this works whether or not the process installed
-/// a default provider, and never picks up a second one.
-fn client_tls(files: &TlsFiles) -> Result<ClientConfig> {
-    let pem_error = |file: TlsFile, path: &std::path::Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Pem { file, path, source }
-    };
-    let ca = |e| pem_error(TlsFile::Ca, &files.ca_file)(e);
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(&files.ca_file).map_err(ca)? {
-        roots.add(cert.map_err(ca)?).map_err(|e| {
-            Error::InvalidConfig(format!(
-                "{} in {} is not a usable certificate: {e}",
-                TlsFile::Ca,
-                files.ca_file.display()
-            ))
-        })?;
-    }
-    if roots.is_empty() {
-        return Err(Error::NoCertificate {
-            file: TlsFile::Ca,
-            path: files.ca_file.clone(),
-        });
-    }
-    let chain = CertificateDer::pem_file_iter(&files.cert_file)
-        .map_err(pem_error(TlsFile::Cert, &files.cert_file))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(pem_error(TlsFile::Cert, &files.cert_file))?;
-    if chain.is_empty() {
-        return Err(Error::NoCertificate {
-            file: TlsFile::Cert,
-            path: files.cert_file.clone(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file)
-        .map_err(pem_error(TlsFile::Key, &files.key_file))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .map_err(|source| Error::KeyMismatch { source })
+/// A rustls client configuration that trusts only our CA and presents the device certificate,
+/// its errors naming the agent's flag for the file at fault.
+fn client_tls(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>> {
+    ecs_mqtt_link::tls::client_config(&files.ca_file, Some((&files.cert_file, &files.key_file)))
+        .map_err(|error| {
+            use ecs_mqtt_link::tls::{TlsError, TlsFile as Role};
+            let file = |role| match role {
+                Role::Ca => TlsFile::Ca,
+                Role::Cert => TlsFile::Cert,
+                Role::Key => TlsFile::Key,
+            };
+            match error {
+                TlsError::Unreadable {
+                    file: role,
+                    path,
+                    reason,
+                } => Error::TlsFile {
+                    file: file(role),
+                    path,
+                    reason,
+                },
+                TlsError::NoCertificate { file: role, path } => Error::NoCertificate {
+                    file: file(role),
+                    path,
+                },
+                TlsError::KeyMismatch(source) => Error::KeyMismatch { source },
+                TlsError::Setup(e) => Error::Tls(e),
+            }
+        })
 }
 
 /// What a failed connection attempt means for the person running the agent, and the setting
@@ -254,36 +232,6 @@ pub(crate) async fn drive(
     }
 }
 
-/// Exponential backoff with "equal jitter": the n-th delay is uniform in `[d/2, d]` where
-/// `d = min(initial * 2^n, max)`. The jitter spreads out phones that lost the broker together.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            current: initial,
-        }
-    }
-
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let ceiling = self.current.min(self.max);
-        self.current = (self.current * 2).min(self.max);
-        let ceiling_ms = ceiling.as_millis() as u64;
-        Duration::from_millis(rand::rng().random_range(ceiling_ms / 2..=ceiling_ms))
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.current = self.initial;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -327,7 +275,7 @@ mod tests {
         });
         let missing = client(&config).err().expect("refused");
         assert!(
-            matches!(&missing, Error::Pem { file: TlsFile::Ca, path, .. } if path.ends_with("missing.pem"))
+            matches!(&missing, Error::TlsFile { file: TlsFile::Ca, path, .. } if path.ends_with("missing.pem"))
         );
         assert!(missing.to_string().contains("--tls-ca-file"), "{missing}");
 
@@ -351,27 +299,11 @@ mod tests {
         });
         let not_a_key = client(&config).err().expect("refused");
         assert!(
-            matches!(&not_a_key, Error::Pem { file: TlsFile::Key, path, .. } if path.ends_with("cert.pem"))
+            matches!(&not_a_key, Error::TlsFile { file: TlsFile::Key, path, .. } if path.ends_with("cert.pem"))
         );
         assert!(
             not_a_key.to_string().contains("--tls-key-file"),
             "{not_a_key}"
         );
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = backoff.next_delay();
-        assert!((50..=100).contains(&first.as_millis()), "{first:?}");
-        let second = backoff.next_delay();
-        assert!((100..=200).contains(&second.as_millis()), "{second:?}");
-        for _ in 0..20 {
-            assert!(backoff.next_delay() <= Duration::from_secs(1));
-        }
-        let capped = backoff.next_delay();
-        assert!(capped >= Duration::from_millis(500), "{capped:?}");
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
     }
 }

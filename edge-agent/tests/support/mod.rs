@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ecs_edge_agent::{AgentConfig, BrokerUrl};
 use ecs_protocol::{
-    Ack, DeviceId, Downlink, MAX_MESSAGE_BYTES, ReadingBatch, Uplink, decode_uplink,
+    Ack, DeviceId, Downlink, MAX_PACKET_BYTES, ReadingBatch, Uplink, decode_uplink,
     encode_downlink, topic,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -51,7 +51,7 @@ impl TestCloud {
     pub async fn connect(device: &DeviceId, auto_ack: bool) -> Self {
         let client_id = format!("cloud{}", DeviceId::random());
         let mut options = MqttOptions::new(client_id, "127.0.0.1", 1883);
-        options.set_max_packet_size(MAX_MESSAGE_BYTES + 4096, MAX_MESSAGE_BYTES + 4096);
+        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
         let (client, mut eventloop) = AsyncClient::new(options, 256);
         client
             .subscribe(topic::uplink(device), QoS::AtLeastOnce)

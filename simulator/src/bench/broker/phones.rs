@@ -14,12 +14,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use ecs_broker::MAX_PACKET_BYTES;
+use ecs_mqtt_link::{BrokerUrl, Scheme};
 use ecs_protocol::DeviceId;
 use indicatif::ProgressBar;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, NetworkOptions, Packet, TlsConfiguration, Transport};
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
@@ -154,15 +152,14 @@ impl Phones {
 /// The MQTT options of a phone: client id = device id, clean session (a phone keeps what must
 /// survive itself, as the edge agent does), long keep-alive, packets sized like the broker's.
 fn client(spec: &PhoneSpec, window: usize) -> (AsyncClient, EventLoop) {
-    let mut options = MqttOptions::new(
-        spec.id.as_str(),
-        spec.addr.ip().to_string(),
-        spec.addr.port(),
-    );
+    let scheme = if spec.tls.is_some() {
+        Scheme::Mqtts
+    } else {
+        Scheme::Mqtt
+    };
+    let url = BrokerUrl::at(scheme, spec.addr);
+    let mut options = ecs_mqtt_link::options(spec.id.as_str(), &url, KEEP_ALIVE);
     options
-        .set_clean_session(true)
-        .set_keep_alive(KEEP_ALIVE)
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
         // rumqttc's own in-flight bound stays above the phone's window, so a publish handed to
         // the event loop goes out at once and its timestamp is the time it was sent.
         .set_inflight(u16::try_from(window + 1).unwrap_or(u16::MAX));

@@ -22,9 +22,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ecs_broker::{MAX_PACKET_BYTES, Secret};
+use ecs_broker::Secret;
+use ecs_mqtt_link::{BrokerUrl, Scheme};
 use indicatif::ProgressBar;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
@@ -191,11 +192,8 @@ fn start_subscriber(
 /// Connects the subscriber and subscribes at QoS 1, waiting for CONNACK and SUBACK.
 async fn subscribe(login: &SubscriberLogin) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let client_id = format!("bench-subscriber-{}", ecs_protocol::DeviceId::random());
-    let mut options = MqttOptions::new(client_id, login.addr.ip().to_string(), login.addr.port());
-    options
-        .set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(60))
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    let url = BrokerUrl::at(Scheme::Mqtt, login.addr);
+    let mut options = ecs_mqtt_link::options(&client_id, &url, Duration::from_secs(60));
     if let Some((username, password)) = &login.credentials {
         options.set_credentials(username.clone(), password.expose());
     }

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use ecs_broker::MAX_PACKET_BYTES;
+use ecs_mqtt_link::{BrokerUrl, Scheme};
 use ecs_protocol::{Ack, Downlink, decode_downlink, topic};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -243,12 +243,10 @@ async fn connect(
     in_flight: usize,
 ) -> anyhow::Result<(AsyncClient, EventLoop)> {
     let client_id = format!("bench-generator-{}", ecs_protocol::DeviceId::random());
-    let mut options = MqttOptions::new(client_id, login.addr.ip().to_string(), login.addr.port());
+    let url = BrokerUrl::at(Scheme::Mqtt, login.addr);
+    let mut options = ecs_mqtt_link::options(&client_id, &url, Duration::from_secs(60));
     let window = devices.saturating_mul(in_flight);
     options
-        .set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(60))
-        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
         .set_credentials(login.username.clone(), login.password.expose())
         // Never the MQTT window that limits the pace: the application window does.
         .set_inflight(u16::try_from(window.clamp(100, 10_000)).unwrap_or(10_000));

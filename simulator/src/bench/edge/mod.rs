@@ -218,19 +218,18 @@ async fn phases(
             drain_phone.device.clone(),
         );
         let bar = progress.counter("append", count as u64);
-        let done = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             append::fill_buffer(&path, &device, capacity, &rows, per_transaction, &bar)
         })
         .await
-        .context("the append task failed")??;
-        done
+        .context("the append task failed")??
     };
     let reference = {
         let rows = Arc::clone(&rows);
         let path = workdir.join("reference.db");
         let bar = progress.counter("sqlite insert", count as u64);
         let first_seq = appended.first_seq;
-        let done = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let done = append::plain_inserts(&path, &rows, first_seq, per_transaction, &bar);
             // Its disk space is not needed again.
             for suffix in ["", "-wal", "-shm"] {
@@ -239,8 +238,7 @@ async fn phases(
             done
         })
         .await
-        .context("the reference insert task failed")??;
-        done
+        .context("the reference insert task failed")??
     };
     progress.note(&format!(
         "append: {:.0}/s, plain SQLite {:.0}/s",

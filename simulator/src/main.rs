@@ -269,9 +269,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // stdout is the report, as for the demo. The ingest and API benches embed the broker,
             // whose router logs its own connection bookkeeping as errors: quiet, as in the demo.
             let filter = match kind {
-                BenchKind::Ingest(_) | BenchKind::Api(_) | BenchKind::Notify(_) => {
-                    "warn,rumqttd=off"
-                }
+                BenchKind::Ingest(_)
+                | BenchKind::Api(_)
+                | BenchKind::Notify(_)
+                | BenchKind::Edge(_) => "warn,rumqttd=off",
                 BenchKind::Broker(_) => "warn",
             };
             ecs_telemetry::init_logs_with(cli.log_format, LogTarget::Stderr, filter);
@@ -297,6 +298,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 BenchKind::Notify(args) => {
                     let report = bench::notify::run(&args).await?;
+                    print_report(&report.summary(), &report, args.json)
+                }
+                BenchKind::Edge(args) => {
+                    let report = bench::edge::run(&args).await?;
                     print_report(&report.summary(), &report, args.json)
                 }
             }

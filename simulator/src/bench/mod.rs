@@ -1,22 +1,25 @@
 //! Benchmarks: each kind stands up the component under test the way it runs in production and
 //! drives it with simulated clients until it reports figures a target can be checked against.
 //!
-//! [`broker`], [`ingest`], [`api`] and [`notify`] exist so far; `edge` is meant to join them
-//! as a sibling module and a [`BenchKind`] variant. What they share lives here, below all of them:
+//! [`broker`], [`ingest`], [`api`], [`notify`] and [`edge`] exist so far. What they share lives
+//! here, below all of them:
 //! [`latency`] (percentiles), [`progress`] (bars on a terminal only), [`open_files`] (the
 //! descriptor limit a benchmark with thousands of sockets needs), [`scratch`] (a database of
-//! the run's own, dropped however the run ends) and [`cloud`] (the embedded broker and the
-//! cloud in this process, ready).
+//! the run's own, dropped however the run ends), [`cloud`] (the embedded broker and the
+//! cloud in this process, ready) and [`sibling`] (a binary built next to this one, run as a
+//! child process that dies with the bench).
 
 pub mod api;
 pub mod broker;
 pub mod cloud;
+pub mod edge;
 pub mod ingest;
 pub mod latency;
 pub mod notify;
 pub mod open_files;
 pub mod progress;
 pub mod scratch;
+pub mod sibling;
 
 /// Which component to benchmark.
 #[derive(Debug, clap::Subcommand)]
@@ -33,6 +36,10 @@ pub enum BenchKind {
     /// From an offer accepted to the phone holding the notification that the limit is in
     /// force, at a steady rate of accepts, against one MQTT hop through Mosquitto.
     Notify(notify::NotifyBenchArgs),
+    /// One edge agent as its own process: memory and CPU at 100 Hz, bytes per reading on the
+    /// wire against JSON, buffer appends against plain SQLite, and a full buffer drained into
+    /// the cloud against a plain COPY.
+    Edge(edge::EdgeBenchArgs),
 }
 
 /// Warns on stderr when this binary was built without optimisations: the figures of a debug

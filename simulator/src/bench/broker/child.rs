@@ -10,13 +10,15 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use ecs_broker::{PkiDir, Secret};
 use tokio::process::{Child, Command};
+
+use crate::bench::sibling;
 
 /// Name of the broker binary cargo builds.
 const BINARY: &str = "ecs-broker";
@@ -51,18 +53,7 @@ impl BrokerLaunch {
     /// The `ecs-broker` binary in the directory of the running executable: the same cargo
     /// target directory and profile as this bench.
     pub fn locate_binary() -> anyhow::Result<PathBuf> {
-        let exe = std::env::current_exe().context("finding the running executable")?;
-        let dir = exe
-            .parent()
-            .with_context(|| format!("{} has no parent directory", exe.display()))?;
-        let binary = dir.join(BINARY);
-        if !binary.is_file() {
-            bail!(
-                "no {BINARY} binary next to {}: build it with cargo build --release -p ecs-broker",
-                exe.display()
-            );
-        }
-        Ok(binary)
+        sibling::locate(BINARY, "ecs-broker")
     }
 
     /// On free loopback ports (free a moment ago: another process may take one first, and the
@@ -103,12 +94,8 @@ impl BrokerLaunch {
         let mut command = Command::new(&self.binary);
         command.arg("serve");
         // Our own ECS_* variables (a developer's shell may hold a console address or a limit)
-        // would change the broker under test; everything else, RUST_LOG included, passes.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("ECS_") {
-                command.env_remove(name);
-            }
-        }
+        // would change the broker under test.
+        sibling::without_ecs_variables(&mut command);
         command
             .env("ECS_BROKER_DEVICE_ADDR", self.device_addr.to_string())
             .env("ECS_BROKER_SERVICE_ADDR", self.service_addr.to_string())
@@ -139,33 +126,10 @@ impl BrokerLaunch {
             .stderr(stderr)
             // Dropping the child (an error, Ctrl-C) kills it.
             .kill_on_drop(true);
-        die_with_parent(&mut command);
+        sibling::die_with_parent(&mut command);
         Ok(command)
     }
 }
-
-/// Asks Linux to kill the child when this process dies, so not even a SIGKILL of the bench
-/// leaves a broker behind holding its ports.
-///
-/// The signal follows the death of the *thread* that spawned the child: spawn from a runtime
-/// worker or the main thread, never from a short-lived blocking-pool thread.
-#[cfg(target_os = "linux")]
-fn die_with_parent(command: &mut Command) {
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
-    // async-signal-safe; it allocates nothing and touches no lock.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_parent(_command: &mut Command) {}
 
 /// A running broker process. Dropping it kills the process.
 pub struct BrokerChild {
@@ -220,7 +184,7 @@ async fn spawn(launch: &BrokerLaunch) -> anyhow::Result<Child> {
                 "the broker exited ({status}) before accepting connections; the end of its log \
                  ({}):\n{}",
                 launch.log.display(),
-                log_tail(&launch.log)
+                sibling::log_tail(&launch.log, LOG_TAIL_LINES)
             );
         }
         if accepts(launch.device_addr).await && accepts(launch.service_addr).await {
@@ -234,7 +198,7 @@ async fn spawn(launch: &BrokerLaunch) -> anyhow::Result<Child> {
                 launch.device_addr,
                 launch.service_addr,
                 launch.log.display(),
-                log_tail(&launch.log)
+                sibling::log_tail(&launch.log, LOG_TAIL_LINES)
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -248,16 +212,6 @@ async fn accepts(addr: SocketAddr) -> bool {
         tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
         Ok(Ok(_))
     )
-}
-
-fn log_tail(path: &Path) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(log) => {
-            let lines: Vec<&str> = log.lines().collect();
-            lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
-        }
-        Err(e) => format!("(cannot read it: {e})"),
-    }
 }
 
 /// The `VmRSS` of a `/proc/<pid>/status` file, in bytes (the kernel writes it in kB).

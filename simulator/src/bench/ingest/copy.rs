@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use sqlx::PgPool;
 
-use super::uplinks::{COPY_STATEMENT, Uplinks};
+use super::uplinks::{COPY_STATEMENT, CopyText, Uplinks};
 use super::usage::{CpuFigures, CpuMark};
 use super::window::per_second;
 
@@ -35,6 +35,12 @@ pub async fn run(pool: &PgPool, uplinks: Arc<Uplinks>, rows: u64) -> anyhow::Res
     let copy = tokio::task::spawn_blocking(move || uplinks.copy_text(rows))
         .await
         .context("the COPY text task failed")??;
+    copy_rows(pool, copy).await
+}
+
+/// Sends `copy` (made by the caller, outside the clock) by one COPY into `emotion_readings`, and
+/// times it.
+pub async fn copy_rows(pool: &PgPool, copy: CopyText) -> anyhow::Result<CopyFigures> {
     let mut conn = pool.acquire().await.context("a connection for the COPY")?;
     let cpu_before = CpuMark::take(pool).await;
     let started = Instant::now();

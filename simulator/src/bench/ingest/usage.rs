@@ -146,7 +146,7 @@ impl Memory {
     }
 }
 
-fn clock_ticks_per_second() -> Option<f64> {
+pub(crate) fn clock_ticks_per_second() -> Option<f64> {
     // SAFETY: sysconf reads a configuration value; it takes no pointers and has no
     // preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

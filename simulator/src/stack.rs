@@ -352,3 +352,27 @@ impl Stack {
         self.pool.close().await;
     }
 }
+
+/// Runs `work` against the demo's whole system (embedded broker, built-in scorecard) started on
+/// `database_url` and ready, then stops the system, whatever `work` answered: how the benches
+/// that need a running system measure it.
+pub async fn with_ready_stack<T>(
+    database_url: &str,
+    work: impl AsyncFnOnce(&Stack) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let stack = Stack::start(&StackOptions {
+        database_url: database_url.to_owned(),
+        broker: BrokerChoice::Embedded,
+        model: ecs_cloud::model::ModelKind::Scorecard,
+        model_seed: None,
+    })
+    .await
+    .context("starting the system")?;
+    let outcome = async {
+        stack.wait_ready(Duration::from_secs(30)).await?;
+        work(&stack).await
+    }
+    .await;
+    stack.stop().await;
+    outcome
+}

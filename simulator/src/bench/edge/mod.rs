@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ecs_cloud::model::ModelKind;
 use ecs_edge_agent::AgentConfig;
 use ecs_protocol::MAX_READINGS_PER_BATCH;
 use sqlx::postgres::PgPoolOptions;
@@ -40,7 +39,7 @@ use crate::bench::progress::Progress;
 use crate::bench::scratch::{ScratchDatabase, ScratchServer, with_scratch};
 use crate::bench::sibling;
 use crate::people;
-use crate::stack::{BrokerChoice, Stack, StackOptions};
+use crate::stack::{Stack, with_ready_stack};
 
 /// Seeds of the two phones' sensors, so a run's readings (and their JSON) are reproducible.
 const STEADY_SEED: u64 = 100;
@@ -143,21 +142,10 @@ async fn run_in(
     workdir: &Path,
     progress: &Progress,
 ) -> anyhow::Result<EdgeReport> {
-    let stack = Stack::start(&StackOptions {
-        database_url: scratch.url().to_owned(),
-        broker: BrokerChoice::Embedded,
-        model: ModelKind::Scorecard,
-        model_seed: None,
+    let mut findings = with_ready_stack(scratch.url(), async |stack| {
+        phases(args, binary, stack, scratch.url(), workdir, progress).await
     })
-    .await
-    .context("starting the system")?;
-    let measured = async {
-        stack.wait_ready(Duration::from_secs(30)).await?;
-        phases(args, binary, &stack, scratch.url(), workdir, progress).await
-    }
-    .await;
-    stack.stop().await;
-    let mut findings = measured?;
+    .await?;
     findings.database = scratch.name().to_owned();
     Ok(EdgeReport::new(&findings))
 }

@@ -22,15 +22,12 @@ pub mod accepts;
 pub mod reference;
 pub mod report;
 
-use std::time::Duration;
-
 use anyhow::{Context, bail};
-use ecs_cloud::model::ModelKind;
 
 use self::report::{NotifyReport, RunSettings};
 use crate::bench::progress::Progress;
 use crate::bench::scratch::{ScratchDatabase, ScratchServer, with_scratch};
-use crate::stack::{BrokerChoice, Stack, StackOptions};
+use crate::stack::with_ready_stack;
 
 /// Assessments the stack's cloud allows a person per hour (`ECS_ASSESSMENTS_PER_HOUR` in
 /// `stack::cloud_settings`): each round costs every person one.
@@ -102,21 +99,10 @@ async fn run_in(
     scratch: &ScratchDatabase,
     progress: &Progress,
 ) -> anyhow::Result<NotifyReport> {
-    let stack = Stack::start(&StackOptions {
-        database_url: scratch.url().to_owned(),
-        broker: BrokerChoice::Embedded,
-        model: ModelKind::Scorecard,
-        model_seed: None,
+    let measured = with_ready_stack(scratch.url(), async |stack| {
+        accepts::run(stack, args, progress).await
     })
-    .await
-    .context("starting the system")?;
-    let measured = async {
-        stack.wait_ready(Duration::from_secs(30)).await?;
-        accepts::run(&stack, args, progress).await
-    }
-    .await;
-    stack.stop().await;
-    let measured = measured?;
+    .await?;
 
     let bar = progress.timer("mosquitto");
     let reference = reference::run(&args.mosquitto, args.accepts, args.rate).await;

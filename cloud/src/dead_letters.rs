@@ -195,12 +195,14 @@ impl DeadLetter {
         match decode_uplink(&self.payload) {
             Ok(Uplink::ReadingBatchV1(batch)) => batch_contents(&batch),
             // A delta-coded batch is shown as the batch it packs.
-            Ok(Uplink::ReadingBatchV2(packed)) => match packed.unpack() {
-                Ok(batch) => batch_contents(&batch),
-                Err(e) => Contents::Undecodable {
-                    error: ecs_protocol::DecodeError::from(e).to_string(),
-                },
-            },
+            Ok(Uplink::ReadingBatchV2(packed) | Uplink::ReadingBatchV3(packed)) => {
+                match packed.unpack() {
+                    Ok(batch) => batch_contents(&batch),
+                    Err(e) => Contents::Undecodable {
+                        error: ecs_protocol::DecodeError::from(e).to_string(),
+                    },
+                }
+            }
             Ok(Uplink::NotificationReceiptV1(receipt)) => Contents::NotificationReceipt {
                 notifications: receipt.notification_ids.len(),
             },

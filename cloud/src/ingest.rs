@@ -7,8 +7,9 @@
 //! # Guarantees
 //!
 //! * **Exactly once in the database.** A batch is stored in one transaction: one `INSERT …
-//!   SELECT FROM UNNEST(…) ON CONFLICT (device_id, seq) DO NOTHING RETURNING seq` for all its
-//!   readings, the person's features folded forward with *only the readings that insert
+//!   SELECT FROM UNNEST(…) ON CONFLICT (device_id, seq, recorded_at) DO NOTHING RETURNING seq`
+//!   for all its readings (a reading's time is fixed when the phone buffers it, so every send of
+//!   it carries the same `recorded_at`; see migration 0010), the person's features folded forward with *only the readings that insert
 //!   returned*, and the device's `last_seen_at`. A resent batch therefore changes nothing twice.
 //! * **Ack after commit.** The ack names the batch's exact range `first_seq..=last_seq`, and is
 //!   produced only after the commit, so a device deletes nothing the cloud does not hold.
@@ -258,18 +259,21 @@ impl Ingest {
                 self.ingest_batch(topic, device, payload, batch, delivery)
                     .await
             }
-            // Delta-coded on the wire; the same batch, the same rules, once unpacked.
-            Ok(Uplink::ReadingBatchV2(packed)) => match packed.unpack() {
-                Ok(batch) => {
-                    self.ingest_batch(topic, device, payload, batch, delivery)
-                        .await
+            // Delta-coded on the wire; the same batch, the same rules, once unpacked. (V3 differs
+            // only in the ack its sender reads, which the runner chooses.)
+            Ok(Uplink::ReadingBatchV2(packed) | Uplink::ReadingBatchV3(packed)) => {
+                match packed.unpack() {
+                    Ok(batch) => {
+                        self.ingest_batch(topic, device, payload, batch, delivery)
+                            .await
+                    }
+                    Err(e) => {
+                        let reason = DecodeError::from(e).into();
+                        self.dead_letter(topic, device, payload, reason, None, 0, delivery)
+                            .await
+                    }
                 }
-                Err(e) => {
-                    let reason = DecodeError::from(e).into();
-                    self.dead_letter(topic, device, payload, reason, None, 0, delivery)
-                        .await
-                }
-            },
+            }
             Ok(Uplink::NotificationReceiptV1(receipt)) => {
                 self.apply_receipt(device, receipt, delivery).await
             }
@@ -748,11 +752,19 @@ pub(crate) mod fixtures {
     }
 
     /// A valid batch of `len` readings taken a minute ago, 100 ms apart.
+    /// Reading `seq` of every fixture batch was taken at this instant + `seq` × 100 ms, as a
+    /// phone fixes a reading's time when it buffers it: a resend, or an overlapping batch,
+    /// carries the same times. An hour ago, fixed once per test process.
+    fn epoch_ms() -> i64 {
+        static EPOCH: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(|| (Utc::now() - TimeDelta::hours(1)).timestamp_millis())
+    }
+
     pub(crate) fn batch(device: &DeviceId, first_seq: u64, len: u32) -> ReadingBatch {
         ReadingBatch {
             device_id: device.clone(),
             first_seq,
-            base_time_ms: (Utc::now() - TimeDelta::minutes(1)).timestamp_millis(),
+            base_time_ms: epoch_ms() + i64::try_from(first_seq % 30_000).unwrap() * 100,
             readings: (0..len).map(|i| reading(i * 100, 20, 30)).collect(),
         }
     }

@@ -30,6 +30,7 @@ pub mod mqtt;
 pub mod notify;
 pub mod offers;
 pub mod outbox;
+pub mod partitions;
 pub mod people;
 pub mod policy;
 pub mod pricing;

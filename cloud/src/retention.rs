@@ -1,17 +1,23 @@
-//! Retention: raw emotional readings and dead letters are kept for a window, then deleted.
+//! Retention: raw emotional readings and dead letters are kept for a window, then deleted; and
+//! the readings' day partitions are made ahead of the readings that will fill them.
 //!
 //! Raw readings are sensitive personal data (LGPD Art. 11) needed only until they are folded into
 //! the person's features and available for a while for support and audit; the features
-//! themselves (one row a person) stay. Deletion runs in bounded chunks so that it never holds
-//! long locks or bloats one transaction, and several replicas can run it at once harmlessly.
+//! themselves (one row a person, another table) stay. Readings go a whole day at a time: a day's
+//! partition is dropped once its last reading is past the window, so a reading is kept between
+//! `readings_days` and `readings_days` + 1 days, and deleting never leaves dead rows behind
+//! (`partitions`). The few readings in the default partition (no day table took them) and the
+//! dead letters are deleted in bounded chunks, so that no statement holds long locks or bloats
+//! one transaction. Several replicas can run a pass at once harmlessly.
 
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::error::Result;
+use crate::{error::Result, ingest::MAX_READING_AGE, partitions};
 
 /// Rows deleted per statement.
 const CHUNK: i64 = 10_000;
@@ -25,25 +31,46 @@ pub struct Retention {
     pub dead_letters_days: u32,
 }
 
-/// Rows one pass deleted.
+/// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
+    /// Readings deleted: those of the dropped partitions and those deleted from the default one.
     pub readings: u64,
+    /// Day partitions dropped.
+    pub partitions_dropped: u64,
+    /// Day partitions created ahead.
+    pub partitions_created: u64,
     pub dead_letters: u64,
     /// Idempotency keys past their retention (`idempotency::RETENTION_HOURS`).
     pub idempotency_keys: u64,
 }
 
 impl Retention {
-    /// Deletes everything past the windows, chunk by chunk.
+    /// Readings taken before this are past the window.
+    fn readings_cutoff(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now - TimeDelta::days(i64::from(self.readings_days))
+    }
+
+    /// One pass at `now` (the database's clock decides for the rows deleted one by one): drops
+    /// the day partitions past the window, deletes what else is past it, and creates the day
+    /// partitions from the oldest day ingest still accepts (or the window's start, if later) to
+    /// [`partitions::DAYS_AHEAD`] ahead.
     pub async fn purge(&self, pool: &PgPool) -> Result<Purged> {
+        let now = Utc::now();
+        let cutoff = self.readings_cutoff(now);
         let mut purged = Purged::default();
+        for dropped in partitions::drop_older_than(pool, cutoff).await? {
+            purged.partitions_dropped += 1;
+            purged.readings += dropped.readings;
+        }
+        let from = (now - MAX_READING_AGE).max(cutoff).date_naive();
+        purged.partitions_created = partitions::ensure(pool, from, now).await?.len() as u64;
         loop {
             let n = sqlx::query(
-                "DELETE FROM emotion_readings WHERE (device_id, seq) IN (
-                     SELECT device_id, seq FROM emotion_readings
+                "DELETE FROM emotion_readings_default WHERE ctid = ANY (ARRAY(
+                     SELECT ctid FROM emotion_readings_default
                      WHERE recorded_at < now() - make_interval(days => $1)
-                     LIMIT $2)",
+                     LIMIT $2))",
             )
             .bind(i32::try_from(self.readings_days).unwrap_or(i32::MAX))
             .bind(CHUNK)
@@ -74,6 +101,8 @@ impl Retention {
         }
         purged.idempotency_keys = crate::idempotency::purge(pool).await?;
         metrics::counter!("ecs_retention_readings_deleted_total").increment(purged.readings);
+        metrics::counter!("ecs_retention_partitions_dropped_total")
+            .increment(purged.partitions_dropped);
         metrics::counter!("ecs_retention_dead_letters_deleted_total")
             .increment(purged.dead_letters);
         Ok(purged)
@@ -92,6 +121,8 @@ impl Retention {
                 Ok(p) if p != Purged::default() => {
                     info!(
                         readings = p.readings,
+                        partitions_dropped = p.partitions_dropped,
+                        partitions_created = p.partitions_created,
                         dead_letters = p.dead_letters,
                         "retention purge"
                     )

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::buffer::Buffer;
+use crate::clock::Clock;
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use crate::inbox::Inbox;
@@ -66,6 +67,8 @@ pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
     /// Payload bytes of every uplink message queued for the broker.
     pub(crate) bytes_published: AtomicU64,
+    /// The correction applied to the phone's clock for new readings (`clock`), in ms.
+    pub(crate) clock_offset_ms: std::sync::atomic::AtomicI64,
     /// When the last trusted ack arrived (Unix ms; 0: none yet this run).
     pub(crate) last_ack_at_ms: std::sync::atomic::AtomicI64,
     pub(crate) connected: AtomicBool,
@@ -107,6 +110,7 @@ impl Counters {
             bytes_published: load(&c.bytes_published),
             last_ack_at_ms: Some(c.last_ack_at_ms.load(Ordering::Relaxed)).filter(|&t| t > 0),
             connected: c.connected.load(Ordering::Relaxed),
+            clock_offset_ms: c.clock_offset_ms.load(Ordering::Relaxed),
         }
     }
 }
@@ -157,6 +161,9 @@ pub struct AgentStats {
     /// When the last ack this run trusted arrived (Unix ms).
     pub last_ack_at_ms: Option<i64>,
     pub connected: bool,
+    /// The correction applied to the phone's clock for new readings, learned from the cloud's
+    /// acks (0: none; negative: the phone's clock runs fast).
+    pub clock_offset_ms: i64,
 }
 
 /// Starts agents. See [`Agent::start`].
@@ -198,16 +205,26 @@ impl Agent {
             .map(tokio::net::TcpListener::local_addr)
             .transpose()
             .map_err(|e| Error::Task(format!("the metrics listener has no address: {e}")))?;
-        let (buffer, run, inbox, status, (client, eventloop)) =
+        let (buffer, clock, run, inbox, status, (client, eventloop)) =
             tokio::task::spawn_blocking(move || {
                 let path = &config.db_path;
                 let file = |e| Error::buffer_file(path, e);
                 let mut buffer =
                     Buffer::open(path, &config.device_id, config.buffer_capacity).map_err(file)?;
-                let run = buffer.start_run(period, crate::status::unix_ms())?;
+                // The readings' clock, with what earlier runs learned from the cloud; the
+                // sensor's clock for counting what a crash missed is the same one.
+                let clock = Clock::with_offset(buffer.clock_offset_ms()?);
+                let run = buffer.start_run(period, clock.now_ms())?;
                 let inbox = Inbox::open(path).map_err(file)?;
                 let status = StatusStore::open(path).map_err(file)?;
-                Ok::<_, Error>((buffer, run, inbox, status, connection::client(&config)?))
+                Ok::<_, Error>((
+                    buffer,
+                    clock,
+                    run,
+                    inbox,
+                    status,
+                    connection::client(&config)?,
+                ))
             })
             .await
             .map_err(|e| Error::Task(format!("opening the agent did not finish: {e}")))??;
@@ -229,6 +246,9 @@ impl Agent {
             .missed_after_crashes
             .store(run.missed_after_crashes_total, Ordering::Relaxed);
         counters.buffered.store(buffer.len(), Ordering::Relaxed);
+        counters
+            .clock_offset_ms
+            .store(clock.offset_ms(), Ordering::Relaxed);
         counters
             .dropped_total
             .store(buffer.dropped_total(), Ordering::Relaxed);
@@ -255,6 +275,7 @@ impl Agent {
             buffer.clone(),
             inbox.clone(),
             Arc::clone(&counters),
+            clock.clone(),
             settings,
             newest_recorded,
             shutdown.clone(),
@@ -266,6 +287,7 @@ impl Agent {
                 tokio::spawn(
                     recorder::sample(
                         sensor,
+                        clock,
                         period,
                         queue_tx,
                         Arc::clone(&counters),

@@ -102,6 +102,8 @@ const META_RUN_STATE: &str = "run_state";
 const META_PERIOD: &str = "sample_period_us";
 const META_UNCLEAN_STOPS: &str = "unclean_stops_total";
 const META_MISSED: &str = "missed_after_crashes_total";
+/// The correction of the phone's clock learned from the cloud's acks (`clock`), in ms.
+const META_CLOCK_OFFSET: &str = "clock_offset_ms";
 
 /// The most sequence numbers the agent may hand out per second: one per microsecond. The
 /// numbering rule (see the module docs and [`starting_seq`]) relies on it, so the configured
@@ -315,8 +317,12 @@ impl Buffer {
     ///
     /// The run stops at the first missing seq (a range already acknowledged), because a batch
     /// numbers its readings `first_seq + i`. Its `base_time_ms` is the first reading's time and
-    /// offsets never decrease: a reading taken after the clock went backwards gets the previous
-    /// offset. A reading more than `u32::MAX` ms after the base starts the next batch instead.
+    /// every reading travels with its exact buffered time: a reading taken after the phone's
+    /// clock went backwards (its time below the previous reading's, which a batch's
+    /// non-decreasing offsets cannot say) starts the next batch, as does one more than
+    /// `u32::MAX` ms after the base. A reading's time is therefore a fixed fact from the moment
+    /// it is buffered, whatever the batch boundaries of a send or a resend: the cloud's key
+    /// `(device_id, seq, recorded_at)` absorbs every resend.
     pub fn next_batch(&self, after_seq: Option<u64>, max: usize) -> Result<Option<ReadingBatch>> {
         match after_seq {
             None => self.batch_within(0, u64::MAX, max),
@@ -483,6 +489,23 @@ impl Buffer {
         set_meta(&self.conn, META_RUN_STATE, "stopped")
     }
 
+    /// The clock correction the last run learned (`clock::Clock`); 0 when none.
+    pub fn clock_offset_ms(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM buffer_meta WHERE key = ?1",
+                [META_CLOCK_OFFSET],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    pub fn set_clock_offset_ms(&mut self, offset_ms: i64) -> Result<()> {
+        set_meta(&self.conn, META_CLOCK_OFFSET, offset_ms)
+    }
+
     pub fn checkpoint(&self) -> Result<()> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
@@ -490,15 +513,12 @@ impl Buffer {
     }
 }
 
-/// The offset of a reading taken at `taken_at_ms` in a batch based at `base_ms`, never below
-/// `previous`; `None` when it does not fit in `u32`.
+/// The exact offset of a reading taken at `taken_at_ms` in a batch based at `base_ms` whose last
+/// offset is `previous`; `None` when the batch cannot carry it (the time went backwards, or the
+/// offset does not fit in `u32`): the reading starts the next batch.
 fn offset(base_ms: i64, taken_at_ms: i64, previous: u32) -> Option<u32> {
-    let delta = taken_at_ms.saturating_sub(base_ms);
-    if delta <= i64::from(previous) {
-        Some(previous)
-    } else {
-        u32::try_from(delta).ok()
-    }
+    let offset = u32::try_from(taken_at_ms.checked_sub(base_ms)?).ok()?;
+    (offset >= previous).then_some(offset)
 }
 
 /// SQLite integers are `i64`; larger sequence numbers cannot exist in the table.
@@ -729,16 +749,76 @@ mod tests {
     }
 
     #[test]
-    fn offsets_never_go_backwards_and_never_overflow() {
+    fn offsets_are_exact_or_the_reading_starts_the_next_batch() {
         assert_eq!(offset(1_000, 1_000, 0), Some(0));
         assert_eq!(offset(1_000, 1_250, 100), Some(250));
-        assert_eq!(offset(1_000, 900, 100), Some(100), "clock went backwards");
-        assert_eq!(
-            offset(1_000, 1_050, 100),
-            Some(100),
-            "behind the previous one"
-        );
+        assert_eq!(offset(1_000, 1_050, 100), None, "clock went backwards");
+        assert_eq!(offset(1_000, 900, 0), None, "before the base");
+        assert_eq!(offset(1_000, 1_100, 100), Some(100), "the same time twice");
         assert_eq!(offset(0, i64::from(u32::MAX) + 1, 0), None);
         assert_eq!(offset(i64::MIN, i64::MAX, 0), None);
+    }
+}
+
+#[cfg(test)]
+mod exact_times {
+    use std::collections::BTreeMap;
+
+    use ecs_protocol::DeviceId;
+
+    use super::Buffer;
+    use crate::sensor::Sensor;
+
+    /// Every reading's time as the cloud computes it (`base_time_ms + offset_ms`), by seq, over
+    /// the batches read from `from` on with at most `max` readings each.
+    fn times_sent(buffer: &Buffer, from: u64, max: usize) -> BTreeMap<u64, i64> {
+        let mut times = BTreeMap::new();
+        let mut next = from;
+        while let Some(batch) = buffer.batch_within(next, u64::MAX, max).unwrap() {
+            batch.validate().unwrap();
+            for (seq, r) in (batch.first_seq..).zip(&batch.readings) {
+                times.insert(seq, batch.base_time_ms + i64::from(r.offset_ms));
+            }
+            next = batch.last_seq() + 1;
+        }
+        times
+    }
+
+    #[test]
+    fn a_reading_travels_with_its_buffered_time_whatever_the_batch_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut buffer =
+            Buffer::open(&dir.path().join("edge.db"), &DeviceId::random(), 1_000).unwrap();
+        let mut sensor = Sensor::new(7);
+        // A clock that steps back twice (by 350 ms, then by 5 s), repeats a time, and jumps
+        // ahead by more than a batch's offsets can say (u32::MAX ms).
+        let clock = [
+            1_000,
+            1_100,
+            1_200,
+            850,
+            950,
+            950,
+            1_050,
+            -3_950,
+            -3_850,
+            1_000 + i64::from(u32::MAX) + 10,
+            1_000 + i64::from(u32::MAX) + 20,
+        ];
+        let readings: Vec<_> = clock.iter().map(|&t| (t, sensor.sample())).collect();
+        let (first, last) = buffer.append(&readings).unwrap().seqs.unwrap();
+        let buffered: BTreeMap<u64, i64> = (first..=last).zip(clock).collect();
+
+        for max in [1, 2, 3, 5, 100] {
+            for from in first..=last {
+                let sent = times_sent(&buffer, from, max);
+                let expected: BTreeMap<u64, i64> =
+                    buffered.range(from..).map(|(s, t)| (*s, *t)).collect();
+                assert_eq!(sent, expected, "batches of {max} from seq {from}");
+            }
+        }
+        // A batch ends where the clock stepped back, and where the offset would not fit.
+        let batch = buffer.batch_within(first, u64::MAX, 100).unwrap().unwrap();
+        assert_eq!(batch.readings.len(), 3);
     }
 }

@@ -19,6 +19,7 @@
 
 mod agent;
 pub mod buffer;
+pub mod clock;
 mod config;
 mod error;
 pub mod inbox;

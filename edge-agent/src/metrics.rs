@@ -152,6 +152,14 @@ pub fn render(device_id: &DeviceId, s: &AgentStats) -> String {
     );
     single(
         &mut out,
+        "ecs_agent_clock_offset_ms",
+        "gauge",
+        "Correction applied to the phone's clock for new readings, from the cloud's acks (ms).",
+        &labels,
+        s.clock_offset_ms,
+    );
+    single(
+        &mut out,
         "ecs_agent_connected",
         "gauge",
         "1 while connected to the broker.",
@@ -189,7 +197,7 @@ mod tests {
         };
         let text = render(&device, &stats);
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 18, "{text}");
+        assert_eq!(samples.len(), 19, "{text}");
         for sample in &samples {
             let (name, value) = sample.split_once("{device_id=\"phone7\"} ").unwrap();
             assert!(value.parse::<f64>().is_ok(), "{sample}");

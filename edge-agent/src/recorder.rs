@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ecs_protocol::Reading;
 use tokio::sync::{mpsc, watch};
@@ -19,6 +19,7 @@ use tracing::{debug, error, warn};
 
 use crate::agent::Counters;
 use crate::buffer::Buffer;
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::sensor::Sensor;
 use crate::sqlite::Shared;
@@ -40,6 +41,7 @@ pub(crate) type Sample = (i64, Reading);
 /// is capped) seqs never outrun the microsecond clock, which the buffer's numbering relies on.
 pub(crate) async fn sample(
     mut sensor: Sensor,
+    clock: Clock,
     period: Duration,
     queue: mpsc::Sender<Sample>,
     counters: Arc<Counters>,
@@ -54,7 +56,7 @@ pub(crate) async fn sample(
         }
         let reading = sensor.sample();
         counters.produced.fetch_add(1, Ordering::Relaxed);
-        match queue.try_send((now_ms(), reading)) {
+        match queue.try_send((clock.now_ms(), reading)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let lost = counters.lost.fetch_add(1, Ordering::Relaxed) + 1;
@@ -152,10 +154,4 @@ pub(crate) async fn record(
         }
     }
     debug!("recorder stopped");
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

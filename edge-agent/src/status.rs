@@ -79,6 +79,8 @@ pub struct Status {
     /// Readings the sensor produced and nobody stored after those stops (see
     /// [`AgentStats::readings_missed_after_crashes`]).
     pub missed_after_crashes_total: u64,
+    /// The correction of the phone's clock learned from the cloud, in ms (0: none).
+    pub clock_offset_ms: i64,
     /// `running` (an agent runs on the file now, or the last one did not stop cleanly),
     /// `stopped` (it stopped cleanly), or nothing (no agent has run on it).
     pub run_state: Option<String>,
@@ -134,6 +136,10 @@ impl Status {
         let dropped_total = count("dropped_total")?;
         let unclean_stops_total = count("unclean_stops_total")?;
         let missed_after_crashes_total = count("missed_after_crashes_total")?;
+        let clock_offset_ms = match meta("clock_offset_ms")? {
+            Some(rusqlite::types::Value::Integer(n)) => n,
+            _ => 0,
+        };
         let run_state = match meta("run_state")? {
             Some(rusqlite::types::Value::Text(state)) => Some(state),
             _ => None,
@@ -174,6 +180,7 @@ impl Status {
             dropped_total,
             unclean_stops_total,
             missed_after_crashes_total,
+            clock_offset_ms,
             run_state,
             last_run,
             saved_at_ms,
@@ -201,6 +208,13 @@ impl Status {
                 "{} (all time; {} readings the sensor produced were never stored after them)",
                 self.unclean_stops_total, self.missed_after_crashes_total
             ),
+        );
+        line(
+            "clock correction",
+            match self.clock_offset_ms {
+                0 => "none (the phone's clock agrees with the cloud's)".into(),
+                ms => format!("{ms:+} ms (learned from the cloud's acks)"),
+            },
         );
         line(
             "last run",

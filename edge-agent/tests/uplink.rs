@@ -216,7 +216,9 @@ async fn a_notification_is_stored_once_and_receipted_every_time() {
                 assert_eq!(notification_ids, [notification.notification_id]);
                 receipts += 1;
             }
-            Some(Uplink::ReadingBatchV1(_) | Uplink::ReadingBatchV2(_)) => {}
+            Some(
+                Uplink::ReadingBatchV1(_) | Uplink::ReadingBatchV2(_) | Uplink::ReadingBatchV3(_),
+            ) => {}
             None => panic!("only {receipts} receipts within {WAIT:?}"),
         }
     }

@@ -22,8 +22,8 @@ pub mod topic;
 
 pub use message::{
     Ack, Control, CreditType, DecodeError, Downlink, Notification, NotificationKind,
-    NotificationReceipt, Revocations, Uplink, decode_control, decode_downlink, decode_uplink,
-    encode_control, encode_downlink, encode_uplink,
+    NotificationReceipt, Revocations, TimedAck, Uplink, decode_control, decode_downlink,
+    decode_uplink, encode_control, encode_downlink, encode_uplink, reads_timed_acks,
 };
 pub use packed::{PackedBatch, PackedError};
 pub use reading::{

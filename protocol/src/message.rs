@@ -10,8 +10,24 @@ use crate::{DeviceId, MAX_MESSAGE_BYTES, PackedBatch, ReadingBatch};
 pub enum Uplink {
     ReadingBatchV1(ReadingBatch),
     NotificationReceiptV1(NotificationReceipt),
-    /// The same readings, delta-coded (`PackedBatch`): what phones send since V2.
+    /// The same readings, delta-coded (`PackedBatch`): what phones sent from V2.
     ReadingBatchV2(PackedBatch),
+    /// V2's body, from a device that reads [`Downlink::AckV2`]: the cloud answers it with acks
+    /// that carry the cloud's clock. What phones send since V3.
+    ReadingBatchV3(PackedBatch),
+}
+
+impl Uplink {
+    /// The envelope index of [`Uplink::ReadingBatchV3`] on the wire (postcard: a varint, one byte
+    /// below 128).
+    const READING_BATCH_V3_INDEX: u8 = 3;
+}
+
+/// Whether the sender of this uplink payload reads [`Downlink::AckV2`]: it sent
+/// [`Uplink::ReadingBatchV3`]. Answers from the envelope's first byte alone, so a receiver that
+/// has already decoded the payload need not keep its version around to choose the ack's.
+pub fn reads_timed_acks(uplink_payload: &[u8]) -> bool {
+    uplink_payload.first() == Some(&Uplink::READING_BATCH_V3_INDEX)
 }
 
 /// Everything the cloud publishes to one device, on its downlink topic. Append-only.
@@ -19,6 +35,8 @@ pub enum Uplink {
 pub enum Downlink {
     AckV1(Ack),
     NotificationV1(Notification),
+    /// An ack with the cloud's clock, sent only to devices that sent [`Uplink::ReadingBatchV3`].
+    AckV2(TimedAck),
 }
 
 /// What services tell the broker, on [`crate::topic::revocations`]. Append-only.
@@ -54,6 +72,16 @@ impl Revocations {
 pub struct Ack {
     pub first_seq: u64,
     pub up_to_seq: u64,
+}
+
+/// An [`Ack`] and the cloud's clock when it was sent: a phone whose clock is off by more than
+/// the cloud tolerates (readings from the future are refused) corrects the times it gives new
+/// readings instead of having its batches dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimedAck {
+    pub ack: Ack,
+    /// Unix time in milliseconds, read just before the ack was published, after the commit.
+    pub server_time_ms: i64,
 }
 
 /// The device has durably stored these notifications; the cloud can stop re-sending them.

@@ -5,8 +5,9 @@
 
 use ecs_protocol::{
     Ack, Control, CreditType, DeviceId, Downlink, Emotions, Intent, Notification, NotificationKind,
-    NotificationReceipt, PackedBatch, Reading, ReadingBatch, Revocations, Thought, Uplink,
-    decode_control, decode_downlink, decode_uplink, encode_control, encode_downlink, encode_uplink,
+    NotificationReceipt, PackedBatch, Reading, ReadingBatch, Revocations, Thought, TimedAck,
+    Uplink, decode_control, decode_downlink, decode_uplink, encode_control, encode_downlink,
+    encode_uplink,
 };
 use uuid::Uuid;
 
@@ -80,6 +81,10 @@ fn uplinks() -> Vec<(&'static str, Uplink)> {
             "ReadingBatchV2",
             Uplink::ReadingBatchV2(PackedBatch::pack(&batch()).unwrap()),
         ),
+        (
+            "ReadingBatchV3",
+            Uplink::ReadingBatchV3(PackedBatch::pack(&batch()).unwrap()),
+        ),
     ]
 }
 
@@ -119,6 +124,16 @@ fn downlinks() -> Vec<(&'static str, Downlink)> {
                 },
             }),
         ),
+        (
+            "AckV2",
+            Downlink::AckV2(TimedAck {
+                ack: Ack {
+                    first_seq: 1_700_000_000_000_000,
+                    up_to_seq: 1_700_000_000_000_002,
+                },
+                server_time_ms: 1_700_000_000_777,
+            }),
+        ),
     ]
 }
 
@@ -148,6 +163,10 @@ const GOLDEN: &[(&str, &str)] = &[
         "ReadingBatchV2",
         "0207676f6c64656e318080f9c0c1c48203f6a1abfef962032b00ffaf6ffeffff1f504614186427786e3c8c010150c8010000000004200000000000000df0201c02410505",
     ),
+    (
+        "ReadingBatchV3",
+        "0307676f6c64656e318080f9c0c1c48203f6a1abfef962032b00ffaf6ffeffff1f504614186427786e3c8c010150c8010000000004200000000000000df0201c02410505",
+    ),
     ("AckV1", "008080f9c0c1c482038280f9c0c1c48203"),
     (
         "NotificationV1 OfferMade",
@@ -157,8 +176,22 @@ const GOLDEN: &[(&str, &str)] = &[
         "NotificationV1 OfferApplied",
         "0110fedcba9876543210fedcba987654321088aeabfef96201100123456789abcdef0123456789abcdef80be9201f42601",
     ),
+    ("AckV2", "028080f9c0c1c482038280f9c0c1c4820392acabfef962"),
     ("RevocationsV1", "000207676f6c64656e3107676f6c64656e32"),
 ];
+
+#[test]
+fn only_a_v3_batch_asks_for_timed_acks() {
+    for (name, message) in uplinks() {
+        let wire = encode_uplink(&message).unwrap();
+        assert_eq!(
+            ecs_protocol::reads_timed_acks(&wire),
+            matches!(message, Uplink::ReadingBatchV3(_)),
+            "{name}"
+        );
+    }
+    assert!(!ecs_protocol::reads_timed_acks(&[]));
+}
 
 #[test]
 fn every_envelope_variant_encodes_to_its_golden_bytes_and_back() {

@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ecs_protocol::{Ack, DeviceId, Downlink, encode_downlink, topic};
+use ecs_protocol::{Ack, DeviceId, Downlink, TimedAck, encode_downlink, topic};
 use rumqttc::{AsyncClient, QoS};
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -98,7 +98,17 @@ impl Ingest {
         };
         record_metrics(&outcome, started.elapsed());
         if let Some((device, ack)) = outcome.ack() {
-            publish_ack(client, device, ack).await;
+            // The ack in the version its sender reads: with the cloud's clock for a phone that
+            // sent a V3 batch, the old one for every older phone.
+            let reply = if ecs_protocol::reads_timed_acks(&message.payload) {
+                Downlink::AckV2(TimedAck {
+                    ack,
+                    server_time_ms: chrono::Utc::now().timestamp_millis(),
+                })
+            } else {
+                Downlink::AckV1(ack)
+            };
+            publish_ack(client, device, ack, &reply).await;
         }
     }
 }
@@ -139,8 +149,8 @@ fn record_metrics(outcome: &Outcome, elapsed: Duration) {
     }
 }
 
-async fn publish_ack(client: &AsyncClient, device: &DeviceId, ack: Ack) {
-    let payload = match encode_downlink(&Downlink::AckV1(ack)) {
+async fn publish_ack(client: &AsyncClient, device: &DeviceId, ack: Ack, reply: &Downlink) {
+    let payload = match encode_downlink(reply) {
         Ok(payload) => payload,
         Err(e) => {
             error!(error = %e, "cannot encode an ack");
@@ -226,6 +236,29 @@ mod tests {
         send(encode(batch(&device, 10, 5))).await.unwrap();
         let ack = next_ack(phone.next_within(WAIT).await);
         assert_eq!((ack.first_seq, ack.up_to_seq), (10, 14));
+
+        // A V3 batch's sender reads acks with the cloud's clock; it gets one.
+        let v3 = ecs_protocol::encode_uplink(&ecs_protocol::Uplink::ReadingBatchV3(
+            ecs_protocol::PackedBatch::pack(&batch(&device, 15, 5)).unwrap(),
+        ))
+        .unwrap();
+        let before = chrono::Utc::now().timestamp_millis();
+        send(v3).await.unwrap();
+        match phone
+            .next_within(WAIT)
+            .await
+            .map(|m| decode_downlink(&m.payload))
+        {
+            Some(Ok(Downlink::AckV2(timed))) => {
+                assert_eq!((timed.ack.first_seq, timed.ack.up_to_seq), (15, 19));
+                let after = chrono::Utc::now().timestamp_millis();
+                assert!(
+                    (before..=after).contains(&timed.server_time_ms),
+                    "{timed:?}"
+                );
+            }
+            other => panic!("expected a timed ack, got {other:?}"),
+        }
 
         // Shut down with batches in flight, once at least one of them is committed.
         const BATCHES: u64 = 20;

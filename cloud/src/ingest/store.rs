@@ -205,7 +205,7 @@ async fn insert_readings(
              $18::bytea[])
              AS r(seq, recorded_at, joy, trust, fear, surprise, sadness, disgust, anger,
                   anticipation, valence, arousal, dominance, stress, focus, thoughts_sealed)
-         ON CONFLICT (device_id, seq) DO NOTHING
+         ON CONFLICT (device_id, seq, recorded_at) DO NOTHING
          RETURNING seq",
     )
     .bind(device.as_str())

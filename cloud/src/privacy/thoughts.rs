@@ -113,6 +113,7 @@ pub async fn seal_batch<'a>(
 struct LegacyRow {
     device_id: String,
     seq: i64,
+    recorded_at: chrono::DateTime<chrono::Utc>,
     intents: Vec<i16>,
     intent_confidence: Vec<i16>,
 }
@@ -197,7 +198,7 @@ pub async fn seal_legacy(pool: &PgPool, keys: &KeyCache) -> Result<LegacySealing
 async fn seal_some(pool: &PgPool, key: &DataKey) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let rows: Vec<LegacyRow> = sqlx::query_as(
-        "SELECT device_id, seq, intents, intent_confidence FROM emotion_readings
+        "SELECT device_id, seq, recorded_at, intents, intent_confidence FROM emotion_readings
          WHERE user_id = $1 AND cardinality(intents) > 0
          LIMIT $2 FOR UPDATE SKIP LOCKED",
     )
@@ -211,6 +212,7 @@ async fn seal_some(pool: &PgPool, key: &DataKey) -> Result<u64> {
     }
     let mut devices = Vec::with_capacity(rows.len());
     let mut seqs = Vec::with_capacity(rows.len());
+    let mut times = Vec::with_capacity(rows.len());
     let mut blobs = Vec::with_capacity(rows.len());
     for row in rows {
         let plain: Vec<u8> = row
@@ -227,15 +229,18 @@ async fn seal_some(pool: &PgPool, key: &DataKey) -> Result<u64> {
         blobs.push(key.seal_row(FIELD, &self::row(&row.device_id, row.seq), &plain)?);
         devices.push(row.device_id);
         seqs.push(row.seq);
+        times.push(row.recorded_at);
     }
     let sealed = sqlx::query(
         "UPDATE emotion_readings r
          SET thoughts_sealed = s.sealed, intents = '{}', intent_confidence = '{}'
-         FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS s(device_id, seq, sealed)
-         WHERE r.device_id = s.device_id AND r.seq = s.seq",
+         FROM UNNEST($1::text[], $2::bigint[], $3::timestamptz[], $4::bytea[])
+             AS s(device_id, seq, recorded_at, sealed)
+         WHERE (r.device_id, r.seq, r.recorded_at) = (s.device_id, s.seq, s.recorded_at)",
     )
     .bind(&devices)
     .bind(&seqs)
+    .bind(&times)
     .bind(&blobs)
     .execute(&mut *tx)
     .await?

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ecs_protocol::{
     Ack, DeviceId, Downlink, MAX_READINGS_PER_BATCH, Notification, NotificationReceipt,
-    PackedBatch, ReadingBatch, Uplink, decode_downlink, encode_uplink, topic,
+    PackedBatch, ReadingBatch, TimedAck, Uplink, decode_downlink, encode_uplink, topic,
 };
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::{mpsc, watch};
@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::agent::Counters;
 use crate::buffer::Buffer;
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::inbox::Inbox;
 use crate::sqlite::Shared;
@@ -68,6 +69,8 @@ pub(crate) struct Session {
     buffer: Shared<Buffer>,
     inbox: Shared<Inbox>,
     counters: Arc<Counters>,
+    /// The readings' clock, corrected from the cloud's acks ([`crate::clock`]).
+    clock: Clock,
     settings: Settings,
     window: Window,
     /// Our view of the link, from [`LinkEvent`]s. Nothing is published while it is down: it
@@ -90,6 +93,7 @@ impl Session {
         buffer: Shared<Buffer>,
         inbox: Shared<Inbox>,
         counters: Arc<Counters>,
+        clock: Clock,
         settings: Settings,
         newest_recorded: u64,
         cancel: CancellationToken,
@@ -101,6 +105,7 @@ impl Session {
             buffer,
             inbox,
             counters,
+            clock,
             window: Window::new(settings.inflight_batches),
             settings,
             connected: false,
@@ -295,7 +300,19 @@ impl Session {
             return Ok(());
         }
         match decode_downlink(payload) {
-            Ok(Downlink::AckV1(ack)) => self.on_ack(ack).await,
+            Ok(Downlink::AckV1(ack)) => self.on_ack(ack).await.map(drop),
+            Ok(Downlink::AckV2(TimedAck {
+                ack,
+                server_time_ms,
+            })) => {
+                let arrived_ms = crate::clock::phone_ms();
+                // Only an ack that answered something this run sent says anything about the
+                // cloud's clock: a forged one must not move the readings' times.
+                if self.on_ack(ack).await? {
+                    self.learn_clock(server_time_ms, arrived_ms).await?;
+                }
+                Ok(())
+            }
             Ok(Downlink::NotificationV1(notification)) => self.on_notification(notification).await,
             Err(error) => {
                 self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +327,9 @@ impl Session {
     /// client holding the service password, or for a batch an earlier run sent) deletes nothing
     /// beyond that and is counted: what it names is sent again in its turn, and the cloud's key
     /// absorbs the duplicates.
-    async fn on_ack(&mut self, ack: Ack) -> Result<()> {
+    ///
+    /// Returns whether the ack answered a batch in flight (so was trusted, at least in part).
+    async fn on_ack(&mut self, ack: Ack) -> Result<bool> {
         let Ack {
             first_seq,
             up_to_seq,
@@ -318,7 +337,7 @@ impl Session {
         if first_seq > up_to_seq {
             self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
             warn!(first_seq, up_to_seq, "inverted ack range ignored");
-            return Ok(());
+            return Ok(false);
         }
         let trusted = self.window.in_flight_within(first_seq, up_to_seq);
         // In u128: an ack may name 0..=u64::MAX.
@@ -333,7 +352,7 @@ impl Session {
             );
         }
         if trusted.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let answered = self.window.latest_send_within(first_seq, up_to_seq);
         self.quiet_since = Instant::now();
@@ -374,7 +393,26 @@ impl Session {
                 self.resend(batch).await?;
             }
         }
-        self.send_new(Flush::FullOnly).await
+        self.send_new(Flush::FullOnly).await?;
+        Ok(true)
+    }
+
+    /// An ack that answered this run's batch carried the cloud's clock: corrects the readings'
+    /// clock when it is off, and keeps the correction in the buffer file for the next run.
+    async fn learn_clock(&mut self, server_time_ms: i64, arrived_ms: i64) -> Result<()> {
+        let Some(offset_ms) = self.clock.observe(server_time_ms, arrived_ms) else {
+            return Ok(());
+        };
+        self.counters
+            .clock_offset_ms
+            .store(offset_ms, Ordering::Relaxed);
+        warn!(
+            offset_ms,
+            "the phone's clock is off from the cloud's; new readings get the corrected time"
+        );
+        self.buffer
+            .call(move |b| b.set_clock_offset_ms(offset_ms))
+            .await
     }
 
     /// Stores the notification (once), then tells the cloud it is stored. The receipt goes out
@@ -412,12 +450,12 @@ impl Session {
     }
 }
 
-/// A batch as it goes on the wire: delta-coded (`ReadingBatchV2`, about half the bytes). A
-/// batch the packing refuses (nothing the buffer makes should be) goes as V1, for the cloud to
-/// judge and dead-letter.
+/// A batch as it goes on the wire: delta-coded (`ReadingBatchV3`: V2's body, about half the
+/// bytes of V1, and the version whose acks carry the cloud's clock). A batch the packing refuses
+/// (nothing the buffer makes should be) goes as V1, for the cloud to judge and dead-letter.
 fn batch_message(batch: ReadingBatch) -> Uplink {
     match PackedBatch::pack(&batch) {
-        Ok(packed) => Uplink::ReadingBatchV2(packed),
+        Ok(packed) => Uplink::ReadingBatchV3(packed),
         Err(e) => {
             warn!(error = %e, first_seq = batch.first_seq, "batch not packable; sent as V1");
             Uplink::ReadingBatchV1(batch)

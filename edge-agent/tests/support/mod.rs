@@ -101,9 +101,11 @@ impl TestCloud {
                     let uplink =
                         match decode_uplink(&payload).expect("agent sent an undecodable uplink") {
                             // Seen as the batch it packs, so tests look at readings, not wire bytes.
-                            Uplink::ReadingBatchV2(packed) => Uplink::ReadingBatchV1(
-                                packed.unpack().expect("agent sent unpackable readings"),
-                            ),
+                            Uplink::ReadingBatchV2(packed) | Uplink::ReadingBatchV3(packed) => {
+                                Uplink::ReadingBatchV1(
+                                    packed.unpack().expect("agent sent unpackable readings"),
+                                )
+                            }
                             other => other,
                         };
                     if let Uplink::ReadingBatchV1(batch) = &uplink

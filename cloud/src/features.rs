@@ -302,8 +302,9 @@ pub async fn load_for_update(
     Ok(locked.and_then(|l| l.0))
 }
 
-/// A row of the outer join in [`load_for_update`]: features, or all NULL when there are none yet.
-struct Locked(Option<EmotionFeatures>);
+/// A row of an outer join of `users` with `emotion_features` ([`load_for_update`], ingest's
+/// lock of a group's persons): features, or all NULL when there are none yet.
+pub(crate) struct Locked(pub(crate) Option<EmotionFeatures>);
 
 impl<'r> FromRow<'r, PgRow> for Locked {
     fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
@@ -322,11 +323,29 @@ pub async fn store(
     user_id: Uuid,
     features: &EmotionFeatures,
 ) -> Result<()> {
+    store_many(conn, &[(user_id, features)]).await
+}
+
+/// [`store`] for several persons in one statement (ingest's group commit), each holding their
+/// `users` row's lock.
+pub async fn store_many(
+    conn: &mut PgConnection,
+    people: &[(Uuid, &EmotionFeatures)],
+) -> Result<()> {
+    if people.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&EmotionFeatures) -> f64| -> Vec<f64> {
+        people.iter().map(|(_, features)| f(features)).collect()
+    };
     sqlx::query(
         "INSERT INTO emotion_features (user_id, readings_count, ew_weight, mean_valence,
              valence_variance, mean_arousal, mean_stress, stress_share, impulsivity,
              purchase_intent, financial_worry, saving_intent, first_reading_at, last_reading_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::float8[], $4::float8[],
+             $5::float8[], $6::float8[], $7::float8[], $8::float8[], $9::float8[],
+             $10::float8[], $11::float8[], $12::float8[], $13::timestamptz[],
+             $14::timestamptz[])
          ON CONFLICT (user_id) DO UPDATE SET
              readings_count = EXCLUDED.readings_count,
              ew_weight = EXCLUDED.ew_weight,
@@ -343,20 +362,35 @@ pub async fn store(
              last_reading_at = EXCLUDED.last_reading_at,
              updated_at = now()",
     )
-    .bind(user_id)
-    .bind(features.readings_count)
-    .bind(features.ew_weight)
-    .bind(features.mean_valence)
-    .bind(features.valence_variance)
-    .bind(features.mean_arousal)
-    .bind(features.mean_stress)
-    .bind(features.stress_share)
-    .bind(features.impulsivity)
-    .bind(features.purchase_intent)
-    .bind(features.financial_worry)
-    .bind(features.saving_intent)
-    .bind(features.first_reading_at)
-    .bind(features.last_reading_at)
+    .bind(people.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+    .bind(
+        people
+            .iter()
+            .map(|(_, f)| f.readings_count)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|f| f.ew_weight))
+    .bind(column(|f| f.mean_valence))
+    .bind(column(|f| f.valence_variance))
+    .bind(column(|f| f.mean_arousal))
+    .bind(column(|f| f.mean_stress))
+    .bind(column(|f| f.stress_share))
+    .bind(column(|f| f.impulsivity))
+    .bind(column(|f| f.purchase_intent))
+    .bind(column(|f| f.financial_worry))
+    .bind(column(|f| f.saving_intent))
+    .bind(
+        people
+            .iter()
+            .map(|(_, f)| f.first_reading_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        people
+            .iter()
+            .map(|(_, f)| f.last_reading_at)
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
     Ok(())

@@ -340,11 +340,13 @@ impl Ingest {
             None => {
                 store::store_batch(
                     &self.pool,
-                    &device,
-                    user_id,
-                    &batch,
-                    &checked.taken_at,
-                    &thoughts,
+                    store::ToStore {
+                        device: &device,
+                        user_id,
+                        batch: &batch,
+                        taken_at: &checked.taken_at,
+                        thoughts: &thoughts,
+                    },
                 )
                 .await
             }

@@ -191,4 +191,198 @@ mod tests {
         assert_eq!(oldest, 89);
         assert_eq!(retention.purge(&pool).await.unwrap(), Purged::default());
     }
+
+    /// A reading of `device` taken `age` ago, inserted directly (any partition, or the default).
+    async fn reading_aged(pool: &PgPool, user: uuid::Uuid, device: &str, seq: i64, age: TimeDelta) {
+        sqlx::query(
+            "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, joy, trust, fear,
+                 surprise, sadness, disgust, anger, anticipation, valence, arousal, dominance,
+                 stress, focus)
+             VALUES ($1, $2, $3, now() - $4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+        )
+        .bind(device)
+        .bind(seq)
+        .bind(user)
+        .bind(age)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+
+    async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    }
+
+    async fn features_of(pool: &PgPool, user: uuid::Uuid) -> String {
+        sqlx::query_scalar("SELECT row_to_json(f)::text FROM emotion_features f WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn whole_days_go_and_the_features_and_everything_else_stay(pool: PgPool) {
+        use crate::ingest::fixtures::{batch, encode, user_with_device};
+        let (user, device) = user_with_device(&pool).await;
+        let ingest = crate::ingest::Ingest::new(pool.clone(), crate::keys::KeyCache::ephemeral());
+        ingest
+            .handle(
+                &ecs_protocol::topic::uplink(&device),
+                &encode(batch(&device, 1, 50)),
+            )
+            .await
+            .unwrap();
+        let features = features_of(&pool, user).await;
+        let now = Utc::now();
+        partitions::ensure(&pool, (now - TimeDelta::days(12)).date_naive(), now)
+            .await
+            .unwrap();
+        // One reading a day, 1..=12 days old (each in its day's partition), one 40 days old
+        // (older than any partition: the default one).
+        for days in 1..=12 {
+            reading_aged(
+                &pool,
+                user,
+                device.as_str(),
+                1_000 + days,
+                TimeDelta::days(days),
+            )
+            .await;
+        }
+        reading_aged(&pool, user, device.as_str(), 2_000, TimeDelta::days(40)).await;
+        let before = partitions::list(&pool).await.unwrap();
+
+        let retention = Retention {
+            readings_days: 5,
+            dead_letters_days: 30,
+        };
+        let purged = retention.purge(&pool).await.unwrap();
+
+        let cutoff = now - TimeDelta::days(5);
+        let after = partitions::list(&pool).await.unwrap();
+        assert!(after.iter().all(|p| p.end() > cutoff), "{after:?}");
+        let gone: Vec<_> = before.iter().filter(|p| !after.contains(p)).collect();
+        assert!(
+            gone.iter().all(|p| p.end() <= cutoff),
+            "only days wholly past the window are dropped: {gone:?}"
+        );
+        assert_eq!(purged.partitions_dropped, gone.len() as u64);
+        // Readings 7..=12 days old are in dropped days; the 6-day-old one is too unless its
+        // day ends after the cutoff (a reading is kept up to a day longer than the window);
+        // the 40-day-old one is deleted from the default partition.
+        let left: Vec<i64> =
+            sqlx::query_scalar("SELECT seq FROM emotion_readings WHERE seq >= 1000 ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert!(
+            left.starts_with(&[1_001, 1_002, 1_003, 1_004, 1_005]),
+            "{left:?}"
+        );
+        assert!(left.len() <= 6 && !left.contains(&2_000), "{left:?}");
+        assert_eq!(purged.readings, 13 - left.len() as u64);
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT count(*) FROM emotion_readings WHERE seq < 1000"
+            )
+            .await,
+            50
+        );
+        assert_eq!(
+            features_of(&pool, user).await,
+            features,
+            "the features are untouched"
+        );
+        assert_eq!(scalar(&pool, "SELECT count(*) FROM users").await, 1);
+        assert_eq!(
+            scalar(&pool, "SELECT count(*) FROM emotion_readings_default").await,
+            0
+        );
+        // A week ahead exists, and a second pass has nothing to do.
+        let last = after.last().unwrap().day();
+        assert!(last >= (now + TimeDelta::days(partitions::DAYS_AHEAD as i64)).date_naive());
+        assert_eq!(retention.purge(&pool).await.unwrap(), Purged::default());
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn a_day_is_dropped_while_ingest_runs_and_ingest_never_notices(pool: PgPool) {
+        use crate::ingest::{
+            Outcome,
+            fixtures::{batch, encode, user_with_device},
+        };
+        let (user, device) = user_with_device(&pool).await;
+        let now = Utc::now();
+        partitions::ensure(&pool, (now - TimeDelta::days(30)).date_naive(), now)
+            .await
+            .unwrap();
+        for days in 2..=30 {
+            reading_aged(
+                &pool,
+                user,
+                device.as_str(),
+                1_000_000 + days,
+                TimeDelta::days(days),
+            )
+            .await;
+        }
+        let stop = CancellationToken::new();
+        let ingesting = tokio::spawn({
+            let (pool, device, stop) = (pool.clone(), device.clone(), stop.clone());
+            async move {
+                let ingest = crate::ingest::Ingest::new(pool, crate::keys::KeyCache::ephemeral());
+                let topic = ecs_protocol::topic::uplink(&device);
+                let mut batches = 0u64;
+                while !stop.is_cancelled() || batches < 5 {
+                    let outcome = ingest
+                        .handle(&topic, &encode(batch(&device, batches * 10, 10)))
+                        .await
+                        .expect("ingest goes on while days are dropped");
+                    assert!(
+                        matches!(outcome, Outcome::Stored { inserted: 10, .. }),
+                        "{outcome:?}"
+                    );
+                    batches += 1;
+                }
+                batches
+            }
+        });
+        let retention = Retention {
+            readings_days: 1,
+            dead_letters_days: 30,
+        };
+        let purged = retention.purge(&pool).await.unwrap();
+        stop.cancel();
+        let batches = ingesting.await.unwrap();
+
+        assert!(purged.partitions_dropped >= 28, "{purged:?}");
+        assert_eq!(
+            scalar(
+                &pool,
+                "SELECT count(*) FROM emotion_readings WHERE seq >= 1000000"
+            )
+            .await,
+            0
+        );
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM emotion_readings WHERE device_id = $1 AND seq < 1000000",
+        )
+        .bind(device.as_str())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(stored, batches as i64 * 10, "every batch stored once");
+        let counted: i64 =
+            sqlx::query_scalar("SELECT readings_count FROM emotion_features WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(
+            counted,
+            batches as i64 * 10,
+            "and folded into the features once"
+        );
+    }
 }

@@ -308,6 +308,17 @@ impl Stack {
         Ok(())
     }
 
+    /// Starts another replica of the cloud on the same database and broker (its own HTTP port and
+    /// MQTT client id, the same shared-subscription group, so the broker splits the phones'
+    /// batches between the replicas). The caller owns it: `kill` or `shutdown` it.
+    pub async fn spawn_replica(&self) -> anyhow::Result<RunningApp> {
+        let mut settings = self.cloud_settings.clone();
+        settings.mqtt.client_id = format!("ecs-cloud-{}", DeviceId::random());
+        app::spawn(settings)
+            .await
+            .context("starting another replica")
+    }
+
     /// Stops the embedded broker: every connection closes (phones and cloud alike) and
     /// whatever it held in memory (sessions, queued messages) is gone, as in a broker crash.
     pub async fn stop_broker(&mut self) -> anyhow::Result<()> {

@@ -2,7 +2,9 @@
 //!
 //! Ingest tasks hand their batch's transaction work to the [`GroupCommitter`] instead of
 //! committing it alone. The committer takes whatever is waiting (up to [`MAX_GROUP`] batches),
-//! does each batch's work in one transaction and commits once; a batch is never held back to wait
+//! does the whole group's work in one transaction of four statements (`store::store_in`: lock
+//! the persons, insert every reading, store the features, mark the devices seen) and commits
+//! once; a batch is never held back to wait
 //! for company (a lone batch is committed at once), so latency stays low when load is low and
 //! groups grow by themselves when it is high. [`COMMITTERS`] groups are in flight at a time, on
 //! as many connections, so Postgres keeps more than one core busy.
@@ -26,7 +28,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-use super::store::{self, StoreOutcome};
+use super::store::{self, StoreOutcome, ToStore};
 use crate::{Error, error::Result};
 
 /// Batches per transaction at most.
@@ -58,6 +60,18 @@ impl std::fmt::Debug for Request {
             .field("device", &self.device)
             .field("first_seq", &self.batch.first_seq)
             .finish_non_exhaustive()
+    }
+}
+
+impl Request {
+    fn to_store(&self) -> ToStore<'_> {
+        ToStore {
+            device: &self.device,
+            user_id: self.user_id,
+            batch: &self.batch,
+            taken_at: &self.taken_at,
+            thoughts: &self.thoughts,
+        }
     }
 }
 
@@ -157,35 +171,15 @@ async fn commit(pool: &PgPool, mut group: Vec<Request>) {
 /// Every batch of the group in one transaction; an error undoes all of them.
 async fn together(pool: &PgPool, group: &[Request]) -> Result<Vec<StoreOutcome>> {
     let mut tx = store::begin(pool).await?;
-    let mut outcomes = Vec::with_capacity(group.len());
-    for r in group {
-        outcomes.push(
-            store::store_in(
-                &mut tx,
-                &r.device,
-                r.user_id,
-                &r.batch,
-                &r.taken_at,
-                &r.thoughts,
-            )
-            .await?,
-        );
-    }
+    let items: Vec<ToStore<'_>> = group.iter().map(Request::to_store).collect();
+    let outcomes = store::store_in(&mut tx, &items).await?;
     tx.commit().await?;
     Ok(outcomes)
 }
 
 async fn alone(pool: &PgPool, request: Request) {
     let started = Instant::now();
-    let outcome = store::store_batch(
-        pool,
-        &request.device,
-        request.user_id,
-        &request.batch,
-        &request.taken_at,
-        &request.thoughts,
-    )
-    .await;
+    let outcome = store::store_batch(pool, request.to_store()).await;
     metrics::histogram!("ecs_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
     let _ = request.reply.send(outcome);
 }
@@ -263,6 +257,39 @@ mod tests {
         assert_eq!(inserted(oa.await.unwrap()), Some(0));
         assert_eq!(inserted(ob.await.unwrap()), Some(0));
         assert_eq!((stored(&pool, &a).await, stored(&pool, &b).await), (5, 7));
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn two_phones_of_one_person_in_one_group_fold_into_the_features_once_each(pool: PgPool) {
+        let (user, phone) = user_with_device(&pool).await;
+        let other_phone = crate::ingest::fixtures::add_device(&pool, user).await;
+        let (someone, theirs) = user_with_device(&pool).await;
+        let (r1, o1) = request(&phone, user, 4);
+        let (r2, o2) = request(&other_phone, user, 6);
+        let (r3, o3) = request(&theirs, someone, 3);
+        commit(&pool, vec![r1, r2, r3]).await;
+        assert_eq!(inserted(o1.await.unwrap()), Some(4));
+        assert_eq!(inserted(o2.await.unwrap()), Some(6));
+        assert_eq!(inserted(o3.await.unwrap()), Some(3));
+        let count = |user: Uuid| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT readings_count FROM emotion_features WHERE user_id = $1",
+                )
+                .bind(user)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+            }
+        };
+        assert_eq!((count(user).await, count(someone).await), (10, 3));
+        let seen: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM devices WHERE last_seen_at IS NOT NULL")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(seen, 3, "every phone of the group is marked seen");
     }
 
     #[sqlx::test(migrator = "crate::MIGRATOR")]

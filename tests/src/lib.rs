@@ -52,6 +52,40 @@ impl ScratchDatabase {
         })
     }
 
+    /// What a Postgres restart looks like to this database's clients: every connection to it is
+    /// closed, and new ones are refused until [`ScratchDatabase::end_outage`]. Other databases
+    /// on the server (other tests') are not touched.
+    pub async fn begin_outage(&self) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&self.name)
+        .execute(&mut conn)
+        .await?;
+        conn.close().await?;
+        Ok(())
+    }
+
+    pub async fn end_outage(&self) -> anyhow::Result<()> {
+        let mut conn = PgConnection::connect(&self.admin_url).await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await?;
+        conn.close().await?;
+        Ok(())
+    }
+
     pub async fn drop_now(self) -> anyhow::Result<()> {
         let mut conn = PgConnection::connect(&self.admin_url).await?;
         sqlx::query(AssertSqlSafe(format!(

@@ -397,3 +397,44 @@ async fn a_batch_overtaken_by_a_later_ack_is_sent_again_at_once() {
     assert!(stats.batches_resent >= stats.batches_overtaken, "{stats:?}");
     agent.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_backlog_goes_in_the_largest_batches_and_then_back_to_the_usual_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("edge.db");
+    let device = DeviceId::random();
+    // A day offline, in small: 5 000 readings waiting, far more than four windows (20 × 8).
+    {
+        let mut buffer = Buffer::open(&db, &device, 1_000_000).unwrap();
+        let mut sensor = ecs_edge_agent::sensor::Sensor::new(3);
+        let start = 1_700_000_000_000;
+        let readings: Vec<_> = (0..5_000)
+            .map(|i| (start + 20 * i as i64, sensor.sample()))
+            .collect();
+        buffer.append(&readings).unwrap();
+    }
+    let mut cloud = TestCloud::connect(&device, true).await;
+    let agent = Agent::start(agent_config(&device, &db)).await.unwrap();
+    eventually(WAIT, "the backlog acknowledged", || {
+        agent.stats().readings_acked >= 5_000
+    })
+    .await;
+    agent.stop_sensor();
+    assert!(agent.wait_drained(WAIT).await, "{:?}", agent.stats());
+    let batches = cloud.batches_for(Duration::from_millis(300)).await;
+    let sizes: Vec<usize> = batches.iter().map(|b| b.readings.len()).collect();
+    assert_eq!(
+        sizes.first(),
+        Some(&MAX_READINGS_PER_BATCH),
+        "the backlog starts in full batches: {sizes:?}"
+    );
+    assert!(
+        sizes.last().is_some_and(|&n| n <= 20),
+        "and ends in the usual ones: {sizes:?}"
+    );
+    assert_eq!(
+        seqs(&batches).len() as u64,
+        5_000 + agent.stats().readings_produced
+    );
+    agent.shutdown().await.unwrap();
+}

@@ -43,6 +43,11 @@ use window::{InFlight, Window};
 const OVERTAKEN_GRACE: Duration = Duration::from_millis(500);
 /// The first silence after which the cloud is probed ([`Session::probe`]).
 const PROBE_FIRST: Duration = Duration::from_secs(1);
+/// A backlog of more than this many full window's worth of readings (`batch_size` ×
+/// `inflight_batches`) is sent in batches of [`MAX_READINGS_PER_BATCH`]: a phone back after a day
+/// offline catches up in a tenth of the round trips (the cloud takes one batch of a device at a
+/// time, so the round trip bounds a drain), and goes back to `batch_size` once it is close.
+const CATCH_UP_WINDOWS: u64 = 4;
 
 /// How the session batches and re-sends.
 #[derive(Debug, Clone, Copy)]
@@ -222,7 +227,7 @@ impl Session {
 
     /// Sends new batches (after everything in flight) while the window has room.
     async fn send_new(&mut self, flush: Flush) -> Result<()> {
-        let max = self.settings.batch_size;
+        let max = self.batch_limit();
         while self.connected && self.window.has_room() {
             let after = self.window.sent_up_to();
             let cannot_fill =
@@ -243,6 +248,19 @@ impl Session {
             debug!(first_seq, last_seq, "batch sent");
         }
         Ok(())
+    }
+
+    /// The most readings a new batch may hold: `batch_size`, or [`MAX_READINGS_PER_BATCH`] while
+    /// catching up on a backlog (see [`CATCH_UP_WINDOWS`]).
+    fn batch_limit(&self) -> usize {
+        let normal = self.settings.batch_size;
+        let window = (normal as u64).saturating_mul(self.settings.inflight_batches as u64);
+        let buffered = self.counters.buffered.load(Ordering::Relaxed);
+        if buffered > window.saturating_mul(CATCH_UP_WINDOWS) {
+            normal.max(MAX_READINGS_PER_BATCH)
+        } else {
+            normal
+        }
     }
 
     async fn resend_expired(&mut self) -> Result<()> {

@@ -188,4 +188,93 @@ mod tests {
         }
         assert_eq!(p.end().to_rfc3339(), "2026-12-02T00:00:00+00:00");
     }
+
+    /// An installation from before migration 0010 (readings of the last 50 days, one with its
+    /// thoughts still in the clear) upgrades with every row where it was, each in its day's
+    /// partition, and ingest's key still absorbs a resend.
+    #[sqlx::test(migrations = false)]
+    async fn the_upgrade_keeps_every_reading_and_puts_each_in_its_day(pool: PgPool) {
+        crate::MIGRATOR.run_to(9, &pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (user_id, display_name, emotional_data_consent, consent_recorded_at)
+             VALUES ('00000000-0000-0000-0000-00000000000a', 'Ana', true, now())",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO devices (device_id, user_id)
+             VALUES ('phone1', '00000000-0000-0000-0000-00000000000a')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, joy, trust, fear,
+                 surprise, sadness, disgust, anger, anticipation, valence, arousal, dominance,
+                 stress, focus, intents, intent_confidence)
+             SELECT 'phone1', d, '00000000-0000-0000-0000-00000000000a',
+                    now() - make_interval(days => d), d, 0, 0, 0, 0, 0, 0, 0, -d, 0, 0, 0, 0,
+                    CASE WHEN d = 7 THEN '{1}'::smallint[] ELSE '{}' END,
+                    CASE WHEN d = 7 THEN '{80}'::smallint[] ELSE '{}' END
+             FROM generate_series(0, 49) AS d",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let before: Vec<(i64, i16, i16)> =
+            sqlx::query_as("SELECT seq, joy, valence FROM emotion_readings ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+
+        crate::MIGRATOR.run(&pool).await.unwrap();
+
+        let after: Vec<(i64, i16, i16)> =
+            sqlx::query_as("SELECT seq, joy, valence FROM emotion_readings ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(after, before);
+        let misplaced: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM emotion_readings
+             WHERE tableoid::regclass::text
+                   <> 'emotion_readings_p' || to_char(recorded_at AT TIME ZONE 'UTC', 'YYYYMMDD')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(misplaced, 0, "every reading in its day's partition");
+        let clear: Vec<i16> = sqlx::query_scalar(
+            "SELECT intent_confidence[1] FROM emotion_readings WHERE cardinality(intents) > 0",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            clear,
+            [80],
+            "thoughts in the clear stay for the background sealer"
+        );
+        // The same reading again (a resend: same device, seq and time) is absorbed.
+        let again = sqlx::query(
+            "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, joy, trust, fear,
+                 surprise, sadness, disgust, anger, anticipation, valence, arousal, dominance,
+                 stress, focus)
+             SELECT device_id, seq, user_id, recorded_at, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+             FROM emotion_readings WHERE seq = 3
+             ON CONFLICT (device_id, seq, recorded_at) DO NOTHING",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        assert_eq!(again.rows_affected(), 0);
+        let days = list(&pool).await.unwrap();
+        let today = Utc::now().date_naive();
+        assert!(
+            days.first().unwrap().day() <= today - Days::new(49),
+            "{days:?}"
+        );
+        assert!(days.last().unwrap().day() >= today.succ_opt().unwrap());
+    }
 }

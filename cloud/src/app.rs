@@ -230,10 +230,7 @@ fn panic_message(e: task::JoinError) -> String {
 /// every part retries (so is a model service being down: the circuit breaker handles it). A
 /// missing admin token, an unreadable secret file or a bad model file is fatal.
 pub async fn spawn(settings: Settings) -> Result<RunningApp> {
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy(&settings.database_url)?;
+    let pool = crate::db::pool(&settings.database_url, settings.db_max_connections)?;
     start(settings, pool).await
 }
 

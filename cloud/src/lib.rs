@@ -16,6 +16,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
+pub mod db;
 pub mod dead_letters;
 pub mod devices;
 pub mod docs;

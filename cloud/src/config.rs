@@ -314,8 +314,11 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     #[command(flatten)]
     pub model: ModelSettings,
-    /// How many uplink messages ingest processes at once.
-    #[arg(long, env = "ECS_INGEST_CONCURRENCY", default_value_t = 8,
+    /// How many uplink messages ingest processes at once. A message holds a database connection
+    /// only for its registration check (and a data key the cache lacks); its batch waits for the
+    /// group committer's few connections, so this can be several times the pool: it is how many
+    /// batches a group commit can gather (at most `ingest::group::MAX_GROUP`).
+    #[arg(long, env = "ECS_INGEST_CONCURRENCY", default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=1024).map(usize::from))]
     pub ingest_concurrency: usize,
     /// How often the offer worker polls the outbox when no NOTIFY wakes it, in milliseconds.

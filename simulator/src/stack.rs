@@ -166,7 +166,8 @@ pub(crate) fn cloud_settings(
         admin_token_file: None,
         mqtt,
         model,
-        ingest_concurrency: 8,
+        // The cloud's default: batches enough for a group commit to gather.
+        ingest_concurrency: 32,
         worker_poll_ms: 500,
         notify_resend_ms: 2_000,
         offer_ttl_hours: 72,

@@ -160,6 +160,35 @@ pub async fn emotional_profile(pool: &PgPool, user_id: Uuid) -> Result<Emotional
     Ok(EmotionalProfile { user_id, features })
 }
 
+/// Readings deleted per statement by [`erase_readings`].
+const ERASE_CHUNK: i64 = 10_000;
+
+/// The first part of an erasure: the person's readings (months of them, millions of rows),
+/// deleted in statements of [`ERASE_CHUNK`] rows, each its own short transaction and none
+/// holding the person's row. [`erase`] then removes the rest under the person's lock; were it
+/// to delete every reading itself, that lock (and ingest's batches waiting on it for that
+/// person) would last as long as the whole cascade. Readings stored meanwhile are the few that
+/// cascade. Returns how many it deleted.
+pub async fn erase_readings(pool: &PgPool, user_id: Uuid) -> Result<u64> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM emotion_readings WHERE (device_id, seq, recorded_at) IN (
+                 SELECT device_id, seq, recorded_at FROM emotion_readings
+                 WHERE user_id = $1 LIMIT $2)",
+        )
+        .bind(user_id)
+        .bind(ERASE_CHUNK)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < ERASE_CHUNK as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
 /// Erases the person and everything about them. Every personal table references `users`
 /// ON DELETE CASCADE; dead letters are linked by device only, so they go first.
 pub async fn erase(tx: &mut PersonTx) -> Result<()> {
@@ -265,4 +294,57 @@ pub async fn rotate_token(tx: &mut PersonTx) -> Result<TokenIssued> {
     let api_token = issue_user_token(tx.conn(), user_id).await?;
     tracing::info!(%user_id, "API token rotated");
     Ok(TokenIssued { user_id, api_token })
+}
+
+#[cfg(test)]
+mod erasure_tests {
+    use super::*;
+    use crate::ingest::fixtures::user_with_device;
+
+    async fn readings_of(pool: &PgPool, user_id: Uuid) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM emotion_readings WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
+
+    #[sqlx::test(migrator = "crate::MIGRATOR")]
+    async fn months_of_readings_go_in_chunks_and_then_the_person(pool: PgPool) {
+        let (user, device) = user_with_device(&pool).await;
+        let (other, other_device) = user_with_device(&pool).await;
+        for (user_id, device, n) in [(user, &device, 25_000), (other, &other_device, 10)] {
+            sqlx::query(
+                "INSERT INTO emotion_readings (device_id, seq, user_id, recorded_at, joy, trust,
+                     fear, surprise, sadness, disgust, anger, anticipation, valence, arousal,
+                     dominance, stress, focus)
+                 SELECT $1, s, $2, now() - make_interval(secs => s), 0, 0, 0, 0, 0, 0, 0, 0,
+                        0, 0, 0, 0, 0
+                 FROM generate_series(1, $3) AS s",
+            )
+            .bind(device.as_str())
+            .bind(user_id)
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        assert_eq!(erase_readings(&pool, user).await.unwrap(), 25_000);
+        assert_eq!(readings_of(&pool, user).await, 0);
+        let mut tx = PersonTx::lock(&pool, user).await.unwrap();
+        erase(&mut tx).await.unwrap();
+        tx.finish().await.unwrap();
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0);
+        assert_eq!(readings_of(&pool, other).await, 10, "nobody else's");
+        assert_eq!(
+            erase_readings(&pool, user).await.unwrap(),
+            0,
+            "nothing twice"
+        );
+    }
 }

@@ -193,6 +193,8 @@ pub(super) async fn erase_user(
 ) -> Result<StatusCode> {
     principal.ensure_can_access(user_id)?;
     let pool = &state.pool;
+    // The bulk first, in short transactions; then the rest under the person's lock.
+    people::erase_readings(pool, user_id).await?;
     people::retry(|| async move {
         let mut tx = PersonTx::lock(pool, user_id).await?;
         people::erase(&mut tx).await?;

@@ -161,3 +161,84 @@ async fn after_a_cloud_restart_lost_batches_are_sent_again_without_waiting_for_t
     stack.stop().await;
     db.drop_now().await.unwrap();
 }
+
+/// The broker dies mid-stream (every connection closed, every queued message gone) and comes
+/// back after a while on the same ports: the phones buffer meanwhile, reconnect by themselves
+/// and resend, and every reading is stored once, in order per device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_reading_is_lost_or_doubled_when_the_broker_restarts_mid_stream() {
+    ecs_telemetry::install_crypto_provider();
+    let (db, mut stack) = ecs_tests::ready_stack(BrokerChoice::Embedded).await;
+    let admin = ApiClient::new(&stack.api_base, &stack.admin_token).unwrap();
+    let mut phones = Vec::new();
+    for i in 0..2 {
+        let user = admin
+            .create_user(&format!("Broker person {i}"), true)
+            .await
+            .unwrap();
+        let device = admin.register_device(user.user_id, None).await.unwrap();
+        let device_id = DeviceId::parse(device.device_id).unwrap();
+        let (broker, tls) = stack.device_access(&device_id).unwrap();
+        let mut config = AgentConfig::new(device_id.clone(), broker);
+        config.tls = tls;
+        config.db_path = stack.workdir().join(format!("{device_id}.db"));
+        config.sample_rate_hz = 50.0;
+        config.batch_size = 20;
+        config.flush_interval = Duration::from_millis(200);
+        config.ack_timeout = Duration::from_secs(2);
+        phones.push((device_id, Agent::start(config).await.expect("phone starts")));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.stop_broker().await.expect("the broker stops");
+    let produced_while_down: u64 = phones
+        .iter()
+        .map(|(_, a)| a.stats().readings_produced)
+        .sum();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        phones
+            .iter()
+            .map(|(_, a)| a.stats().readings_produced)
+            .sum::<u64>()
+            > produced_while_down,
+        "the sensors kept producing while the broker was down"
+    );
+    stack.start_broker().await.expect("the broker starts again");
+    stack
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("the cloud is ready again");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (_, agent) in &phones {
+        agent.stop_sensor();
+    }
+    for (device, agent) in phones {
+        assert!(
+            agent.wait_drained(Duration::from_secs(60)).await,
+            "phone {device} still holds unacknowledged readings: {:?}",
+            agent.stats()
+        );
+        let stats = agent.stats();
+        assert!(stats.reconnects >= 1, "{stats:?}");
+        let (count, min, max): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*), min(seq), max(seq) FROM emotion_readings WHERE device_id = $1",
+        )
+        .bind(device.as_str())
+        .fetch_one(&stack.pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            count as u64, stats.readings_produced,
+            "phone {device}: {stats:?}"
+        );
+        assert_eq!(
+            max - min + 1,
+            count,
+            "phone {device}: contiguous, each once"
+        );
+        assert_eq!(stats.readings_dropped, 0);
+        agent.shutdown().await.unwrap();
+    }
+    stack.stop().await;
+    db.drop_now().await.unwrap();
+}

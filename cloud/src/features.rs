@@ -28,7 +28,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use ecs_protocol::{Intent, Reading};
 use serde::Serialize;
-use sqlx::{FromRow, PgConnection, PgExecutor, Row, postgres::PgRow};
+use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -277,47 +277,33 @@ pub async fn load(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option
     Ok(features)
 }
 
-/// The person's features, read for a read-modify-write within the caller's transaction.
-///
-/// Locks the person's `users` row (`FOR NO KEY UPDATE`, which does not block inserts that merely
-/// reference the person), not the features row: before the first reading there is no features
-/// row to lock, and two first batches of one person (two phones) would both start from nothing
-/// and the second `store` would overwrite the first. Every writer of `emotion_features` goes
-/// through here, so the users row is the one lock that serialises them.
-pub async fn load_for_update(
+/// The features of `user_ids` that have any, for a read-modify-write in the caller's
+/// transaction, which must hold every one of their `users` rows (`FOR NO KEY UPDATE`, which does
+/// not block inserts that merely reference the person) and have taken them before this
+/// statement. The lock is the person's row, not the features row: before the first reading there
+/// is no features row to lock, and two first batches of one person (two phones) would both start
+/// from nothing and the second store would overwrite the first. Every writer of
+/// `emotion_features` holds the person's row, so that row is the one lock that serialises them.
+pub async fn load_many(
     conn: &mut PgConnection,
-    user_id: Uuid,
-) -> Result<Option<EmotionFeatures>> {
-    let locked: Option<Locked> = sqlx::query_as(
-        "SELECT f.readings_count, f.ew_weight, f.mean_valence, f.valence_variance,
-                f.mean_arousal, f.mean_stress, f.stress_share, f.impulsivity, f.purchase_intent,
-                f.financial_worry, f.saving_intent, f.first_reading_at, f.last_reading_at
-         FROM users u LEFT JOIN emotion_features f ON f.user_id = u.user_id
-         WHERE u.user_id = $1
-         FOR NO KEY UPDATE OF u",
+    user_ids: &[Uuid],
+) -> Result<Vec<(Uuid, EmotionFeatures)>> {
+    let rows = sqlx::query(
+        "SELECT user_id, readings_count, ew_weight, mean_valence, valence_variance, mean_arousal,
+                mean_stress, stress_share, impulsivity, purchase_intent, financial_worry,
+                saving_intent, first_reading_at, last_reading_at
+         FROM emotion_features WHERE user_id = ANY($1)",
     )
-    .bind(user_id)
-    .fetch_optional(conn)
+    .bind(user_ids)
+    .fetch_all(conn)
     .await?;
-    Ok(locked.and_then(|l| l.0))
-}
-
-/// A row of an outer join of `users` with `emotion_features` ([`load_for_update`], ingest's
-/// lock of a group's persons): features, or all NULL when there are none yet.
-pub(crate) struct Locked(pub(crate) Option<EmotionFeatures>);
-
-impl<'r> FromRow<'r, PgRow> for Locked {
-    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
-        let count: Option<i64> = row.try_get("readings_count")?;
-        match count {
-            None => Ok(Self(None)),
-            Some(_) => EmotionFeatures::from_row(row).map(|f| Self(Some(f))),
-        }
-    }
+    rows.iter()
+        .map(|row| Ok((row.try_get("user_id")?, EmotionFeatures::from_row(row)?)))
+        .collect()
 }
 
 /// Inserts or replaces the person's features. Call within the transaction that stored the
-/// readings, after [`load_for_update`].
+/// readings, after [`load_many`].
 pub async fn store(
     conn: &mut PgConnection,
     user_id: Uuid,

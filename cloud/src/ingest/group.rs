@@ -2,8 +2,9 @@
 //!
 //! Ingest tasks hand their batch's transaction work to the [`GroupCommitter`] instead of
 //! committing it alone. The committer takes whatever is waiting (up to [`MAX_GROUP`] batches),
-//! does the whole group's work in one transaction of four statements (`store::store_in`: lock
-//! the persons, insert every reading, store the features, mark the devices seen) and commits
+//! does the whole group's work in one transaction of five statements (`store::store_in`: lock
+//! the persons, read their features, insert every reading, store the features, mark the
+//! devices seen) and commits
 //! once; a batch is never held back to wait
 //! for company (a lone batch is committed at once), so latency stays low when load is low and
 //! groups grow by themselves when it is high. [`COMMITTERS`] groups are in flight at a time, on

@@ -1,12 +1,12 @@
 //! The batches' transaction: readings, features and the devices' liveness, committed together,
-//! in four statements for a group of any size.
+//! in five statements for a group of any size.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use ecs_protocol::{DeviceId, Reading, ReadingBatch};
-use sqlx::{FromRow, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::DEVICE_RETURN_GAP;
@@ -51,9 +51,9 @@ pub(super) async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sq
     Ok(tx)
 }
 
-/// The batches' work inside the caller's transaction (which commits it), in four statements
-/// whatever the number of batches: lock the persons (reading their consent and features), insert
-/// every reading, store the features folded forward, mark the devices seen. Outcomes are
+/// The batches' work inside the caller's transaction (which commits it), in five statements
+/// whatever the number of batches: lock the persons (reading their consent), read their
+/// features, insert every reading, store the features folded forward, mark the devices seen. Outcomes are
 /// index-aligned with `items`.
 ///
 /// A person's batches are folded into their features in the order of `items`; the caller keeps
@@ -159,8 +159,15 @@ struct Person {
 }
 
 /// Locks the rows of the group's persons, in `user_id` order (the order every other group
-/// takes them in, so two groups never wait on each other in a cycle), and reads their consent
-/// and features in the same statement. A person missing from the map was erased.
+/// takes them in, so two groups never wait on each other in a cycle) and reads their consent;
+/// then, in a statement of its own, their features. A person missing from the map was erased.
+///
+/// Two statements, not one join: under READ COMMITTED a statement that waited for a row lock
+/// re-reads the locked row but not the rows it joined, so a join would hand the second of two
+/// concurrent batches of one person the features as they were before the first committed (or
+/// none), and its fold would overwrite the first's (found by
+/// `ingest::tests::two_phones_of_one_person_feed_one_feature_row`). The second statement takes
+/// a snapshot after every lock is held, so it sees every commit before ours.
 async fn lock_people(
     conn: &mut PgConnection,
     items: &[ToStore<'_>],
@@ -168,25 +175,31 @@ async fn lock_people(
     let mut ids: Vec<Uuid> = items.iter().map(|item| item.user_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let rows = sqlx::query(
-        "SELECT u.user_id, u.emotional_data_consent,
-                f.readings_count, f.ew_weight, f.mean_valence, f.valence_variance,
-                f.mean_arousal, f.mean_stress, f.stress_share, f.impulsivity, f.purchase_intent,
-                f.financial_worry, f.saving_intent, f.first_reading_at, f.last_reading_at
-         FROM users u LEFT JOIN emotion_features f ON f.user_id = u.user_id
-         WHERE u.user_id = ANY($1)
-         ORDER BY u.user_id
-         FOR NO KEY UPDATE OF u",
+    let consents: Vec<(Uuid, bool)> = sqlx::query_as(
+        "SELECT user_id, emotional_data_consent FROM users
+         WHERE user_id = ANY($1)
+         ORDER BY user_id
+         FOR NO KEY UPDATE",
     )
     .bind(&ids)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?;
-    let mut people = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let user_id: Uuid = row.try_get("user_id")?;
-        let consent: bool = row.try_get("emotional_data_consent")?;
-        let features = features::Locked::from_row(row)?.0;
-        people.insert(user_id, Person { consent, features });
+    let mut people: HashMap<Uuid, Person> = consents
+        .into_iter()
+        .map(|(user_id, consent)| {
+            (
+                user_id,
+                Person {
+                    consent,
+                    features: None,
+                },
+            )
+        })
+        .collect();
+    for (user_id, features) in features::load_many(conn, &ids).await? {
+        if let Some(person) = people.get_mut(&user_id) {
+            person.features = Some(features);
+        }
     }
     Ok(people)
 }

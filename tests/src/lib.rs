@@ -121,6 +121,91 @@ pub async fn ready_stack(
     (db, stack)
 }
 
+/// Phones streaming to `stack` as the fault tests run them: `n` people who consented
+/// (`name 0`, `name 1`, ...), each registering one phone through the API, sampling at
+/// `sample_hz`, batches of 20 at least every 200 ms, `ack_timeout` before a resend.
+pub async fn streaming_phones(
+    stack: &ecs_simulator::stack::Stack,
+    n: usize,
+    name: &str,
+    sample_hz: f64,
+    ack_timeout: std::time::Duration,
+) -> Vec<(ecs_protocol::DeviceId, ecs_edge_agent::AgentHandle)> {
+    let admin = ecs_simulator::mobile::ApiClient::new(&stack.api_base, &stack.admin_token)
+        .expect("an API client");
+    let mut phones = Vec::new();
+    for i in 0..n {
+        let user = admin
+            .create_user(&format!("{name} {i}"), true)
+            .await
+            .expect("a person");
+        let device = admin
+            .register_device(user.user_id, None)
+            .await
+            .expect("a phone");
+        let device_id = ecs_protocol::DeviceId::parse(device.device_id).expect("a device id");
+        let (broker, tls) = stack.device_access(&device_id).expect("broker access");
+        let mut config = ecs_edge_agent::AgentConfig::new(device_id.clone(), broker);
+        config.tls = tls;
+        config.db_path = stack.workdir().join(format!("{device_id}.db"));
+        config.sample_rate_hz = sample_hz;
+        config.batch_size = 20;
+        config.flush_interval = std::time::Duration::from_millis(200);
+        config.ack_timeout = ack_timeout;
+        let agent = ecs_edge_agent::Agent::start(config)
+            .await
+            .expect("phone starts");
+        phones.push((device_id, agent));
+    }
+    phones
+}
+
+/// Stops every phone's sensor, waits (up to a minute) until each has no unacknowledged reading
+/// left, and checks that `pool` holds every reading each produced, once each and contiguous
+/// (per device, in order), and that none was dropped; then shuts the phones down. Returns what
+/// each phone counted.
+pub async fn drain_and_check_each_reading_once(
+    pool: &sqlx::PgPool,
+    phones: Vec<(ecs_protocol::DeviceId, ecs_edge_agent::AgentHandle)>,
+) -> Vec<ecs_edge_agent::AgentStats> {
+    for (_, agent) in &phones {
+        agent.stop_sensor();
+    }
+    let mut all = Vec::new();
+    for (device, agent) in phones {
+        assert!(
+            agent.wait_drained(std::time::Duration::from_secs(60)).await,
+            "phone {device} still holds unacknowledged readings: {:?}",
+            agent.stats()
+        );
+        let stats = agent.stats();
+        let (count, distinct, min, max): (i64, i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), count(DISTINCT seq), min(seq), max(seq)
+             FROM emotion_readings WHERE device_id = $1",
+        )
+        .bind(device.as_str())
+        .fetch_one(pool)
+        .await
+        .expect("counting the phone's readings");
+        assert_eq!(count, distinct, "phone {device}: a reading stored twice");
+        assert_eq!(
+            count as u64, stats.readings_produced,
+            "phone {device}: {stats:?}"
+        );
+        if let (Some(min), Some(max)) = (min, max) {
+            assert_eq!(
+                max - min + 1,
+                count,
+                "phone {device}: contiguous, each once"
+            );
+        }
+        assert_eq!(stats.readings_dropped, 0, "phone {device}: {stats:?}");
+        agent.shutdown().await.expect("the phone stops");
+        all.push(stats);
+    }
+    all
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

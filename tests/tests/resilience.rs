@@ -1,55 +1,18 @@
-//! The delivery guarantees under failure: the cloud crashes mid-stream and comes back, and still
-//! every reading each phone produced is stored exactly once.
+//! The delivery guarantees under failure: the cloud crashes mid-stream and comes back, or the
+//! broker does, and still every reading each phone produced is stored exactly once.
 
 use std::time::Duration;
 
-use ecs_cloud::model::ModelKind;
 use ecs_edge_agent::{Agent, AgentConfig};
 use ecs_protocol::DeviceId;
-use ecs_simulator::{
-    mobile::ApiClient,
-    stack::{BrokerChoice, Stack, StackOptions},
-};
-use ecs_tests::ScratchDatabase;
+use ecs_simulator::{mobile::ApiClient, stack::BrokerChoice};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_reading_is_lost_or_doubled_when_the_cloud_crashes_mid_stream() {
     ecs_telemetry::install_crypto_provider();
-    let db = ScratchDatabase::create()
-        .await
-        .expect("Postgres reachable at DATABASE_URL");
-    let mut stack = Stack::start(&StackOptions {
-        database_url: db.url.clone(),
-        broker: BrokerChoice::Embedded,
-        model: ModelKind::Scorecard,
-        model_seed: None,
-    })
-    .await
-    .expect("stack starts");
-    stack
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .expect("cloud ready");
-
-    let admin = ApiClient::new(&stack.api_base, &stack.admin_token).unwrap();
-    let mut phones = Vec::new();
-    for i in 0..2 {
-        let user = admin
-            .create_user(&format!("Person {i}"), true)
-            .await
-            .unwrap();
-        let device = admin.register_device(user.user_id, None).await.unwrap();
-        let device_id = DeviceId::parse(device.device_id).unwrap();
-        let (broker, tls) = stack.device_access(&device_id).unwrap();
-        let mut config = AgentConfig::new(device_id.clone(), broker);
-        config.tls = tls;
-        config.db_path = stack.workdir().join(format!("{device_id}.db"));
-        config.sample_rate_hz = 50.0;
-        config.batch_size = 20;
-        config.flush_interval = Duration::from_millis(200);
-        config.ack_timeout = Duration::from_secs(1);
-        phones.push((device_id, Agent::start(config).await.expect("phone starts")));
-    }
+    let (db, mut stack) = ecs_tests::ready_stack(BrokerChoice::Embedded).await;
+    let phones =
+        ecs_tests::streaming_phones(&stack, 2, "Person", 50.0, Duration::from_secs(1)).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The phones keep sampling and publishing while no cloud is subscribed: the broker drops
@@ -64,39 +27,11 @@ async fn no_reading_is_lost_or_doubled_when_the_cloud_crashes_mid_stream() {
         .expect("new cloud ready");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    for (_, agent) in &phones {
-        agent.stop_sensor();
-    }
-    for (device, agent) in &phones {
-        assert!(
-            agent.wait_drained(Duration::from_secs(60)).await,
-            "phone {device} still holds unacknowledged readings: {:?}",
-            agent.stats()
-        );
-    }
-    let mut resent = 0;
-    for (device, agent) in phones {
-        let stats = agent.stats();
-        resent += stats.batches_resent;
-        let (count, min, max): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*), min(seq), max(seq) FROM emotion_readings WHERE device_id = $1",
-        )
-        .bind(device.as_str())
-        .fetch_one(&stack.pool)
+    let resent: u64 = ecs_tests::drain_and_check_each_reading_once(&stack.pool, phones)
         .await
-        .unwrap();
-        assert_eq!(
-            count as u64, stats.readings_produced,
-            "phone {device}: {stats:?}"
-        );
-        assert_eq!(
-            max - min + 1,
-            count,
-            "phone {device}: contiguous, each once"
-        );
-        assert_eq!(stats.readings_dropped, 0);
-        agent.shutdown().await.unwrap();
-    }
+        .iter()
+        .map(|stats| stats.batches_resent)
+        .sum();
     assert!(resent > 0, "the outage should have forced resends");
     stack.stop().await;
     db.drop_now().await.unwrap();
@@ -169,25 +104,8 @@ async fn after_a_cloud_restart_lost_batches_are_sent_again_without_waiting_for_t
 async fn no_reading_is_lost_or_doubled_when_the_broker_restarts_mid_stream() {
     ecs_telemetry::install_crypto_provider();
     let (db, mut stack) = ecs_tests::ready_stack(BrokerChoice::Embedded).await;
-    let admin = ApiClient::new(&stack.api_base, &stack.admin_token).unwrap();
-    let mut phones = Vec::new();
-    for i in 0..2 {
-        let user = admin
-            .create_user(&format!("Broker person {i}"), true)
-            .await
-            .unwrap();
-        let device = admin.register_device(user.user_id, None).await.unwrap();
-        let device_id = DeviceId::parse(device.device_id).unwrap();
-        let (broker, tls) = stack.device_access(&device_id).unwrap();
-        let mut config = AgentConfig::new(device_id.clone(), broker);
-        config.tls = tls;
-        config.db_path = stack.workdir().join(format!("{device_id}.db"));
-        config.sample_rate_hz = 50.0;
-        config.batch_size = 20;
-        config.flush_interval = Duration::from_millis(200);
-        config.ack_timeout = Duration::from_secs(2);
-        phones.push((device_id, Agent::start(config).await.expect("phone starts")));
-    }
+    let phones =
+        ecs_tests::streaming_phones(&stack, 2, "Broker person", 50.0, Duration::from_secs(2)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stack.stop_broker().await.expect("the broker stops");
     let produced_while_down: u64 = phones
@@ -209,35 +127,8 @@ async fn no_reading_is_lost_or_doubled_when_the_broker_restarts_mid_stream() {
         .await
         .expect("the cloud is ready again");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    for (_, agent) in &phones {
-        agent.stop_sensor();
-    }
-    for (device, agent) in phones {
-        assert!(
-            agent.wait_drained(Duration::from_secs(60)).await,
-            "phone {device} still holds unacknowledged readings: {:?}",
-            agent.stats()
-        );
-        let stats = agent.stats();
+    for stats in ecs_tests::drain_and_check_each_reading_once(&stack.pool, phones).await {
         assert!(stats.reconnects >= 1, "{stats:?}");
-        let (count, min, max): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*), min(seq), max(seq) FROM emotion_readings WHERE device_id = $1",
-        )
-        .bind(device.as_str())
-        .fetch_one(&stack.pool)
-        .await
-        .unwrap();
-        assert_eq!(
-            count as u64, stats.readings_produced,
-            "phone {device}: {stats:?}"
-        );
-        assert_eq!(
-            max - min + 1,
-            count,
-            "phone {device}: contiguous, each once"
-        );
-        assert_eq!(stats.readings_dropped, 0);
-        agent.shutdown().await.unwrap();
     }
     stack.stop().await;
     db.drop_now().await.unwrap();

@@ -491,11 +491,14 @@ mod tests {
                 "INSERT INTO transactions (transaction_id, user_id, external_ref, direction,
                      amount_cents, category, occurred_at)
                  VALUES (gen_random_uuid(), $1, $2, 'inflow', 800000, 'salary',
-                     now() - make_interval(days => $3))",
+                     now() - make_interval(months => $3) - interval '1 hour')",
             )
             .bind(user_id)
             .bind(format!("salary-{month}"))
-            .bind(2 + 30 * month)
+            // A calendar month apart, so three salaries are always in three months (30 days
+            // apart, two of them fell in one 31-day month on some dates: a test that failed on
+            // 2 December).
+            .bind(month)
             .execute(pool)
             .await
             .unwrap();

@@ -40,7 +40,12 @@ pub async fn provision(
             direction: "inflow",
             amount_cents: salary_cents,
             category: "salary",
-            occurred_at: Utc::now() - chrono::Duration::days(2 + 30 * i64::from(month)),
+            // A calendar month apart, so n salaries are always in n months (30 days apart, two
+            // of them fell in one 31-day month on some dates), an hour before now.
+            occurred_at: Utc::now()
+                .checked_sub_months(chrono::Months::new(month))
+                .unwrap_or_else(Utc::now)
+                - chrono::Duration::hours(1),
         })
         .collect();
     if !income.is_empty() {

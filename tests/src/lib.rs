@@ -56,13 +56,7 @@ impl ScratchDatabase {
     /// closed, and new ones are refused until [`ScratchDatabase::end_outage`]. Other databases
     /// on the server (other tests') are not touched.
     pub async fn begin_outage(&self) -> anyhow::Result<()> {
-        let mut conn = PgConnection::connect(&self.admin_url).await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS false",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await?;
+        let mut conn = self.allow_connections(false).await?;
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
              WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -75,15 +69,21 @@ impl ScratchDatabase {
     }
 
     pub async fn end_outage(&self) -> anyhow::Result<()> {
+        self.allow_connections(true).await?.close().await?;
+        Ok(())
+    }
+
+    /// Lets new connections in or not; returns the administrative connection it used.
+    async fn allow_connections(&self, allowed: bool) -> anyhow::Result<PgConnection> {
         let mut conn = PgConnection::connect(&self.admin_url).await?;
+        // The name is ours (a prefix and a UUID in hex), never outside input.
         sqlx::query(AssertSqlSafe(format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            "ALTER DATABASE {} ALLOW_CONNECTIONS {allowed}",
             self.name
         )))
         .execute(&mut conn)
         .await?;
-        conn.close().await?;
-        Ok(())
+        Ok(conn)
     }
 
     pub async fn drop_now(self) -> anyhow::Result<()> {

@@ -268,6 +268,13 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
     let shutdown = CancellationToken::new();
     let mut components = Components::default();
 
+    // Resolved tokens are remembered only while this listens for their revocations.
+    components.spawn(
+        "token_revocations",
+        crate::auth::cache::listen(auth.tokens().clone(), pool.clone(), shutdown.clone())
+            .instrument(info_span!("token_revocations")),
+    );
+
     // Two connections: uplinks in (held back while ingest's queue is full), and everything this
     // replica publishes out, so an ack never waits behind inbound traffic.
     let (intake, dispatch) = crate::ingest::queue::channel();

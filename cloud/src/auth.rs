@@ -4,6 +4,9 @@
 //! tokens (issued when a user is created, stored only as SHA-256, reaching only that user's data).
 //! Tokens are compared as digests in constant time, and never logged.
 //!
+//! A resolved user token is remembered by the replica until it is revoked ([`cache`]), so an
+//! authenticated request usually costs no query.
+//!
 //! Every authenticated request spends a token of its caller's rate (per principal, not per
 //! address: a person's phone and laptop share one budget, and one person's flood never slows
 //! another's requests); over it, the answer is 429 with `Retry-After`.
@@ -18,6 +21,10 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::{Error, error::Result};
+
+pub mod cache;
+
+pub use cache::TokenCache;
 
 /// Shortest admin token accepted at start-up: anything shorter is guessable.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
@@ -104,6 +111,9 @@ impl Principal {
 pub struct Authenticator {
     admin_digest: [u8; 32],
     pool: PgPool,
+    /// Used only while `cache::listen` runs for it (the app starts it; tests that build an
+    /// authenticator alone query every time).
+    tokens: std::sync::Arc<TokenCache>,
     user_rates: KeyedRates<Uuid>,
     admin_rate: std::sync::Mutex<ecs_limits::TokenBucket>,
     /// Failed authentications per client address: guessing (or a flood of junk tokens) from
@@ -129,6 +139,7 @@ impl Authenticator {
         Ok(Self {
             admin_digest: digest(admin_token),
             pool,
+            tokens: Default::default(),
             user_rates: KeyedRates::new(rates.per_user, rates.per_user_burst, MAX_RATED_CALLERS),
             admin_rate: std::sync::Mutex::new(ecs_limits::TokenBucket::new(
                 rates.admin,
@@ -204,13 +215,25 @@ impl Authenticator {
         if !shaped {
             return Err(Error::Unauthenticated);
         }
+        if let Some(user) = self.tokens.get(&token_digest) {
+            return Ok(Principal::User(user));
+        }
+        let generation = self.tokens.generation();
         let user: Option<Uuid> = sqlx::query_scalar(
             "SELECT user_id FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
         )
         .bind(&token_digest[..])
         .fetch_optional(&self.pool)
         .await?;
-        user.map(Principal::User).ok_or(Error::Unauthenticated)
+        let user = user.ok_or(Error::Unauthenticated)?;
+        self.tokens.remember(token_digest, user, generation);
+        Ok(Principal::User(user))
+    }
+
+    /// The tokens this authenticator remembers: for `cache::listen`, and for forgetting a
+    /// person's tokens the moment they are revoked here.
+    pub fn tokens(&self) -> &std::sync::Arc<TokenCache> {
+        &self.tokens
     }
 }
 

@@ -201,6 +201,7 @@ pub(super) async fn erase_user(
         tx.finish().await
     })
     .await?;
+    state.auth.tokens().forget_user(user_id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -286,6 +287,8 @@ pub(super) async fn rotate_token(
         Ok(issued)
     })
     .await?;
+    // Other replicas forget the old tokens when the revocation's notification reaches them.
+    state.auth.tokens().forget_user(user_id);
     Ok(json(StatusCode::CREATED, issued))
 }
 

@@ -1,0 +1,133 @@
+//! A replica remembers the API tokens it has resolved (cloud/src/auth/cache.rs); a revoked
+//! token must still stop working everywhere: at once on the replica that revoked it, and on
+//! another replica as soon as the revocation's notification reaches it, whichever way the token
+//! was revoked (the API's rotation, an operator's UPDATE, an erasure).
+
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::json;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Longest a revocation may take to reach the other replica: notifications leave at commit and
+/// arrive within milliseconds; this is generous for a loaded machine.
+const PROPAGATION: Duration = Duration::from_secs(3);
+
+async fn read_status(client: &Client, base: &str, user: Uuid, token: &str) -> StatusCode {
+    client
+        .get(format!("{base}/v1/users/{user}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("the replica answers")
+        .status()
+}
+
+/// Polls until the token is refused (401), or fails after [`PROPAGATION`].
+async fn refused_soon(client: &Client, base: &str, user: Uuid, token: &str, what: &str) {
+    let deadline = Instant::now() + PROPAGATION;
+    loop {
+        let status = read_status(client, base, user, token).await;
+        if status == StatusCode::UNAUTHORIZED {
+            return;
+        }
+        assert_eq!(status, StatusCode::OK, "{what}: unexpected status");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the revoked token still works after {PROPAGATION:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn create_person(client: &Client, base: &str, admin: &str, name: &str) -> (Uuid, String) {
+    let created: serde_json::Value = client
+        .post(format!("{base}/v1/users"))
+        .bearer_auth(admin)
+        .json(&json!({"display_name": name, "emotional_data_consent": true}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        created["user_id"].as_str().unwrap().parse().unwrap(),
+        created["api_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revoked_token_stops_working_on_every_replica() {
+    ecs_telemetry::install_crypto_provider();
+    let (db, stack) = ecs_tests::ready_stack(ecs_simulator::stack::BrokerChoice::Embedded).await;
+    let second = stack
+        .spawn_replica()
+        .await
+        .expect("a second replica starts");
+    let (a, b) = (
+        stack.api_base.clone(),
+        format!("http://{}", second.http_addr),
+    );
+    let client = Client::new();
+    let admin = stack.admin_token.clone();
+    // Each replica listens for revocations once it is up; give the second a moment to.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Rotation through A: A refuses the old token at once; B as soon as it hears.
+    let (ana, old) = create_person(&client, &a, &admin, "Ana").await;
+    for base in [&a, &b] {
+        for _ in 0..3 {
+            assert_eq!(read_status(&client, base, ana, &old).await, StatusCode::OK);
+        }
+    }
+    let rotated: serde_json::Value = client
+        .post(format!("{a}/v1/users/{ana}/tokens"))
+        .bearer_auth(&old)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new = rotated["api_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        read_status(&client, &a, ana, &old).await,
+        StatusCode::UNAUTHORIZED,
+        "the replica that rotated still took the old token"
+    );
+    refused_soon(&client, &b, ana, &old, "rotation, other replica").await;
+    for base in [&a, &b] {
+        assert_eq!(read_status(&client, base, ana, &new).await, StatusCode::OK);
+    }
+
+    // An operator's UPDATE in SQL, which no replica saw coming.
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1")
+        .bind(ana)
+        .execute(&stack.pool)
+        .await
+        .unwrap();
+    refused_soon(&client, &a, ana, &new, "operator's UPDATE, replica A").await;
+    refused_soon(&client, &b, ana, &new, "operator's UPDATE, replica B").await;
+
+    // An erasure through B, of a person whose token A remembers.
+    let (bia, token) = create_person(&client, &a, &admin, "Bia").await;
+    assert_eq!(read_status(&client, &a, bia, &token).await, StatusCode::OK);
+    let erased = client
+        .delete(format!("{b}/v1/users/{bia}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+    refused_soon(&client, &a, bia, &token, "erasure, other replica").await;
+
+    second.stop().await;
+    drop(stack);
+    db.drop_now().await.unwrap();
+}

@@ -6,13 +6,15 @@
 //! [`latency`] (percentiles), [`progress`] (bars on a terminal only), [`open_files`] (the
 //! descriptor limit a benchmark with thousands of sockets needs), [`scratch`] (a database of
 //! the run's own, dropped however the run ends), [`cloud`] (the embedded broker and the
-//! cloud in this process, ready) and [`sibling`] (a binary built next to this one, run as a
-//! child process that dies with the bench).
+//! cloud in this process, ready), [`sibling`] (a binary built next to this one, run as a
+//! child process that dies with the bench) and [`http1`] (a lean HTTP/1.1 keep-alive client
+//! for load that shares the cores with what it measures).
 
 pub mod api;
 pub mod broker;
 pub mod cloud;
 pub mod edge;
+pub mod http1;
 pub mod ingest;
 pub mod latency;
 pub mod notify;

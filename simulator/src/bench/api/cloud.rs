@@ -12,11 +12,14 @@ pub const RAISED_LIMIT: u32 = 1_000_000;
 /// into the system's temporary directory.
 ///
 /// The settings are the demo's with three changes. `api_rate_admin`, `api_rate_per_user` and
-/// `assessments_per_hour` are raised to [`RAISED_LIMIT`]: the load sends thousands of requests
-/// a second with the admin token and assesses each person many times an hour, which the
-/// production limits (there to stop one caller from taking the service) would refuse; raised,
-/// their checks still run on every request, so their cost is in the figures. And
-/// `db_max_connections` is `db_connections`, so that the pool is not what the load queues on.
+/// `assessments_per_hour` are raised to [`RAISED_LIMIT`]. The seeding sends as fast as it can
+/// with the admin token; the load sends each request with the token of the person it is about,
+/// so each person gets the load's rate divided by `--people` (past the production 20 a second
+/// when people are few) and is assessed many times an hour (the production limit is 10). The
+/// production limits are there to stop one caller from taking the service, and would refuse
+/// the load; raised, their checks still run on every request, so their cost is in the figures.
+/// And `db_max_connections` is `db_connections`, so that the pool is not what the load queues
+/// on.
 pub async fn start(database_url: &str, db_connections: u32) -> anyhow::Result<BenchCloud> {
     BenchCloud::start(database_url, &std::env::temp_dir(), |settings| {
         settings.api_rate_admin = RAISED_LIMIT;

@@ -1,5 +1,14 @@
 //! HTTP load on one endpoint: `connections` client tasks, each with a keep-alive HTTP/1.1
-//! connection of its own, asking round-robin about the seeded people.
+//! connection of its own, asking round-robin about the seeded people, each request with the
+//! token of the person it is about, as the person's phone app would: an admin-token read of a
+//! person is recorded in the access trail (an insert and a commit per read, by design), so the
+//! admin is the rare caller of these routes. Each person's own rate limits (requests per
+//! second, assessments per hour) are raised by [`super::cloud::start`] so they do not refuse
+//! the load.
+//!
+//! The client is [`crate::bench::http1`]'s, not a general-purpose one: the load shares the
+//! machine's cores with the cloud and Postgres, and every cycle it spends is one the cloud
+//! does not get, while pgbench, the reference, is lean C.
 //!
 //! * **Closed loop** ([`Pacing::Closed`]): each connection sends its next request as soon as the
 //!   last one answered: the most the API serves with that many callers.
@@ -18,12 +27,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use reqwest::{Client, Method, StatusCode};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::seed::Person;
 use crate::bench::cloud::BenchCloud;
+use crate::bench::http1::{self, Client, Method};
 use crate::bench::latency::{Latencies, LatencySummary};
 use crate::bench::progress::Progress;
 
@@ -54,23 +64,35 @@ impl Endpoint {
 
     fn method(self) -> Method {
         match self {
-            Self::Assess => Method::POST,
-            Self::Read => Method::GET,
+            Self::Assess => Method::Post,
+            Self::Read => Method::Get,
         }
     }
 
+    #[cfg(test)]
     fn path(self, user: Uuid) -> String {
-        match self {
-            Self::Assess => format!("/v1/users/{user}/credit-offers"),
-            Self::Read => format!("/v1/users/{user}"),
+        let mut path = String::new();
+        self.write_path(&mut path, user);
+        path
+    }
+
+    /// The request's path, into `path` (reused from request to request).
+    fn write_path(self, path: &mut String, user: Uuid) {
+        path.clear();
+        path.push_str("/v1/users/");
+        // Hyphenated lower-case hex, as `Display` writes it, without a formatter.
+        path.push_str(user.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+        if self == Self::Assess {
+            path.push_str("/credit-offers");
         }
     }
 
-    /// The status of a request that did what it was asked; anything else is an error.
-    pub fn expected(self) -> StatusCode {
+    /// The status of a request that did what it was asked (201 Created, 200 OK); anything
+    /// else is an error.
+    pub fn expected(self) -> u16 {
         match self {
-            Self::Assess => StatusCode::CREATED,
-            Self::Read => StatusCode::OK,
+            Self::Assess => 201,
+            Self::Read => 200,
         }
     }
 }
@@ -94,19 +116,18 @@ pub struct LoadPlan {
     pub pacing: Pacing,
 }
 
-/// Where the load goes: the cloud's API, as the admin, about these people.
+/// Where the load goes: the cloud's API, about these people, each asked about with their own
+/// token.
 #[derive(Clone)]
 pub struct Target {
     base_url: String,
-    admin_token: String,
-    people: Arc<[Uuid]>,
+    people: Arc<[Person]>,
 }
 
 impl Target {
-    pub fn new(cloud: &BenchCloud, people: Arc<[Uuid]>) -> Self {
+    pub fn new(cloud: &BenchCloud, people: Arc<[Person]>) -> Self {
         Self {
             base_url: cloud.base_url.clone(),
-            admin_token: cloud.admin_token.clone(),
             people,
         }
     }
@@ -136,7 +157,7 @@ pub struct LoadFigures {
 impl LoadFigures {
     /// Requests of the window not answered with the expected status.
     pub fn errors(&self) -> u64 {
-        let expected = self.endpoint.expected().as_u16();
+        let expected = self.endpoint.expected();
         let wrong: u64 = self
             .statuses
             .iter()
@@ -214,6 +235,10 @@ pub async fn run(
     plan: &LoadPlan,
     progress: &Progress,
 ) -> anyhow::Result<LoadFigures> {
+    anyhow::ensure!(
+        !target.people.is_empty(),
+        "the load needs people to ask about"
+    );
     let target_per_s = match plan.pacing {
         Pacing::Closed => None,
         Pacing::Open { per_s } => {
@@ -238,13 +263,9 @@ pub async fn run(
     let next = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     for index in 0..plan.connections {
-        // One client per connection, holding at most one idle connection: each task keeps its
-        // own keep-alive socket, as `connections` separate callers would.
-        let client = Client::builder()
-            .pool_max_idle_per_host(1)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("building an HTTP client")?;
+        // One client per task, each with its own keep-alive socket, as `connections` separate
+        // callers would; it connects on its first request.
+        let client = Client::new(&target.base_url).context("the cloud's base URL")?;
         let schedule =
             target_per_s.map(|r| Schedule::for_connection(started, index, plan.connections, r));
         let (target, next) = (target.clone(), Arc::clone(&next));
@@ -281,9 +302,10 @@ pub async fn run(
     })
 }
 
-/// One connection: sends until the window ends, and tallies the requests of the window.
+/// One connection: sends until the window ends, and tallies the requests of the window. Each
+/// request carries the token of the person it is about.
 async fn connection(
-    client: Client,
+    mut client: Client,
     target: Target,
     endpoint: Endpoint,
     window: Window,
@@ -291,7 +313,7 @@ async fn connection(
     next: Arc<AtomicUsize>,
 ) -> Tally {
     let mut tally = Tally::default();
-    let auth = format!("Bearer {}", target.admin_token);
+    let mut path = String::new();
     let expected = endpoint.expected();
     for k in 0_u64.. {
         // When the latency counts from: the due time in the open loop, the send otherwise.
@@ -306,15 +328,16 @@ async fn connection(
         if from >= window.end {
             break;
         }
-        let person = target.people[next.fetch_add(1, Ordering::Relaxed) % target.people.len()];
-        let url = format!("{}{}", target.base_url, endpoint.path(person));
-        let answer = send(&client, endpoint.method(), &url, &auth).await;
+        // `run` refused an empty list, so the remainder is an index.
+        let person = &target.people[next.fetch_add(1, Ordering::Relaxed) % target.people.len()];
+        endpoint.write_path(&mut path, person.id);
+        let answer = send(&mut client, endpoint.method(), &path, &person.token).await;
         let latency = from.elapsed();
         let counted = window.holds(from);
         match answer {
             Ok(status) if counted => {
                 tally.latencies.push(latency);
-                *tally.statuses.entry(status.as_u16()).or_default() += 1;
+                *tally.statuses.entry(status).or_default() += 1;
                 if status == expected {
                     tally.ok += 1;
                 }
@@ -332,21 +355,18 @@ async fn connection(
     tally
 }
 
-/// One request, its body read to the end (the connection is reusable only then).
+/// One request with the person's token, its answer read to the end, within
+/// [`REQUEST_TIMEOUT`]. On a timeout the client's connection is dropped with the request (see
+/// [`http1`]), so the next request starts on a fresh one.
 async fn send(
-    client: &Client,
+    client: &mut Client,
     method: Method,
-    url: &str,
-    auth: &str,
-) -> Result<StatusCode, reqwest::Error> {
-    let response = client
-        .request(method, url)
-        .header(reqwest::header::AUTHORIZATION, auth)
-        .send()
-        .await?;
-    let status = response.status();
-    response.bytes().await?;
-    Ok(status)
+    path: &str,
+    token: &str,
+) -> Result<u16, http1::Error> {
+    tokio::time::timeout(REQUEST_TIMEOUT, client.send(method, path, token))
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
 }
 
 #[cfg(test)]
@@ -406,8 +426,14 @@ mod tests {
             Endpoint::Assess.path(id),
             format!("/v1/users/{id}/credit-offers")
         );
-        assert_eq!(Endpoint::Assess.method(), Method::POST);
+        assert_eq!(Endpoint::Assess.method(), Method::Post);
+        assert_eq!(Endpoint::Assess.expected(), 201);
         assert_eq!(Endpoint::Read.path(id), format!("/v1/users/{id}"));
-        assert_eq!(Endpoint::Read.expected(), StatusCode::OK);
+        assert_eq!(Endpoint::Read.method(), Method::Get);
+        assert_eq!(Endpoint::Read.expected(), 200);
+        // The path written in place is the same, whatever was in the buffer.
+        let mut path = "junk".to_owned();
+        Endpoint::Assess.write_path(&mut path, id);
+        assert_eq!(path, Endpoint::Assess.path(id));
     }
 }

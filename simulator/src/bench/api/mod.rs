@@ -6,12 +6,18 @@
 //! 1. **cloud** ([`cloud`]): the embedded broker and the cloud in this process ([`BenchCloud`],
 //!    as the ingest bench's cloud-only phase starts them), with the API's rate limits raised
 //!    (see [`cloud::start`]).
-//! 2. **seed** ([`seed`]): people created through the API, each with three monthly salaries.
+//! 2. **seed** ([`seed`]): people created through the API with the admin token, each with three
+//!    monthly salaries; each person's own API token is kept for the load.
 //! 3. **pgbench** ([`pgbench`]): a locked read plus an insert, and a one-row read, on tables of
 //!    their own, while the cloud is idle.
 //! 4. **assess** and **read** ([`load`]): closed-loop load (each connection sends its next
 //!    request when the last one answered) on `POST /v1/users/{id}/credit-offers` and
-//!    `GET /v1/users/{id}`; then each again, open-loop at half the rate just measured.
+//!    `GET /v1/users/{id}`; then each again, open-loop at half the rate just measured. Each
+//!    request carries the token of the person it is about, as the phone app's would: the admin
+//!    is the rare caller of these routes (its reads of a person are recorded in the access
+//!    trail, an insert and a commit each, by design), so admin-token load would measure the
+//!    trail rather than the routes. The load's client is [`crate::bench::http1`], lean like
+//!    pgbench, since it shares the cores with the cloud and Postgres.
 //!
 //! [`report`] holds the figures, the ratios to pgbench and the targets.
 

@@ -1,6 +1,11 @@
 //! The people the load asks about, created through the API as the bank's back office would:
 //! a consenting user, then three monthly salaries (as the cloud's tests' `person` does), so
 //! every assessment has a financial history to score.
+//!
+//! Seeding is the admin's work (only the admin token may create a person or record their
+//! transactions); the load that follows is each person's own: creating a person answers their
+//! API token, kept here with their id, and the load asks about each person with that token, as
+//! the phone app does (see [`super::load`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,14 +24,32 @@ use crate::mobile::ApiClient;
 /// never measures anything or queues on the pool.
 const MAX_SEEDERS: usize = 8;
 
-/// Creates `count` people with `connections.min(MAX_SEEDERS)` requests in flight; returns their
-/// ids in creation order. Any refused request fails the seeding: the load needs them all.
+/// One seeded person: who they are and the token they call the API with.
+#[derive(Clone)]
+pub struct Person {
+    pub id: Uuid,
+    /// The person's API token, as `POST /v1/users` answered it.
+    pub token: String,
+}
+
+/// Without the token: it is a credential.
+impl std::fmt::Debug for Person {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Person")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates `count` people with `connections.min(MAX_SEEDERS)` requests in flight; returns them
+/// (id and token) in creation order. Any refused request fails the seeding: the load needs
+/// them all.
 pub async fn people(
     cloud: &BenchCloud,
     count: usize,
     connections: usize,
     progress: &Progress,
-) -> anyhow::Result<Arc<[Uuid]>> {
+) -> anyhow::Result<Arc<[Person]>> {
     let admin = ApiClient::new(&cloud.base_url, &cloud.admin_token)
         .context("building the seeding client")?;
     let bar = progress.counter("seeding", count as u64);
@@ -47,20 +70,28 @@ pub async fn people(
             }
         });
     }
-    let mut ids = vec![Uuid::nil(); count];
+    let mut seeded: Vec<Option<Person>> = vec![None; count];
     while let Some(joined) = seeders.join_next().await {
         // The first failure ends the seeding; dropping the set aborts the other seeders.
-        for (n, id) in joined.context("a seeding task failed")?? {
-            ids[n] = id;
+        for (n, person) in joined.context("a seeding task failed")?? {
+            seeded[n] = Some(person);
         }
     }
     bar.finish_and_clear();
+    // Every n below `count` was taken by a seeder that returned, so none is missing; checked
+    // all the same rather than assumed.
+    let people = seeded
+        .into_iter()
+        .enumerate()
+        .map(|(n, person)| person.with_context(|| format!("person {n} was never seeded")))
+        .collect::<anyhow::Result<Arc<[Person]>>>()?;
     progress.note(&format!("seeded {count} people through the API"));
-    Ok(ids.into())
+    Ok(people)
 }
 
-/// Person `n`: `Bench n`, consenting, with three salaries of 5 000.00 in the last three months.
-async fn person(admin: &ApiClient, n: usize, now: DateTime<Utc>) -> anyhow::Result<Uuid> {
+/// Person `n`: `Bench n`, consenting, with three salaries of 5 000.00 in the last three months;
+/// returned with the token the API answered for them.
+async fn person(admin: &ApiClient, n: usize, now: DateTime<Utc>) -> anyhow::Result<Person> {
     let user = admin
         .create_user(&format!("Bench {n}"), true)
         .await
@@ -74,7 +105,10 @@ async fn person(admin: &ApiClient, n: usize, now: DateTime<Utc>) -> anyhow::Resu
         "person {n}: {} of 3 salaries recorded",
         recorded.inserted
     );
-    Ok(user.user_id)
+    Ok(Person {
+        id: user.user_id,
+        token: user.api_token,
+    })
 }
 
 /// Three monthly salary inflows, the latest 25 days ago.

@@ -142,6 +142,18 @@ pub struct CreditOffer {
     pub applied_at: Option<DateTime<Utc>>,
 }
 
+/// A person's assessments counted against the allowance: `used` of the newest `$3` since `$2`
+/// (so at most `$3`, whatever the person did before), and the `oldest` of them; person `$1`.
+/// A literal, for `concat!`, over the `(user_id, created_at DESC)` index.
+macro_rules! recent_assessments {
+    () => {
+        "SELECT count(*) AS used, min(created_at) AS oldest FROM (
+             SELECT created_at FROM risk_assessments
+             WHERE user_id = $1 AND created_at > $2
+             ORDER BY created_at DESC LIMIT $3) newest"
+    };
+}
+
 /// The columns of [`CreditOffer`], as a literal so queries stay static strings (`concat!`).
 /// An open offer past its expiry reads as `expired` whether or not a write has recorded it yet.
 macro_rules! offer_columns {
@@ -233,14 +245,21 @@ pub struct Assessor {
 impl Assessor {
     /// Reads the person's features and asks the model, without locking anything.
     pub async fn prepare(&self, user_id: Uuid, request: OfferRequest) -> Result<Prepared> {
-        self.check_limit(&self.pool, user_id).await?;
         let now = Utc::now();
-        let consent: Option<bool> =
-            sqlx::query_scalar("SELECT emotional_data_consent FROM users WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let consent = consent.ok_or(Error::NotFound("user"))?;
+        // The person's consent and what is left of their allowance, in one statement.
+        let (consent, used, oldest): (bool, i64, Option<DateTime<Utc>>) = sqlx::query_as(concat!(
+            "SELECT u.emotional_data_consent, recent.used, recent.oldest
+             FROM users u, LATERAL (",
+            recent_assessments!(),
+            ") recent WHERE u.user_id = $1"
+        ))
+        .bind(user_id)
+        .bind(self.window_start(now)?)
+        .bind(i64::from(self.limit.max))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(Error::NotFound("user"))?;
+        self.within_allowance(used, oldest, now)?;
         let finance = FinancialFeatures::load(&self.pool, user_id, now).await?;
         // Emotional data is read only with consent (LGPD Art. 11); without it, the model sees
         // neutral values and the decision says emotional data was not used.
@@ -294,8 +313,6 @@ impl Assessor {
                 "the person's consent changed during the assessment; assess again".into(),
             ));
         }
-        let user = tx.user_id();
-        self.check_limit(tx.conn(), user).await?;
         let Prepared {
             request,
             features,
@@ -322,14 +339,27 @@ impl Assessor {
         let expires_at = *now
             + chrono::Duration::from_std(self.offer_ttl)
                 .map_err(|e| Error::Internal(format!("offer ttl: {e}")))?;
-        sqlx::query(
-            "UPDATE credit_offers
-             SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'superseded' END
-             WHERE user_id = $1 AND status = 'offered'",
-        )
+        // The allowance again, now authoritative (concurrent requests cannot both slip under
+        // it), and the person's open offer superseded only if the allowance holds: one round
+        // trip for both.
+        let checked_at = Utc::now();
+        let (used, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(concat!(
+            "WITH recent AS (",
+            recent_assessments!(),
+            "), superseded AS (
+                 UPDATE credit_offers
+                 SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'superseded' END
+                 WHERE user_id = $1 AND status = 'offered'
+                   AND (SELECT used FROM recent) < $3
+                 RETURNING 1)
+             SELECT used, oldest FROM recent, (SELECT count(*) FROM superseded) s"
+        ))
         .bind(user_id)
-        .execute(tx.conn())
+        .bind(self.window_start(checked_at)?)
+        .bind(i64::from(self.limit.max))
+        .fetch_one(tx.conn())
         .await?;
+        self.within_allowance(used, oldest, checked_at)?;
         let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.as_str()).collect();
         let status = if decision.approved {
             OfferStatus::Offered
@@ -387,28 +417,29 @@ impl Assessor {
         Ok(offer)
     }
 
-    /// Refuses an assessment past the person's allowance for the period. Authoritative under
-    /// the person's lock (concurrent requests cannot both slip under it); also asked without
-    /// it before the model is, so a refused request costs no model call. Assessments are
-    /// stamped by this process's clock, so the window is measured by it too.
-    async fn check_limit(&self, executor: impl sqlx::PgExecutor<'_>, user_id: Uuid) -> Result<()> {
-        let now = Utc::now();
+    /// Where the allowance's period starts, for an assessment at `now`.
+    fn window_start(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
         let period = chrono::Duration::from_std(self.limit.period)
             .map_err(|e| Error::Internal(format!("assessment period: {e}")))?;
-        let (count, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(
-            "SELECT count(*), min(created_at) FROM (
-                 SELECT created_at FROM risk_assessments
-                 WHERE user_id = $1 AND created_at > $2
-                 ORDER BY created_at DESC LIMIT $3) recent",
-        )
-        .bind(user_id)
-        .bind(now - period)
-        .bind(i64::from(self.limit.max))
-        .fetch_one(executor)
-        .await?;
-        if count < i64::from(self.limit.max) {
+        Ok(now - period)
+    }
+
+    /// Refuses an assessment past the person's allowance for the period, given the
+    /// [`recent_assessments!`] of the person: `used` of them, the oldest at `oldest`. Asked
+    /// without the lock before the model is (so a refused request costs no model call), and
+    /// again under it, where it is authoritative. Assessments are stamped by this process's
+    /// clock, so the window is measured by it too.
+    fn within_allowance(
+        &self,
+        used: i64,
+        oldest: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if used < i64::from(self.limit.max) {
             return Ok(());
         }
+        let period = chrono::Duration::from_std(self.limit.period)
+            .map_err(|e| Error::Internal(format!("assessment period: {e}")))?;
         let frees_at = oldest.unwrap_or(now) + period;
         let wait = (frees_at - now).to_std().unwrap_or(Duration::from_secs(1));
         Err(Error::RateLimited {

@@ -96,8 +96,8 @@ pub struct RunningApp {
 /// A component ended while the replica was meant to be running.
 #[derive(Debug)]
 pub struct ComponentStopped {
-    /// Which one: `http_server`, `mqtt_link`, `ingest`, `offer_worker`, `notifier`, `retention`
-    /// or `revocation_publisher`.
+    /// Which one: `http_server`, `mqtt_link`, `ingest`, `offer_worker`, `notifier`, `retention`,
+    /// `revocation_publisher`, `token_revocations`, ...
     pub component: &'static str,
     /// The panic message, when it panicked.
     pub panic: Option<String>,

@@ -216,6 +216,7 @@ impl Authenticator {
             return Err(Error::Unauthenticated);
         }
         if let Some(user) = self.tokens.get(&token_digest) {
+            metrics::counter!("ecs_api_tokens_remembered_total").increment(1);
             return Ok(Principal::User(user));
         }
         let generation = self.tokens.generation();

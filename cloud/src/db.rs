@@ -127,6 +127,8 @@ fn peer_port(fd: i32) -> Option<u16> {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    use sqlx::Connection;
+
     use super::*;
 
     fn no_delay(stream: &std::net::TcpStream) -> bool {
@@ -178,6 +180,34 @@ mod tests {
             }
         }
         assert!(found >= 1, "the pool's connection was found");
+        pool.close().await;
+    }
+
+    /// A connection ended by the server while idle in the pool (a restart, an operator) is
+    /// handed out unpinged when it was idle briefly; its statement fails, and that failure is
+    /// "try again" (503), not a bug (500). The pool then replaces the connection.
+    #[tokio::test]
+    async fn a_connection_the_server_ended_fails_as_unavailable_and_is_replaced() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let pool = pool(&url, 1).unwrap();
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let mut admin = sqlx::postgres::PgConnection::connect(&url).await.unwrap();
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert!(ended);
+        // Let the backend's goodbye reach the socket.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let failed = sqlx::query("SELECT 1").execute(&pool).await.unwrap_err();
+        let status = crate::Error::from(failed).problem_type().status();
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        sqlx::query("SELECT 1").execute(&pool).await.unwrap();
         pool.close().await;
     }
 }

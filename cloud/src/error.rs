@@ -128,11 +128,19 @@ fn sql_state(e: &sqlx::Error) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
-/// Pool exhaustion and lost connections are "try again", not bugs.
+/// Pool exhaustion and lost connections are "try again", not bugs. A server shutting down (or
+/// an operator ending the backend) says so before it closes the connection: the next statement
+/// on it reads that message as a database error of class 57P (the pool pings only connections
+/// idle for a while, `db::PING_AFTER_IDLE`, so a busy one meets it here).
 fn is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
         e,
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+    ) || matches!(
+        sql_state(e).as_deref(),
+        // admin_shutdown, crash_shutdown, cannot_connect_now, database_dropped,
+        // idle_session_timeout
+        Some("57P01" | "57P02" | "57P03" | "57P04" | "57P05")
     )
 }
 

@@ -11,8 +11,9 @@
 //!   so its own caller never sees the old token work. Another replica forgets when the
 //!   notification arrives: milliseconds after the revoking transaction commits.
 //! - **No notification can be missed unseen.** The cache is used only while [`listen`] holds a
-//!   listening connection: when that connection is lost, everything is forgotten and every
-//!   request queries again until it listens again. A token resolved by a query that raced a
+//!   listening connection: when that connection is lost (or fails the question it is asked
+//!   every [`HEALTH_CHECK_EVERY`], which finds a connection dropped without a word), everything
+//!   is forgotten and every request queries again until it listens again. A token resolved by a query that raced a
 //!   revocation is not remembered ([`TokenCache::generation`]): it would outlive its
 //!   notification.
 //! - **Bounded**: at most [`MAX_ENTRIES`] tokens; past it, the expired are swept, and if that
@@ -44,6 +45,12 @@ pub const MAX_ENTRIES: usize = 100_000;
 
 const RELISTEN_INITIAL: Duration = Duration::from_millis(200);
 const RELISTEN_MAX: Duration = Duration::from_secs(10);
+/// How often the listening connection is asked a question. A listener only reads, so a
+/// connection dropped without a word (a NAT's idle timeout, a failed-over host) would otherwise
+/// look like a quiet channel for ever, and every revocation made elsewhere would be missed.
+pub const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Longest the health check may take before the connection is taken for lost.
+pub const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -196,13 +203,33 @@ pub async fn listen(cache: std::sync::Arc<TokenCache>, pool: PgPool, shutdown: C
                 }
             }
         };
-        cache.set_listening(true);
+        // Whatever ends this listening (a lost connection, shutdown, a panic), the cache stops
+        // being used with it.
+        let _listening = Listening::start(&cache);
         backoff.reset();
         info!("listening for token revocations; resolved tokens are remembered");
+        let mut health = tokio::time::interval(HEALTH_CHECK_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        health.reset();
         loop {
             let received = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return,
                 r = listener.try_recv() => r,
+                _ = health.tick() => {
+                    let asked = tokio::time::timeout(
+                        HEALTH_CHECK_TIMEOUT,
+                        sqlx::query("SELECT 1").execute(&mut listener),
+                    )
+                    .await;
+                    match asked {
+                        Ok(Ok(_)) => continue,
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "LISTEN connection for token revocations failed its check");
+                        }
+                        Err(_) => warn!("LISTEN connection for token revocations did not answer its check"),
+                    }
+                    break;
+                }
             };
             match received {
                 Ok(Some(notification)) => cache.apply(notification.payload()),
@@ -217,9 +244,23 @@ pub async fn listen(cache: std::sync::Arc<TokenCache>, pool: PgPool, shutdown: C
                 }
             }
         }
-        cache.set_listening(false);
     }
-    cache.set_listening(false);
+}
+
+/// The cache in use for as long as this lives.
+struct Listening<'a>(&'a TokenCache);
+
+impl<'a> Listening<'a> {
+    fn start(cache: &'a TokenCache) -> Self {
+        cache.set_listening(true);
+        Self(cache)
+    }
+}
+
+impl Drop for Listening<'_> {
+    fn drop(&mut self) {
+        self.0.set_listening(false);
+    }
 }
 
 async fn subscribe(pool: &PgPool) -> sqlx::Result<PgListener> {

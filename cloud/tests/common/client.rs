@@ -111,7 +111,7 @@ pub async fn person(app: &Router) -> (String, String) {
                 "direction": "inflow",
                 "amount_cents": 500_000,
                 "category": "salary",
-                "occurred_at": now - chrono::Duration::days(30 * m - 5),
+                "occurred_at": now.checked_sub_months(chrono::Months::new(m - 1)).unwrap() - chrono::Duration::hours(1),
             })
         })
         .collect();

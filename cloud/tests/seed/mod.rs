@@ -221,7 +221,7 @@ async fn salaries(app: &Router, person: &Person, monthly_cents: i64) {
                 "direction": "inflow",
                 "amount_cents": monthly_cents,
                 "category": "salary",
-                "occurred_at": now - chrono::Duration::days(30 * m - 5),
+                "occurred_at": now.checked_sub_months(chrono::Months::new(m - 1)).unwrap() - chrono::Duration::hours(1),
             })
         })
         .collect();

@@ -111,15 +111,21 @@ async fn person(admin: &ApiClient, n: usize, now: DateTime<Utc>) -> anyhow::Resu
     })
 }
 
-/// Three monthly salary inflows, the latest 25 days ago.
+/// Three monthly salary inflows, the latest an hour ago.
 fn salaries(now: DateTime<Utc>) -> Vec<Transaction> {
-    (1..=3)
+    (0..3)
         .map(|m| Transaction {
-            external_ref: format!("salary-{m}"),
+            external_ref: format!("salary-{}", m + 1),
             direction: "inflow",
             amount_cents: 500_000,
             category: "salary",
-            occurred_at: now - chrono::Duration::days(30 * m - 5),
+            // A calendar month apart, as the demo's people's (`people::provision`): 30 days
+            // apart, two could fall in one 31-day month and the person would have 2 months of
+            // income, not 3.
+            occurred_at: now
+                .checked_sub_months(chrono::Months::new(m))
+                .unwrap_or(now)
+                - chrono::Duration::hours(1),
         })
         .collect()
 }

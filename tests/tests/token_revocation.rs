@@ -62,11 +62,18 @@ async fn remembered(client: &Client, base: &str, admin: &str) -> u64 {
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
-async fn create_person(client: &Client, base: &str, admin: &str, name: &str) -> (Uuid, String) {
-    let created: serde_json::Value = client
-        .post(format!("{base}/v1/users"))
-        .bearer_auth(admin)
-        .json(&json!({"display_name": name, "emotional_data_consent": true}))
+/// POSTs `body` (if any) to `url` as `token`, expecting success; the answer's JSON.
+async fn post_ok(
+    client: &Client,
+    url: String,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut request = client.post(url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request
         .send()
         .await
         .unwrap()
@@ -74,7 +81,24 @@ async fn create_person(client: &Client, base: &str, admin: &str, name: &str) -> 
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Rotates the person's token as `bearer`; the new token.
+async fn rotate(client: &Client, base: &str, user: Uuid, bearer: &str) -> String {
+    let rotated = post_ok(
+        client,
+        format!("{base}/v1/users/{user}/tokens"),
+        bearer,
+        None,
+    )
+    .await;
+    rotated["api_token"].as_str().unwrap().to_owned()
+}
+
+async fn create_person(client: &Client, base: &str, admin: &str, name: &str) -> (Uuid, String) {
+    let body = json!({"display_name": name, "emotional_data_consent": true});
+    let created = post_ok(client, format!("{base}/v1/users"), admin, Some(body)).await;
     (
         created["user_id"].as_str().unwrap().parse().unwrap(),
         created["api_token"].as_str().unwrap().to_owned(),
@@ -112,18 +136,7 @@ async fn a_revoked_token_stops_working_on_every_replica() {
         remembered(&client, &a, &admin).await >= before + 4,
         "the replicas did not remember the token"
     );
-    let rotated: serde_json::Value = client
-        .post(format!("{a}/v1/users/{ana}/tokens"))
-        .bearer_auth(&old)
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let new = rotated["api_token"].as_str().unwrap().to_owned();
+    let new = rotate(&client, &a, ana, &old).await;
     assert_eq!(
         read_status(&client, &a, ana, &old).await,
         StatusCode::UNAUTHORIZED,
@@ -201,17 +214,9 @@ async fn a_revocation_made_while_the_listener_is_cut_is_not_missed() {
     )
     .await;
     // It listens again, and a new token of Ana's works (and is remembered again).
-    let rotated = client
-        .post(format!("{base}/v1/users/{ana}/tokens"))
-        .bearer_auth(&stack.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rotated.status(), StatusCode::CREATED);
-    let rotated: serde_json::Value = rotated.json().await.unwrap();
-    let new = rotated["api_token"].as_str().unwrap();
+    let new = rotate(&client, &base, ana, &stack.admin_token).await;
     for _ in 0..3 {
-        assert_eq!(read_status(&client, &base, ana, new).await, StatusCode::OK);
+        assert_eq!(read_status(&client, &base, ana, &new).await, StatusCode::OK);
     }
     drop(stack);
     db.drop_now().await.unwrap();

@@ -39,6 +39,8 @@ pub struct BenchCloud {
     _pki_dir: tempfile::TempDir,
     /// `http://127.0.0.1:<port>`, without a trailing slash.
     pub base_url: String,
+    /// The API's address (`base_url`'s), for clients that take no URL.
+    pub http_addr: std::net::SocketAddr,
     pub admin_token: String,
     /// The broker's service listener, with the login the cloud uses.
     pub service: ServiceLogin,
@@ -89,6 +91,7 @@ impl BenchCloud {
         };
         let cloud = Self {
             base_url: format!("http://{}", app.http_addr),
+            http_addr: app.http_addr,
             app,
             broker,
             _pki_dir: pki_dir,

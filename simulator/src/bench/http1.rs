@@ -7,7 +7,7 @@
 //! one writes each request with a single `write_all` from a reused buffer and parses the answer
 //! in place ([`httparse`]) from another reused buffer.
 //!
-//! What it speaks: plain `http://` only (the cloud under test is on loopback), `GET` and
+//! What it speaks: plain HTTP to one address (the cloud under test, on loopback), `GET` and
 //! `POST` with `Content-Length: 0`, a bearer token. What it reads: a status line and headers
 //! (at most [`MAX_HEAD`] bytes), then the body framed as HTTP/1.1 frames it — by
 //! `Transfer-Encoding: chunked` (extensions and trailers included), by `Content-Length`, by no
@@ -22,6 +22,7 @@
 //! cancelled request drops it rather than leaving half an answer for the next one to read.
 
 use std::io;
+use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -54,9 +55,6 @@ impl Method {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The base URL is not one this client can use.
-    #[error("unsupported base URL {url:?}: {why}")]
-    Url { url: String, why: &'static str },
     /// The request cannot be written as asked (it would not be valid HTTP).
     #[error("invalid request: {0}")]
     Request(&'static str),
@@ -76,10 +74,8 @@ pub enum Error {
 /// One keep-alive connection to one server, opened on the first request and again after the
 /// server closed it or anything went wrong.
 pub struct Client {
-    /// What `TcpStream::connect` gets: the host without an IPv6 literal's brackets.
-    host: String,
-    port: u16,
-    /// The `Host` header: the base URL's authority as written.
+    addr: SocketAddr,
+    /// The `Host` header: the address as written (an IPv6 one in brackets).
     authority: String,
     /// `None` between connections and while a request is in flight (see the module docs).
     stream: Option<TcpStream>,
@@ -89,18 +85,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `base_url`, `http://host[:port]` with at most a trailing `/`; nothing is
-    /// connected until the first request.
-    pub fn new(base_url: &str) -> Result<Self, Error> {
-        let base = parse_base_url(base_url)?;
-        Ok(Self {
-            host: base.host,
-            port: base.port,
-            authority: base.authority,
+    /// A client for the server at `addr` (the bench's own cloud: there is no URL to parse);
+    /// nothing is connected until the first request.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            authority: addr.to_string(),
             stream: None,
             reader: ResponseReader::default(),
             request: Vec::with_capacity(256),
-        })
+        }
     }
 
     /// Sends `method path` with `Authorization: Bearer <token>` and no body, reads the whole
@@ -160,9 +154,7 @@ impl Client {
             addr: self.authority.clone(),
             source,
         };
-        let stream = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(connect_error)?;
+        let stream = TcpStream::connect(self.addr).await.map_err(connect_error)?;
         // Each request is one small write, answered before the next: Nagle's algorithm would
         // hold the write back waiting for an ACK that delayed ACKs delay in turn.
         stream.set_nodelay(true).map_err(connect_error)?;
@@ -173,74 +165,6 @@ impl Client {
 /// Visible ASCII: what a request target and a token may hold.
 fn is_visible(b: u8) -> bool {
     (0x21..=0x7e).contains(&b)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct BaseUrl {
-    host: String,
-    port: u16,
-    authority: String,
-}
-
-fn parse_base_url(url: &str) -> Result<BaseUrl, Error> {
-    let refuse = |why| Error::Url {
-        url: url.to_owned(),
-        why,
-    };
-    let scheme_len = "http://".len();
-    let rest = match url.get(..scheme_len) {
-        Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &url[scheme_len..],
-        _ if url
-            .get(..8)
-            .is_some_and(|s| s.eq_ignore_ascii_case("https://")) =>
-        {
-            return Err(refuse(
-                "only plain http:// is supported by this client, not https",
-            ));
-        }
-        _ => return Err(refuse("only plain http://host:port is supported")),
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() {
-        return Err(refuse("no host"));
-    }
-    if !authority.bytes().all(is_visible) || authority.contains(['/', '?', '#', '@']) {
-        return Err(refuse(
-            "only http://host[:port] is supported: no path, query, user or spaces",
-        ));
-    }
-    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-        let (host, after) = bracketed
-            .split_once(']')
-            .ok_or_else(|| refuse("an IPv6 literal without its closing ]"))?;
-        match after {
-            "" => (host, None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => return Err(refuse("junk after the IPv6 literal")),
-            },
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(refuse("no host"));
-    }
-    let port = match port {
-        None => 80,
-        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => port
-            .parse()
-            .map_err(|_| refuse("the port is not 0..=65535"))?,
-        Some(_) => return Err(refuse("the port is not a number")),
-    };
-    Ok(BaseUrl {
-        host: host.to_owned(),
-        port,
-        authority: authority.to_owned(),
-    })
 }
 
 /// One answer, read to its end.
@@ -834,54 +758,8 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_base_urls_are_taken() {
-        let url = |host: &str, port, authority: &str| BaseUrl {
-            host: host.to_owned(),
-            port,
-            authority: authority.to_owned(),
-        };
-        assert_eq!(
-            parse_base_url("http://127.0.0.1:8080").ok(),
-            Some(url("127.0.0.1", 8080, "127.0.0.1:8080"))
-        );
-        assert_eq!(
-            parse_base_url("HTTP://localhost/").ok(),
-            Some(url("localhost", 80, "localhost"))
-        );
-        assert_eq!(
-            parse_base_url("http://[::1]:9000").ok(),
-            Some(url("::1", 9000, "[::1]:9000"))
-        );
-        for bad in [
-            "https://127.0.0.1:8443",
-            "127.0.0.1:8080",
-            "ftp://host",
-            "http://",
-            "http://:80",
-            "http://host:",
-            "http://host:99999",
-            "http://host:8o",
-            "http://host:80/api",
-            "http://user@host",
-            "http://host?x",
-            "http://ho st",
-            "http://[::1",
-            "http://[::1]x",
-        ] {
-            assert!(
-                matches!(parse_base_url(bad), Err(Error::Url { .. })),
-                "{bad} was taken"
-            );
-        }
-        let refused = parse_base_url("https://x").err().map(|e| e.to_string());
-        assert!(refused.is_some_and(|e| e.contains("not https")));
-    }
-
-    #[test]
     fn requests_are_written_as_asked() {
-        let Ok(mut client) = Client::new("http://127.0.0.1:8080") else {
-            panic!("a plain base URL was refused");
-        };
+        let mut client = Client::new(SocketAddr::from(([127, 0, 0, 1], 8080)));
         client.write_request(Method::Post, "/v1/users/u/credit-offers", "tok");
         assert_eq!(
             client.request,
@@ -899,9 +777,7 @@ mod tests {
     #[tokio::test]
     async fn requests_that_would_not_be_http_are_refused_unsent() {
         // Port 9 (discard): nothing is connected to for these.
-        let Ok(mut client) = Client::new("http://127.0.0.1:9") else {
-            panic!("a plain base URL was refused");
-        };
+        let mut client = Client::new(SocketAddr::from(([127, 0, 0, 1], 9)));
         for (path, token) in [
             ("/a b", "t"),
             ("/a\r\nX: y", "t"),
@@ -920,7 +796,11 @@ mod tests {
     /// all connections); returns its base URL, its request log and its accept count.
     async fn server(
         answer: fn(usize) -> &'static [u8],
-    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+    ) -> (
+        SocketAddr,
+        Arc<std::sync::Mutex<Vec<String>>>,
+        Arc<AtomicUsize>,
+    ) {
         let Ok(listener) = TcpListener::bind("127.0.0.1:0").await else {
             panic!("cannot listen on loopback");
         };
@@ -967,7 +847,7 @@ mod tests {
                 });
             }
         });
-        (format!("http://{addr}"), log, accepts)
+        (addr, log, accepts)
     }
 
     #[tokio::test]
@@ -977,9 +857,7 @@ mod tests {
             _ => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
         })
         .await;
-        let Ok(mut client) = Client::new(&url) else {
-            panic!("{url} was refused");
-        };
+        let mut client = Client::new(url);
         let first = client
             .send(Method::Post, "/v1/users/a/credit-offers", "tok-a")
             .await;
@@ -993,7 +871,7 @@ mod tests {
         let Ok(log) = log.lock() else {
             panic!("the log was poisoned");
         };
-        let host = url.trim_start_matches("http://");
+        let host = url;
         assert_eq!(
             *log,
             [
@@ -1020,9 +898,7 @@ mod tests {
             _ => b"HTTP/1.1 204 No Content\r\n\r\n",
         })
         .await;
-        let Ok(mut client) = Client::new(&url) else {
-            panic!("{url} was refused");
-        };
+        let mut client = Client::new(url);
         assert_eq!(client.send(Method::Get, "/a", "t").await.ok(), Some(200));
         assert!(matches!(
             client.send(Method::Get, "/b", "t").await,
@@ -1048,9 +924,7 @@ mod tests {
             panic!("no local address");
         };
         drop(listener);
-        let Ok(mut client) = Client::new(&format!("http://{addr}")) else {
-            panic!("a plain base URL was refused");
-        };
+        let mut client = Client::new(addr);
         let sent = client.send(Method::Get, "/", "t").await;
         assert!(matches!(sent, Err(Error::Connect { .. })), "{sent:?}");
     }

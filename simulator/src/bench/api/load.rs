@@ -120,14 +120,14 @@ pub struct LoadPlan {
 /// token.
 #[derive(Clone)]
 pub struct Target {
-    base_url: String,
+    addr: std::net::SocketAddr,
     people: Arc<[Person]>,
 }
 
 impl Target {
     pub fn new(cloud: &BenchCloud, people: Arc<[Person]>) -> Self {
         Self {
-            base_url: cloud.base_url.clone(),
+            addr: cloud.http_addr,
             people,
         }
     }
@@ -265,7 +265,7 @@ pub async fn run(
     for index in 0..plan.connections {
         // One client per task, each with its own keep-alive socket, as `connections` separate
         // callers would; it connects on its first request.
-        let client = Client::new(&target.base_url).context("the cloud's base URL")?;
+        let client = Client::new(target.addr);
         let schedule =
             target_per_s.map(|r| Schedule::for_connection(started, index, plan.connections, r));
         let (target, next) = (target.clone(), Arc::clone(&next));

@@ -263,14 +263,25 @@ impl EmotionFeatures {
     }
 }
 
+/// The columns of [`EmotionFeatures`] in `emotion_features`, as a literal for `concat!`: the
+/// assessment reads them in the same statement as the rest of its inputs
+/// (`offers::Assessor::prepare`).
+macro_rules! emotion_feature_columns {
+    () => {
+        "readings_count, ew_weight, mean_valence, valence_variance, mean_arousal, mean_stress, \
+         stress_share, impulsivity, purchase_intent, financial_worry, saving_intent, \
+         first_reading_at, last_reading_at"
+    };
+}
+pub(crate) use emotion_feature_columns;
+
 /// The person's current features, if any reading was ever stored.
 pub async fn load(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option<EmotionFeatures>> {
-    let features = sqlx::query_as(
-        "SELECT readings_count, ew_weight, mean_valence, valence_variance, mean_arousal,
-                mean_stress, stress_share, impulsivity, purchase_intent, financial_worry,
-                saving_intent, first_reading_at, last_reading_at
-         FROM emotion_features WHERE user_id = $1",
-    )
+    let features = sqlx::query_as(concat!(
+        "SELECT ",
+        emotion_feature_columns!(),
+        " FROM emotion_features WHERE user_id = $1"
+    ))
     .bind(user_id)
     .fetch_optional(executor)
     .await?;
@@ -288,12 +299,11 @@ pub async fn load_many(
     conn: &mut PgConnection,
     user_ids: &[Uuid],
 ) -> Result<Vec<(Uuid, EmotionFeatures)>> {
-    let rows = sqlx::query(
-        "SELECT user_id, readings_count, ew_weight, mean_valence, valence_variance, mean_arousal,
-                mean_stress, stress_share, impulsivity, purchase_intent, financial_worry,
-                saving_intent, first_reading_at, last_reading_at
-         FROM emotion_features WHERE user_id = ANY($1)",
-    )
+    let rows = sqlx::query(concat!(
+        "SELECT user_id, ",
+        emotion_feature_columns!(),
+        " FROM emotion_features WHERE user_id = ANY($1)"
+    ))
     .bind(user_ids)
     .fetch_all(conn)
     .await?;

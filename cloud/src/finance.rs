@@ -169,6 +169,42 @@ pub struct FinancialFeatures {
 /// Categories whose spending is treated as discretionary.
 pub const DISCRETIONARY: [&str; 4] = ["entertainment", "gambling", "shopping", "travel"];
 
+/// The query behind [`FinancialFeatures::load`], as a literal so that a caller can read it in
+/// the same statement as other things (the assessment's one read, `offers::Assessor::prepare`).
+/// Its arguments name the parameters holding the person, the window's end, [`DISCRETIONARY`] and
+/// [`WINDOW_DAYS`]; its columns are [`FinancialFeatures`]' fields.
+macro_rules! financial_window {
+    ($user:literal, $now:literal, $discretionary:literal, $days:literal) => {
+        concat!(
+            "SELECT
+                 LEAST(COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'inflow'), 0),
+                       9223372036854775807)::bigint AS inflow_cents,
+                 LEAST(COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'outflow'), 0),
+                       9223372036854775807)::bigint AS outflow_cents,
+                 COUNT(*) AS transaction_count,
+                 COUNT(DISTINCT date_trunc('month', occurred_at))
+                     FILTER (WHERE direction = 'inflow') AS months_with_inflow,
+                 LEAST(COALESCE(SUM(amount_cents) FILTER (
+                     WHERE direction = 'outflow' AND category = ANY(",
+            $discretionary,
+            ")), 0),
+                       9223372036854775807)::bigint AS discretionary_outflow_cents
+             FROM transactions
+             WHERE user_id = ",
+            $user,
+            "
+               AND occurred_at > ",
+            $now,
+            " - make_interval(days => ",
+            $days,
+            ")
+               AND occurred_at <= ",
+            $now
+        )
+    };
+}
+pub(crate) use financial_window;
+
 impl FinancialFeatures {
     /// Average monthly inflow over the window.
     pub fn monthly_inflow_cents(&self) -> i64 {
@@ -209,28 +245,12 @@ impl FinancialFeatures {
         user_id: Uuid,
         now: DateTime<Utc>,
     ) -> sqlx::Result<Self> {
-        sqlx::query_as(
-            "SELECT
-                 LEAST(COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'inflow'), 0),
-                       9223372036854775807)::bigint AS inflow_cents,
-                 LEAST(COALESCE(SUM(amount_cents) FILTER (WHERE direction = 'outflow'), 0),
-                       9223372036854775807)::bigint AS outflow_cents,
-                 COUNT(*) AS transaction_count,
-                 COUNT(DISTINCT date_trunc('month', occurred_at))
-                     FILTER (WHERE direction = 'inflow') AS months_with_inflow,
-                 LEAST(COALESCE(SUM(amount_cents) FILTER (
-                     WHERE direction = 'outflow' AND category = ANY($3)), 0),
-                       9223372036854775807)::bigint AS discretionary_outflow_cents
-             FROM transactions
-             WHERE user_id = $1
-               AND occurred_at > $2 - make_interval(days => $4)
-               AND occurred_at <= $2",
-        )
-        .bind(user_id)
-        .bind(now)
-        .bind(&DISCRETIONARY[..])
-        .bind(WINDOW_DAYS)
-        .fetch_one(executor)
-        .await
+        sqlx::query_as(financial_window!("$1", "$2", "$3", "$4"))
+            .bind(user_id)
+            .bind(now)
+            .bind(&DISCRETIONARY[..])
+            .bind(WINDOW_DAYS)
+            .fetch_one(executor)
+            .await
     }
 }

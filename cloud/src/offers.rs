@@ -8,10 +8,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use ecs_protocol::{CreditType, NotificationKind};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, postgres::PgListener};
+use sqlx::{FromRow, PgPool, Row, postgres::PgListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -245,28 +245,42 @@ pub struct Assessor {
 impl Assessor {
     /// Reads the person's features and asks the model, without locking anything.
     pub async fn prepare(&self, user_id: Uuid, request: OfferRequest) -> Result<Prepared> {
-        let now = Utc::now();
-        // The person's consent and what is left of their allowance, in one statement.
-        let (consent, used, oldest): (bool, i64, Option<DateTime<Utc>>) = sqlx::query_as(concat!(
-            "SELECT u.emotional_data_consent, recent.used, recent.oldest
-             FROM users u, LATERAL (",
+        // To the microsecond, as Postgres stores it: the offer answered is the offer stored.
+        let now = Utc::now().trunc_subsecs(6);
+        // Every input in one statement: the person's consent, what is left of their allowance,
+        // the financial window and, only with consent, the emotional features. Emotional data
+        // is read only with consent (LGPD Art. 11): the join itself is conditioned on it, so
+        // without it no emotional value leaves the database, the model sees neutral values and
+        // the decision says emotional data was not used.
+        let row = sqlx::query(concat!(
+            "SELECT u.emotional_data_consent, recent.used, recent.oldest, finance.*, ",
+            crate::features::emotion_feature_columns!(),
+            " FROM users u
+             CROSS JOIN LATERAL (",
             recent_assessments!(),
-            ") recent WHERE u.user_id = $1"
+            ") recent
+             CROSS JOIN LATERAL (",
+            crate::finance::financial_window!("$1", "$4", "$5", "$6"),
+            ") finance
+             LEFT JOIN emotion_features ef
+                 ON ef.user_id = u.user_id AND u.emotional_data_consent
+             WHERE u.user_id = $1"
         ))
         .bind(user_id)
         .bind(self.window_start(now)?)
         .bind(i64::from(self.limit.max))
+        .bind(now)
+        .bind(&crate::finance::DISCRETIONARY[..])
+        .bind(crate::finance::WINDOW_DAYS)
         .fetch_optional(&self.pool)
         .await?
         .ok_or(Error::NotFound("user"))?;
-        self.within_allowance(used, oldest, now)?;
-        let finance = FinancialFeatures::load(&self.pool, user_id, now).await?;
-        // Emotional data is read only with consent (LGPD Art. 11); without it, the model sees
-        // neutral values and the decision says emotional data was not used.
-        let emotions = if consent {
-            crate::features::load(&self.pool, user_id).await?
-        } else {
-            None
+        let consent: bool = row.try_get("emotional_data_consent")?;
+        self.within_allowance(row.try_get("used")?, row.try_get("oldest")?, now)?;
+        let finance = FinancialFeatures::from_row(&row)?;
+        let emotions = match row.try_get::<Option<i64>, _>("readings_count")? {
+            Some(_) => Some(EmotionFeatures::from_row(&row)?),
+            None => None,
         };
         let features = feature_vector(&finance, emotions.as_ref());
         let score = self.model.score(&features).await.map_err(|e| match e {
@@ -336,9 +350,10 @@ impl Assessor {
         };
         let assessment_id = Uuid::new_v4();
         let offer_id = Uuid::new_v4();
-        let expires_at = *now
+        let expires_at = (*now
             + chrono::Duration::from_std(self.offer_ttl)
-                .map_err(|e| Error::Internal(format!("offer ttl: {e}")))?;
+                .map_err(|e| Error::Internal(format!("offer ttl: {e}")))?)
+        .trunc_subsecs(6);
         // The allowance again, now authoritative (concurrent requests cannot both slip under
         // it), and the person's open offer superseded only if the allowance holds: one round
         // trip for both.
@@ -360,15 +375,44 @@ impl Assessor {
         .fetch_one(tx.conn())
         .await?;
         self.within_allowance(used, oldest, checked_at)?;
-        let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.as_str()).collect();
-        let status = if decision.approved {
-            OfferStatus::Offered
-        } else {
-            OfferStatus::Declined
+        let offer = CreditOffer {
+            offer_id,
+            user_id,
+            assessment_id,
+            approved: decision.approved,
+            status: if decision.approved {
+                OfferStatus::Offered
+            } else {
+                OfferStatus::Declined
+            },
+            credit_limit_cents: decision.credit_limit_cents,
+            interest_rate_bps: decision.interest_rate_bps,
+            credit_type: decision.credit_type,
+            term_months: decision.term_months,
+            requested_amount_cents: request.amount_cents,
+            pricing,
+            reason_codes: decision
+                .reasons
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            origin: if signal.is_some() {
+                OfferOrigin::Proactive
+            } else {
+                OfferOrigin::Requested
+            },
+            proactive_signal: signal.clone().map(sqlx::types::Json),
+            created_at: *now,
+            expires_at,
+            accepted_at: None,
+            applied_at: None,
         };
         // The assessment and its offer in one statement (one round trip): the offer's foreign
-        // key to the assessment is checked at the end of the statement, when both exist.
-        let offer: CreditOffer = sqlx::query_as(concat!(
+        // key to the assessment is checked at the end of the statement, when both exist. Nothing
+        // is read back: the answer is the row as written (its times are whole microseconds, as
+        // stored), and reading it back would cost the database a JSONB encode of the pricing
+        // and us its parse.
+        sqlx::query(
             "WITH assessment AS (
                  INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
                      probability_of_default, features, contributions, created_at)
@@ -376,37 +420,30 @@ impl Assessor {
              INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
                  credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
                  created_at, expires_at, requested_amount_cents, pricing, origin, proactive_signal)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $20, $21)
-             RETURNING ",
-            offer_columns!(),
-            ""
-        ))
-        .bind(offer_id)
-        .bind(user_id)
-        .bind(assessment_id)
-        .bind(decision.approved)
-        .bind(status)
-        .bind(decision.credit_limit_cents)
-        .bind(decision.interest_rate_bps)
-        .bind(decision.credit_type)
-        .bind(decision.term_months)
-        .bind(&reasons)
-        .bind(now)
-        .bind(expires_at)
-        .bind(request.amount_cents)
-        .bind(&pricing)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $20, $21)",
+        )
+        .bind(offer.offer_id)
+        .bind(offer.user_id)
+        .bind(offer.assessment_id)
+        .bind(offer.approved)
+        .bind(offer.status)
+        .bind(offer.credit_limit_cents)
+        .bind(offer.interest_rate_bps)
+        .bind(offer.credit_type)
+        .bind(offer.term_months)
+        .bind(&offer.reason_codes)
+        .bind(offer.created_at)
+        .bind(offer.expires_at)
+        .bind(offer.requested_amount_cents)
+        .bind(&offer.pricing)
         .bind(&score.model_name)
         .bind(&score.model_version)
         .bind(score.probability_of_default)
         .bind(sqlx::types::Json(features))
         .bind(sqlx::types::Json(&score.contributions))
-        .bind(if signal.is_some() {
-            OfferOrigin::Proactive
-        } else {
-            OfferOrigin::Requested
-        })
-        .bind(signal.as_ref().map(sqlx::types::Json))
-        .fetch_one(tx.conn())
+        .bind(offer.origin)
+        .bind(&offer.proactive_signal)
+        .execute(tx.conn())
         .await?;
         let origin = offer.origin.as_str();
         metrics::counter!("ecs_offers_created_total",

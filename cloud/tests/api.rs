@@ -930,6 +930,39 @@ async fn concurrent_assessments_leave_exactly_one_open_offer(pool: PgPool) {
     assert_eq!(open, 1);
 }
 
+/// The assessment's answer is built from the row it wrote, not read back: it must be that row
+/// exactly, field for field (times to the microsecond, as stored), approved or declined.
+#[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
+async fn the_answer_to_an_assessment_is_the_offer_as_stored(pool: PgPool) {
+    for pd in [0.05, 0.9] {
+        let app = app(&pool, Arc::new(FixedModel(pd)), true);
+        let (user, token) = person(&app).await;
+        let created = call(
+            &app,
+            Method::POST,
+            &format!("/v1/users/{user}/credit-offers"),
+            Some(&token),
+            Some(r#"{"amount_cents":150000,"term_months":7}"#),
+        )
+        .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        assert_eq!(created.body["approved"], pd < 0.5, "{}", created.body);
+        let offer_id = created.body["offer_id"].as_str().unwrap();
+        let stored = call(
+            &app,
+            Method::GET,
+            &format!("/v1/credit-offers/{offer_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+        assert_eq!(stored.status, StatusCode::OK);
+        let mut answered = created.body.clone();
+        answered.as_object_mut().unwrap().remove("risk");
+        assert_eq!(answered, stored.body);
+    }
+}
+
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]
 async fn an_offer_past_its_expiry_reads_as_expired(pool: PgPool) {
     let app = app(&pool, Arc::new(FixedModel(0.05)), true);

@@ -38,7 +38,8 @@ use crate::{
     offers::Assessor,
 };
 
-pub use credit::{OfferBody, OfferView, RiskView};
+pub use crate::offers::{OfferView, RiskView};
+pub use credit::OfferBody;
 pub use persons::{NewTransaction, RecordTransactions};
 
 /// Tells whether the broker link is up (for `/readyz`).
@@ -50,6 +51,9 @@ pub struct AppState {
     pub pool: PgPool,
     pub auth: Arc<Authenticator>,
     pub assessor: Arc<Assessor>,
+    /// Records assessments, several people's in one transaction under load (the assessor's
+    /// group commit).
+    pub offers: crate::offers::Recorder,
     pub broker_connected: BrokerProbe,
     /// False while ingest is stalled: messages wait and none has been taken for a while.
     pub ingest_flowing: BrokerProbe,

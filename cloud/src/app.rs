@@ -364,6 +364,13 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
             period: Duration::from_secs(3600),
         },
     });
+    // Group commit of the API's assessments: its task ends after the last group, once the
+    // HTTP server (whose state holds the recorder) has stopped.
+    let (offers, offers_task) = crate::offers::Recorder::new(assessor.clone());
+    components.spawn(
+        "assessment_commit",
+        offers_task.instrument(info_span!("assessment_commit")),
+    );
     // Names and thoughts stored in the clear before encryption existed are sealed in the
     // background (reads open either form meanwhile), so a big table does not hold the
     // replica's start. Again every few minutes: during a rolling upgrade, replicas of the older
@@ -424,6 +431,7 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         pool: pool.clone(),
         auth,
         assessor,
+        offers,
         // Ready means receiving (connected *and* subscribed to the uplinks) and able to publish
         // acks, with ingest taking messages (not stalled with a queue waiting).
         broker_connected: Arc::new(move || link.is_ready() && out_link.is_ready()),

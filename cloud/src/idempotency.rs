@@ -30,7 +30,15 @@ use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::{Error, auth::Principal, error::Result, keys::SealingKey, people::PersonTx};
+use uuid::Uuid;
+
+use crate::{
+    Error,
+    auth::Principal,
+    error::Result,
+    keys::SealingKey,
+    people::{PeopleTx, PersonTx},
+};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -178,7 +186,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn fresh(status: StatusCode, value: &impl Serialize) -> Result<Self> {
+    pub(crate) fn fresh(status: StatusCode, value: &impl Serialize) -> Result<Self> {
         let body = serde_json::to_vec(value)
             .map_err(|e| Error::Internal(format!("cannot serialise an answer: {e}")))?;
         Ok(Self {
@@ -205,6 +213,8 @@ impl IntoResponse for Answer {
 }
 
 type StoredRow = (Vec<u8>, i16, Vec<u8>, Vec<u8>);
+/// A [`StoredRow`] with the lookup it was found by, first.
+type FoundRow = (Vec<u8>, Vec<u8>, i16, Vec<u8>, Vec<u8>);
 
 async fn find(conn: impl sqlx::PgExecutor<'_>, once: &Once) -> Result<Option<StoredRow>> {
     Ok(sqlx::query_as(
@@ -298,6 +308,122 @@ pub async fn record<T: Serialize>(
     .execute(tx.conn())
     .await?;
     Ok(answer)
+}
+
+/// [`claim`] for the keyed items of a group, in one statement: `claims[i]` is an item's key and
+/// its person. Index-aligned: `None`, the key is claimed (go on with the item's work, then
+/// [`record_many`]); `Some`, the first request's answer to replay, or its refusal (the key
+/// reused for another request). A replayed item has written nothing, so nothing needs undoing.
+pub async fn claim_many(
+    tx: &mut PeopleTx,
+    claims: &[(&Once, Uuid)],
+) -> Result<Vec<Option<Result<Answer>>>> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let lookups: Vec<&[u8]> = claims.iter().map(|(o, _)| &o.lookup[..]).collect();
+    let people: Vec<Uuid> = claims.iter().map(|(_, u)| *u).collect();
+    let fingerprints: Vec<&[u8]> = claims.iter().map(|(o, _)| &o.fingerprint[..]).collect();
+    let claimed: Vec<Vec<u8>> = sqlx::query_scalar(
+        "INSERT INTO idempotency_keys (lookup_sha256, user_id, request_sha256, status, nonce, sealed_answer)
+         SELECT l, u, r, 0, '', '' FROM unnest($1::bytea[], $2::uuid[], $3::bytea[]) AS k(l, u, r)
+         ON CONFLICT (lookup_sha256) DO UPDATE SET
+             user_id = EXCLUDED.user_id, request_sha256 = EXCLUDED.request_sha256,
+             status = 0, nonce = '', sealed_answer = '', created_at = now()
+         WHERE idempotency_keys.created_at <= now() - make_interval(hours => $4)
+         RETURNING lookup_sha256",
+    )
+    .bind(&lookups)
+    .bind(&people)
+    .bind(&fingerprints)
+    .bind(RETENTION_HOURS)
+    .fetch_all(tx.conn())
+    .await?;
+    let taken: Vec<&[u8]> = lookups
+        .iter()
+        .copied()
+        .filter(|l| !claimed.iter().any(|c| c == l))
+        .collect();
+    // Each with the lookup it was found by.
+    let stored: Vec<(Vec<u8>, StoredRow)> = if taken.is_empty() {
+        Vec::new()
+    } else {
+        let rows: Vec<(Vec<u8>, StoredRow)> = sqlx::query_as::<_, FoundRow>(
+            "SELECT lookup_sha256, request_sha256, status, nonce, sealed_answer
+             FROM idempotency_keys WHERE lookup_sha256 = ANY($1)",
+        )
+        .bind(&taken)
+        .fetch_all(tx.conn())
+        .await?
+        .into_iter()
+        .map(|(lookup, fingerprint, status, nonce, sealed)| {
+            (lookup, (fingerprint, status, nonce, sealed))
+        })
+        .collect();
+        rows
+    };
+    Ok(claims
+        .iter()
+        .map(|(once, _)| {
+            if claimed.iter().any(|c| c[..] == once.lookup[..]) {
+                return None;
+            }
+            let found = stored
+                .iter()
+                .find(|(lookup, _)| lookup[..] == once.lookup[..]);
+            Some(match found {
+                Some((_, row)) => replay_of(once, row.clone()),
+                None => Err(Error::Internal(
+                    "an idempotency key is taken but cannot be read".into(),
+                )),
+            })
+        })
+        .collect())
+}
+
+/// Lets go of keys [`claim_many`] claimed for requests that then failed: in a transaction of
+/// their own they would have rolled back, and the key with them, so a retry runs again.
+pub async fn release_many(tx: &mut PeopleTx, claimed: &[&Once]) -> Result<()> {
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let lookups: Vec<&[u8]> = claimed.iter().map(|o| &o.lookup[..]).collect();
+    sqlx::query("DELETE FROM idempotency_keys WHERE lookup_sha256 = ANY($1) AND status = 0")
+        .bind(&lookups)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// [`record`] for a group, in one statement: each answer stored with the key [`claim_many`]
+/// claimed for it.
+pub async fn record_many(tx: &mut PeopleTx, answers: &[(&Once, &Answer)]) -> Result<()> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let mut lookups: Vec<&[u8]> = Vec::with_capacity(answers.len());
+    let mut statuses: Vec<i16> = Vec::with_capacity(answers.len());
+    let mut nonces: Vec<Vec<u8>> = Vec::with_capacity(answers.len());
+    let mut sealed: Vec<Vec<u8>> = Vec::with_capacity(answers.len());
+    for (once, answer) in answers {
+        let (nonce, ciphertext) = once.seal(&answer.body)?;
+        lookups.push(&once.lookup[..]);
+        statuses.push(i16::try_from(answer.status.as_u16()).unwrap_or(i16::MAX));
+        nonces.push(nonce.to_vec());
+        sealed.push(ciphertext);
+    }
+    sqlx::query(
+        "UPDATE idempotency_keys k SET status = v.s, nonce = v.n, sealed_answer = v.a
+         FROM unnest($1::bytea[], $2::int2[], $3::bytea[], $4::bytea[]) AS v(l, s, n, a)
+         WHERE k.lookup_sha256 = v.l",
+    )
+    .bind(&lookups)
+    .bind(&statuses)
+    .bind(&nonces)
+    .bind(&sealed)
+    .execute(tx.conn())
+    .await?;
+    Ok(())
 }
 
 /// Inside the person's transaction: the first request's answer when `once` was answered before

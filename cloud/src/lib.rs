@@ -23,6 +23,7 @@ pub mod docs;
 pub mod error;
 pub mod features;
 pub mod finance;
+pub mod group_commit;
 pub mod idempotency;
 pub mod ingest;
 pub mod keys;

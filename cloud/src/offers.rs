@@ -15,7 +15,11 @@ use sqlx::{FromRow, PgPool, Row, postgres::PgListener};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
+use utoipa::ToSchema;
 use uuid::Uuid;
+
+mod group;
+pub use group::{Recorder, ToRecord};
 
 use crate::{
     Error,
@@ -23,7 +27,7 @@ use crate::{
     error::Result,
     features::EmotionFeatures,
     finance::FinancialFeatures,
-    model::{FeatureVector, ModelError, RiskModel, RiskScore},
+    model::{FeatureVector, ModelError, NamedValue, RiskModel, RiskScore},
     notify,
     people::{self, PersonTx},
     policy::{CreditPolicy, Decision, Wellbeing},
@@ -142,15 +146,67 @@ pub struct CreditOffer {
     pub applied_at: Option<DateTime<Utc>>,
 }
 
+/// The model's result.
+#[derive(Serialize, ToSchema)]
+pub struct RiskView {
+    /// Probability of default, 0–1.
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    pub probability_of_default: f64,
+    /// 0 (certain default) to 1000 (no risk): `round(1000 × (1 − PD))`.
+    #[schema(minimum = 0, maximum = 1000)]
+    pub risk_score: i32,
+    pub model_name: String,
+    pub model_version: String,
+    pub contributions: Vec<NamedValue>,
+}
+
+/// An offer as the API answers it: with the model's result when the answer created it.
+#[derive(Serialize, ToSchema)]
+pub struct OfferView {
+    #[serde(flatten)]
+    pub offer: CreditOffer,
+    /// The model's result; present on the response that created the offer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<RiskView>,
+}
+
+impl OfferView {
+    /// The view of a new offer, with the model's result behind it.
+    fn assessed(offer: CreditOffer, score: &RiskScore) -> Self {
+        let pd = score.probability_of_default;
+        Self {
+            offer,
+            risk: Some(RiskView {
+                probability_of_default: pd,
+                risk_score: ((1.0 - pd) * 1000.0).round() as i32,
+                model_name: score.model_name.clone(),
+                model_version: score.model_version.clone(),
+                contributions: score.contributions.clone(),
+            }),
+        }
+    }
+}
+
+impl From<CreditOffer> for OfferView {
+    fn from(offer: CreditOffer) -> Self {
+        Self { offer, risk: None }
+    }
+}
+
 /// A person's assessments counted against the allowance: `used` of the newest `$3` since `$2`
-/// (so at most `$3`, whatever the person did before), and the `oldest` of them; person `$1`.
-/// A literal, for `concat!`, over the `(user_id, created_at DESC)` index.
+/// (so at most `$3`, whatever the person did before), and the `oldest` of them; the person is
+/// `$user` (a parameter, or a column of an outer query). A literal, for `concat!`, over the
+/// `(user_id, created_at DESC)` index.
 macro_rules! recent_assessments {
-    () => {
-        "SELECT count(*) AS used, min(created_at) AS oldest FROM (
-             SELECT created_at FROM risk_assessments
-             WHERE user_id = $1 AND created_at > $2
-             ORDER BY created_at DESC LIMIT $3) newest"
+    ($user:literal) => {
+        concat!(
+            "SELECT count(*) AS used, min(created_at) AS oldest FROM (
+                 SELECT created_at FROM risk_assessments
+                 WHERE user_id = ",
+            $user,
+            " AND created_at > $2
+                 ORDER BY created_at DESC LIMIT $3) newest"
+        )
     };
 }
 
@@ -202,6 +258,7 @@ pub struct OfferRequest {
 /// The reads and the model's answer for one assessment, made before any lock is taken (the
 /// model may take a while; nobody waits for it).
 pub struct Prepared {
+    user_id: Uuid,
     request: OfferRequest,
     consent: bool,
     features: FeatureVector,
@@ -213,6 +270,10 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    pub fn user_id(&self) -> Uuid {
+        self.user_id
+    }
+
     pub fn score(&self) -> &RiskScore {
         &self.score
     }
@@ -257,7 +318,7 @@ impl Assessor {
             crate::features::emotion_feature_columns!(),
             " FROM users u
              CROSS JOIN LATERAL (",
-            recent_assessments!(),
+            recent_assessments!("$1"),
             ") recent
              CROSS JOIN LATERAL (",
             crate::finance::financial_window!("$1", "$4", "$5", "$6"),
@@ -308,6 +369,7 @@ impl Assessor {
             request.term_months,
         );
         Ok(Prepared {
+            user_id,
             request,
             consent,
             features,
@@ -322,15 +384,32 @@ impl Assessor {
     /// offer is superseded, so the newest decision is the only one that can be accepted.
     pub async fn record(&self, tx: &mut PersonTx, prepared: &Prepared) -> Result<CreditOffer> {
         let user_id = tx.user_id();
-        if tx.consents_to_emotional_data() != prepared.consent {
-            return Err(Error::Conflict(
-                "the person's consent changed during the assessment; assess again".into(),
+        if prepared.user_id != user_id {
+            return Err(Error::Internal(
+                "an assessment recorded in another person's transaction".into(),
             ));
         }
+        if tx.consents_to_emotional_data() != prepared.consent {
+            return Err(consent_changed());
+        }
+        let offer = self.offer_for(prepared)?;
+        let checked_at = Utc::now();
+        let allowance = self
+            .supersede_within_allowance(tx.conn(), &[user_id], checked_at)
+            .await?;
+        let (used, oldest) = allowance.first().map_or((0, None), |a| (a.used, a.oldest));
+        self.within_allowance(used, oldest, checked_at)?;
+        insert_offers(tx.conn(), &[(&offer, prepared)]).await?;
+        created(&offer, prepared);
+        Ok(offer)
+    }
+
+    /// The offer `prepared` decided on, as it will be stored: new ids, priced when approved,
+    /// its times in whole microseconds (as Postgres stores them, so the answer is the row).
+    fn offer_for(&self, prepared: &Prepared) -> Result<CreditOffer> {
         let Prepared {
+            user_id,
             request,
-            features,
-            score,
             decision,
             now,
             signal,
@@ -348,37 +427,14 @@ impl Assessor {
         } else {
             None
         };
-        let assessment_id = Uuid::new_v4();
-        let offer_id = Uuid::new_v4();
         let expires_at = (*now
             + chrono::Duration::from_std(self.offer_ttl)
                 .map_err(|e| Error::Internal(format!("offer ttl: {e}")))?)
         .trunc_subsecs(6);
-        // The allowance again, now authoritative (concurrent requests cannot both slip under
-        // it), and the person's open offer superseded only if the allowance holds: one round
-        // trip for both.
-        let checked_at = Utc::now();
-        let (used, oldest): (i64, Option<DateTime<Utc>>) = sqlx::query_as(concat!(
-            "WITH recent AS (",
-            recent_assessments!(),
-            "), superseded AS (
-                 UPDATE credit_offers
-                 SET status = CASE WHEN expires_at <= now() THEN 'expired' ELSE 'superseded' END
-                 WHERE user_id = $1 AND status = 'offered'
-                   AND (SELECT used FROM recent) < $3
-                 RETURNING 1)
-             SELECT used, oldest FROM recent, (SELECT count(*) FROM superseded) s"
-        ))
-        .bind(user_id)
-        .bind(self.window_start(checked_at)?)
-        .bind(i64::from(self.limit.max))
-        .fetch_one(tx.conn())
-        .await?;
-        self.within_allowance(used, oldest, checked_at)?;
-        let offer = CreditOffer {
-            offer_id,
-            user_id,
-            assessment_id,
+        Ok(CreditOffer {
+            offer_id: Uuid::new_v4(),
+            user_id: *user_id,
+            assessment_id: Uuid::new_v4(),
             approved: decision.approved,
             status: if decision.approved {
                 OfferStatus::Offered
@@ -406,52 +462,37 @@ impl Assessor {
             expires_at,
             accepted_at: None,
             applied_at: None,
-        };
-        // The assessment and its offer in one statement (one round trip): the offer's foreign
-        // key to the assessment is checked at the end of the statement, when both exist. Nothing
-        // is read back: the answer is the row as written (its times are whole microseconds, as
-        // stored), and reading it back would cost the database a JSONB encode of the pricing
-        // and us its parse.
-        sqlx::query(
-            "WITH assessment AS (
-                 INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
-                     probability_of_default, features, contributions, created_at)
-                 VALUES ($3, $2, $15, $16, $17, $18, $19, $11))
-             INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
-                 credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
-                 created_at, expires_at, requested_amount_cents, pricing, origin, proactive_signal)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $20, $21)",
-        )
-        .bind(offer.offer_id)
-        .bind(offer.user_id)
-        .bind(offer.assessment_id)
-        .bind(offer.approved)
-        .bind(offer.status)
-        .bind(offer.credit_limit_cents)
-        .bind(offer.interest_rate_bps)
-        .bind(offer.credit_type)
-        .bind(offer.term_months)
-        .bind(&offer.reason_codes)
-        .bind(offer.created_at)
-        .bind(offer.expires_at)
-        .bind(offer.requested_amount_cents)
-        .bind(&offer.pricing)
-        .bind(&score.model_name)
-        .bind(&score.model_version)
-        .bind(score.probability_of_default)
-        .bind(sqlx::types::Json(features))
-        .bind(sqlx::types::Json(&score.contributions))
-        .bind(offer.origin)
-        .bind(&offer.proactive_signal)
-        .execute(tx.conn())
-        .await?;
-        let origin = offer.origin.as_str();
-        metrics::counter!("ecs_offers_created_total",
-            "approved" => decision.approved.to_string(), "origin" => origin)
-        .increment(1);
-        info!(%user_id, %offer_id, approved = decision.approved, origin,
-            pd = score.probability_of_default, "offer created");
-        Ok(offer)
+        })
+    }
+
+    /// Under the people's locks, for each of `people` (distinct): the allowance again, now
+    /// authoritative (concurrent requests cannot both slip under it), and the person's open
+    /// offer superseded only if the allowance holds. One statement for all of them.
+    async fn supersede_within_allowance(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        people: &[Uuid],
+        checked_at: DateTime<Utc>,
+    ) -> Result<Vec<Allowance>> {
+        Ok(sqlx::query_as(concat!(
+            "WITH recent AS (
+                 SELECT p.user_id, r.used, r.oldest FROM unnest($1::uuid[]) AS p(user_id)
+                 CROSS JOIN LATERAL (",
+            recent_assessments!("p.user_id"),
+            ") r
+             ), superseded AS (
+                 UPDATE credit_offers o
+                 SET status = CASE WHEN o.expires_at <= now() THEN 'expired' ELSE 'superseded' END
+                 FROM recent
+                 WHERE o.user_id = recent.user_id AND o.status = 'offered' AND recent.used < $3
+                 RETURNING 1)
+             SELECT user_id, used, oldest FROM recent, (SELECT count(*) FROM superseded) s"
+        ))
+        .bind(people)
+        .bind(self.window_start(checked_at)?)
+        .bind(i64::from(self.limit.max))
+        .fetch_all(conn)
+        .await?)
     }
 
     /// Where the allowance's period starts, for an assessment at `now`.
@@ -484,6 +525,128 @@ impl Assessor {
             retry_after: wait,
         })
     }
+}
+
+/// What [`Assessor::supersede_within_allowance`] found of a person's allowance.
+#[derive(Debug, FromRow)]
+struct Allowance {
+    user_id: Uuid,
+    used: i64,
+    oldest: Option<DateTime<Utc>>,
+}
+
+fn consent_changed() -> Error {
+    Error::Conflict("the person's consent changed during the assessment; assess again".into())
+}
+
+/// Each assessment and its offer, in one statement (one round trip) for any number of them:
+/// an offer's foreign key to its assessment is checked at the end of the statement, when both
+/// exist. Nothing is read back: the answer is the row as written (its times are whole
+/// microseconds, as stored), and reading it back would cost the database a JSONB encode of the
+/// pricing and us its parse.
+async fn insert_offers(
+    conn: &mut sqlx::PgConnection,
+    rows: &[(&CreditOffer, &Prepared)],
+) -> Result<()> {
+    use sqlx::types::Json;
+    let offer_ids: Vec<Uuid> = rows.iter().map(|(o, _)| o.offer_id).collect();
+    let user_ids: Vec<Uuid> = rows.iter().map(|(o, _)| o.user_id).collect();
+    let assessment_ids: Vec<Uuid> = rows.iter().map(|(o, _)| o.assessment_id).collect();
+    let approved: Vec<bool> = rows.iter().map(|(o, _)| o.approved).collect();
+    let statuses: Vec<&str> = rows.iter().map(|(o, _)| o.status.as_str()).collect();
+    let limits: Vec<i64> = rows.iter().map(|(o, _)| o.credit_limit_cents).collect();
+    let rates: Vec<i32> = rows.iter().map(|(o, _)| o.interest_rate_bps).collect();
+    let types: Vec<&str> = rows.iter().map(|(o, _)| o.credit_type.as_str()).collect();
+    let terms: Vec<i32> = rows.iter().map(|(o, _)| o.term_months).collect();
+    // A text[] per row: unnest cannot take an array of arrays of different lengths.
+    let reasons: Vec<Json<&Vec<String>>> =
+        rows.iter().map(|(o, _)| Json(&o.reason_codes)).collect();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|(o, _)| o.created_at).collect();
+    let expires: Vec<DateTime<Utc>> = rows.iter().map(|(o, _)| o.expires_at).collect();
+    let amounts: Vec<Option<i64>> = rows.iter().map(|(o, _)| o.requested_amount_cents).collect();
+    let pricing: Vec<Option<&Json<Quote>>> = rows.iter().map(|(o, _)| o.pricing.as_ref()).collect();
+    let origins: Vec<&str> = rows.iter().map(|(o, _)| o.origin.as_str()).collect();
+    let signals: Vec<Option<&Json<ProactiveSignal>>> = rows
+        .iter()
+        .map(|(o, _)| o.proactive_signal.as_ref())
+        .collect();
+    let model_names: Vec<&str> = rows
+        .iter()
+        .map(|(_, p)| p.score.model_name.as_str())
+        .collect();
+    let model_versions: Vec<&str> = rows
+        .iter()
+        .map(|(_, p)| p.score.model_version.as_str())
+        .collect();
+    let pds: Vec<f64> = rows
+        .iter()
+        .map(|(_, p)| p.score.probability_of_default)
+        .collect();
+    let features: Vec<Json<&FeatureVector>> = rows.iter().map(|(_, p)| Json(&p.features)).collect();
+    let contributions: Vec<Json<&Vec<NamedValue>>> = rows
+        .iter()
+        .map(|(_, p)| Json(&p.score.contributions))
+        .collect();
+    sqlx::query(
+        "WITH r AS (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bool[], $5::text[],
+                 $6::int8[], $7::int4[], $8::text[], $9::int4[], $10::jsonb[],
+                 $11::timestamptz[], $12::timestamptz[], $13::int8[], $14::jsonb[],
+                 $15::text[], $16::text[], $17::float8[], $18::jsonb[], $19::jsonb[],
+                 $20::text[], $21::jsonb[])
+             AS r(offer_id, user_id, assessment_id, approved, status,
+                 credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
+                 created_at, expires_at, requested_amount_cents, pricing,
+                 model_name, model_version, probability_of_default, features, contributions,
+                 origin, proactive_signal)
+         ), assessment AS (
+             INSERT INTO risk_assessments (assessment_id, user_id, model_name, model_version,
+                 probability_of_default, features, contributions, created_at)
+             SELECT assessment_id, user_id, model_name, model_version,
+                 probability_of_default, features, contributions, created_at FROM r)
+         INSERT INTO credit_offers (offer_id, user_id, assessment_id, approved, status,
+             credit_limit_cents, interest_rate_bps, credit_type, term_months, reason_codes,
+             created_at, expires_at, requested_amount_cents, pricing, origin, proactive_signal)
+         SELECT offer_id, user_id, assessment_id, approved, status,
+             credit_limit_cents, interest_rate_bps, credit_type, term_months,
+             ARRAY(SELECT jsonb_array_elements_text(reason_codes)),
+             created_at, expires_at, requested_amount_cents, pricing, origin, proactive_signal
+         FROM r",
+    )
+    .bind(&offer_ids)
+    .bind(&user_ids)
+    .bind(&assessment_ids)
+    .bind(&approved)
+    .bind(&statuses)
+    .bind(&limits)
+    .bind(&rates)
+    .bind(&types)
+    .bind(&terms)
+    .bind(&reasons)
+    .bind(&created)
+    .bind(&expires)
+    .bind(&amounts)
+    .bind(&pricing)
+    .bind(&model_names)
+    .bind(&model_versions)
+    .bind(&pds)
+    .bind(&features)
+    .bind(&contributions)
+    .bind(&origins)
+    .bind(&signals)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Counts and logs an offer that was just written.
+fn created(offer: &CreditOffer, prepared: &Prepared) {
+    let origin = offer.origin.as_str();
+    metrics::counter!("ecs_offers_created_total",
+        "approved" => offer.approved.to_string(), "origin" => origin)
+    .increment(1);
+    info!(user_id = %offer.user_id, offer_id = %offer.offer_id, approved = offer.approved, origin,
+        pd = prepared.score.probability_of_default, "offer created");
 }
 
 /// The model's inputs: financial features always, emotional ones when consented (neutral

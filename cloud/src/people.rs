@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-pub use lock::{ConsentBy, NewPersonRow, PersonTx, retry};
+pub use lock::{ConsentBy, NewPersonRow, PeopleTx, PersonTx, retry};
 
 use crate::{
     Error,

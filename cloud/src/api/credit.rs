@@ -17,9 +17,7 @@ use crate::{
     auth::Principal,
     error::{AuthProblems, BodyProblems, Problem, Result},
     idempotency::{self, Answer, KeyHeader, MaybeKey, Once},
-    model::{NamedValue, RiskScore},
-    offers::{self, CreditOffer, CurrentCreditLine, OfferRequest},
-    people::{self, PersonTx},
+    offers::{self, CurrentCreditLine, OfferRequest, OfferView, ToRecord},
     pricing,
 };
 
@@ -29,52 +27,6 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/users/{user_id}/credit-limit", get(get_credit_limit))
         .route("/v1/credit-offers/{offer_id}", get(get_offer))
         .route("/v1/credit-offers/{offer_id}/accept", post(accept_offer))
-}
-
-/// The model's result.
-#[derive(Serialize, ToSchema)]
-pub struct RiskView {
-    /// Probability of default, 0–1.
-    #[schema(minimum = 0.0, maximum = 1.0)]
-    pub probability_of_default: f64,
-    /// 0 (certain default) to 1000 (no risk): `round(1000 × (1 − PD))`.
-    #[schema(minimum = 0, maximum = 1000)]
-    pub risk_score: i32,
-    pub model_name: String,
-    pub model_version: String,
-    pub contributions: Vec<NamedValue>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct OfferView {
-    #[serde(flatten)]
-    pub offer: CreditOffer,
-    /// The model's result; present on the response that created the offer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub risk: Option<RiskView>,
-}
-
-impl OfferView {
-    /// The view of a new offer, with the model's result behind it.
-    fn assessed(offer: CreditOffer, score: &RiskScore) -> Self {
-        let pd = score.probability_of_default;
-        Self {
-            offer,
-            risk: Some(RiskView {
-                probability_of_default: pd,
-                risk_score: ((1.0 - pd) * 1000.0).round() as i32,
-                model_name: score.model_name.clone(),
-                model_version: score.model_version.clone(),
-                contributions: score.contributions.clone(),
-            }),
-        }
-    }
-}
-
-impl From<CreditOffer> for OfferView {
-    fn from(offer: CreditOffer) -> Self {
-        Self { offer, risk: None }
-    }
 }
 
 /// What the person asks for; both optional.
@@ -140,18 +92,7 @@ pub(super) async fn create_offer(
         return Ok(replay);
     }
     let prepared = state.assessor.prepare(user_id, request).await?;
-    let (pool, once, assessor, prepared) =
-        (&state.pool, once.as_ref(), &*state.assessor, &prepared);
-    people::retry(|| async move {
-        let mut tx = PersonTx::lock(pool, user_id).await?;
-        let answer = idempotency::answer_once!(once, &mut tx, StatusCode::CREATED, {
-            let offer = assessor.record(&mut tx, prepared).await?;
-            OfferView::assessed(offer, prepared.score())
-        });
-        tx.finish().await?;
-        Ok(answer)
-    })
-    .await
+    state.offers.submit(ToRecord::new(prepared, once)).await
 }
 
 /// An offer's current state.

@@ -1,14 +1,10 @@
-//! Group commit: batches of many devices share one transaction, one commit, one fsync.
+//! Group commit of device batches ([`crate::group_commit`]): batches of many devices share one
+//! transaction, one commit, one fsync.
 //!
 //! Ingest tasks hand their batch's transaction work to the [`GroupCommitter`] instead of
-//! committing it alone. The committer takes whatever is waiting (up to [`MAX_GROUP`] batches),
-//! does the whole group's work in one transaction of five statements (`store::store_in`: lock
-//! the persons, read their features, insert every reading, store the features, mark the
-//! devices seen) and commits
-//! once; a batch is never held back to wait
-//! for company (a lone batch is committed at once), so latency stays low when load is low and
-//! groups grow by themselves when it is high. [`COMMITTERS`] groups are in flight at a time, on
-//! as many connections, so Postgres keeps more than one core busy.
+//! committing it alone. A group (up to [`MAX_GROUP`] batches, [`COMMITTERS`] groups in flight)
+//! is one transaction of five statements (`store::store_in`: lock the persons, read their
+//! features, insert every reading, store the features, mark the devices seen).
 //!
 //! * **Locks in one order.** A group takes its persons' rows in `user_id` order, so two groups
 //!   never wait on each other in a cycle; one device has at most one batch in flight (the queue
@@ -20,17 +16,16 @@
 //! * **Acks after commit**, as ever: a batch's outcome is handed back only once its group (or its
 //!   own transaction) has committed.
 
-use std::time::Instant;
-
 use chrono::{DateTime, Utc};
 use ecs_protocol::{DeviceId, ReadingBatch};
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::store::{self, StoreOutcome, ToStore};
-use crate::{Error, error::Result};
+use crate::{
+    error::Result,
+    group_commit::{Committer, Shape, Work},
+};
 
 /// Batches per transaction at most.
 pub const MAX_GROUP: usize = 64;
@@ -39,20 +34,13 @@ pub const COMMITTERS: usize = 3;
 /// Requests waiting for a committer before ingest tasks wait to hand theirs in.
 const WAITING: usize = 1_024;
 
-/// One batch's transaction work, and where its outcome goes.
+/// One batch's transaction work.
 struct Request {
     device: DeviceId,
     user_id: Uuid,
     batch: ReadingBatch,
     taken_at: Vec<DateTime<Utc>>,
     thoughts: Vec<Option<Vec<u8>>>,
-    reply: oneshot::Sender<Result<StoreOutcome>>,
-}
-
-/// Where ingest tasks hand in their batches. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct GroupCommitter {
-    requests: mpsc::Sender<Request>,
 }
 
 impl std::fmt::Debug for Request {
@@ -76,12 +64,53 @@ impl Request {
     }
 }
 
+/// Storing device batches, as group-commit work.
+struct Batches {
+    pool: PgPool,
+}
+
+impl Work for Batches {
+    type Item = Request;
+    type Outcome = Result<StoreOutcome>;
+    const NAME: &'static str = "ingest";
+
+    fn person(request: &Request) -> Uuid {
+        request.user_id
+    }
+
+    /// Every batch of the group in one transaction; an error undoes all of them.
+    async fn together(&self, group: &[Request]) -> Result<Vec<Result<StoreOutcome>>> {
+        let mut tx = store::begin(&self.pool).await?;
+        let items: Vec<ToStore<'_>> = group.iter().map(Request::to_store).collect();
+        let outcomes = store::store_in(&mut tx, &items).await?;
+        tx.commit().await?;
+        Ok(outcomes.into_iter().map(Ok).collect())
+    }
+
+    async fn alone(&self, request: &Request) -> Result<StoreOutcome> {
+        store::store_batch(&self.pool, request.to_store()).await
+    }
+}
+
+/// Where ingest tasks hand in their batches. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GroupCommitter {
+    committer: Committer<Batches>,
+}
+
 impl GroupCommitter {
     /// The committer and the task that must run for it to commit anything; the task ends when
     /// every handle is dropped and the last group is committed.
     pub fn new(pool: PgPool) -> (GroupCommitter, impl Future<Output = ()> + Send + 'static) {
-        let (requests, waiting) = mpsc::channel(WAITING);
-        (GroupCommitter { requests }, run(pool, waiting))
+        let (committer, task) = Committer::new(
+            Batches { pool },
+            Shape {
+                max_group: MAX_GROUP,
+                committers: COMMITTERS,
+                waiting: WAITING,
+            },
+        );
+        (GroupCommitter { committer }, task)
     }
 
     /// Stores one batch in the next group; the same outcomes and errors as
@@ -94,107 +123,36 @@ impl GroupCommitter {
         taken_at: Vec<DateTime<Utc>>,
         thoughts: Vec<Option<Vec<u8>>>,
     ) -> Result<StoreOutcome> {
-        let (reply, outcome) = oneshot::channel();
-        let request = Request {
-            device,
-            user_id,
-            batch,
-            taken_at,
-            thoughts,
-            reply,
-        };
-        self.requests
-            .send(request)
-            .await
-            .map_err(|_| Error::Unavailable("group committer"))?;
-        outcome
-            .await
-            .map_err(|_| Error::Unavailable("group committer"))?
+        self.committer
+            .submit(Request {
+                device,
+                user_id,
+                batch,
+                taken_at,
+                thoughts,
+            })
+            .await?
     }
-}
-
-async fn run(pool: PgPool, mut waiting: mpsc::Receiver<Request>) {
-    let committers = std::sync::Arc::new(Semaphore::new(COMMITTERS));
-    let mut groups = tokio::task::JoinSet::new();
-    // A committer first, then whatever waits by then: the longer all committers are busy, the
-    // larger the next group.
-    while let Ok(permit) = committers.clone().acquire_owned().await {
-        let Some(first) = waiting.recv().await else {
-            break;
-        };
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match waiting.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
-            }
-        }
-        let pool = pool.clone();
-        groups.spawn(async move {
-            commit(&pool, group).await;
-            drop(permit);
-        });
-        while groups.try_join_next().is_some() {}
-    }
-    while groups.join_next().await.is_some() {}
-}
-
-async fn commit(pool: &PgPool, mut group: Vec<Request>) {
-    metrics::histogram!("ecs_ingest_batches_per_commit").record(group.len() as f64);
-    if group.len() == 1 {
-        alone(pool, group.remove(0)).await;
-        return;
-    }
-    group.sort_by_key(|r| r.user_id);
-    let started = Instant::now();
-    match together(pool, &group).await {
-        Ok(outcomes) => {
-            metrics::histogram!("ecs_ingest_commit_seconds")
-                .record(started.elapsed().as_secs_f64());
-            debug!(batches = group.len(), "group committed");
-            for (request, outcome) in group.into_iter().zip(outcomes) {
-                let _ = request.reply.send(Ok(outcome));
-            }
-        }
-        Err(error) => {
-            metrics::counter!("ecs_ingest_group_fallbacks_total").increment(1);
-            warn!(%error, batches = group.len(), "group commit failed; committing each batch alone");
-            let mut alone_each = tokio::task::JoinSet::new();
-            for request in group {
-                let pool = pool.clone();
-                alone_each.spawn(async move { alone(&pool, request).await });
-            }
-            while alone_each.join_next().await.is_some() {}
-        }
-    }
-}
-
-/// Every batch of the group in one transaction; an error undoes all of them.
-async fn together(pool: &PgPool, group: &[Request]) -> Result<Vec<StoreOutcome>> {
-    let mut tx = store::begin(pool).await?;
-    let items: Vec<ToStore<'_>> = group.iter().map(Request::to_store).collect();
-    let outcomes = store::store_in(&mut tx, &items).await?;
-    tx.commit().await?;
-    Ok(outcomes)
-}
-
-async fn alone(pool: &PgPool, request: Request) {
-    let started = Instant::now();
-    let outcome = store::store_batch(pool, request.to_store()).await;
-    metrics::histogram!("ecs_ingest_commit_seconds").record(started.elapsed().as_secs_f64());
-    let _ = request.reply.send(outcome);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::oneshot;
+
     use super::*;
-    use crate::ingest::fixtures::{batch, user_with_device};
+    use crate::{
+        Error,
+        group_commit::{Pending, commit},
+        ingest::fixtures::{batch, user_with_device},
+    };
 
     fn request(
         device: &DeviceId,
         user_id: Uuid,
         len: u32,
-    ) -> (Request, oneshot::Receiver<Result<StoreOutcome>>) {
+    ) -> (Pending<Batches>, oneshot::Receiver<Result<StoreOutcome>>) {
         let batch = batch(device, 1, len);
         let taken_at = batch
             .readings
@@ -204,16 +162,17 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let (reply, outcome) = oneshot::channel();
-        let request = Request {
+        Pending::new(Request {
             device: device.clone(),
             user_id,
             thoughts: vec![None; batch.readings.len()],
             batch,
             taken_at,
-            reply,
-        };
-        (request, outcome)
+        })
+    }
+
+    fn batches(pool: &PgPool) -> Arc<Batches> {
+        Arc::new(Batches { pool: pool.clone() })
     }
 
     async fn stored(pool: &PgPool, device: &DeviceId) -> i64 {
@@ -241,7 +200,7 @@ mod tests {
         let (rg, og) = request(&ghost, b_user, 5);
         let (rb, ob) = request(&b, b_user, 7);
 
-        commit(&pool, vec![ra, rg, rb]).await;
+        commit(batches(&pool), vec![ra, rg, rb]).await;
 
         assert_eq!(inserted(oa.await.unwrap()), Some(5));
         assert_eq!(inserted(ob.await.unwrap()), Some(7));
@@ -254,7 +213,7 @@ mod tests {
         // The same batches again: nothing twice.
         let (ra, oa) = request(&a, a_user, 5);
         let (rb, ob) = request(&b, b_user, 7);
-        commit(&pool, vec![ra, rb]).await;
+        commit(batches(&pool), vec![ra, rb]).await;
         assert_eq!(inserted(oa.await.unwrap()), Some(0));
         assert_eq!(inserted(ob.await.unwrap()), Some(0));
         assert_eq!((stored(&pool, &a).await, stored(&pool, &b).await), (5, 7));
@@ -268,7 +227,7 @@ mod tests {
         let (r1, o1) = request(&phone, user, 4);
         let (r2, o2) = request(&other_phone, user, 6);
         let (r3, o3) = request(&theirs, someone, 3);
-        commit(&pool, vec![r1, r2, r3]).await;
+        commit(batches(&pool), vec![r1, r2, r3]).await;
         assert_eq!(inserted(o1.await.unwrap()), Some(4));
         assert_eq!(inserted(o2.await.unwrap()), Some(6));
         assert_eq!(inserted(o3.await.unwrap()), Some(3));
@@ -308,7 +267,7 @@ mod tests {
 
         let committing = tokio::spawn({
             let pool = pool.clone();
-            async move { commit(&pool, vec![ra, rh]).await }
+            async move { commit(batches(&pool), vec![ra, rh]).await }
         });
         // The free person's batch is committed (alone, after the group gave up on the lock)
         // while the other row is still held.

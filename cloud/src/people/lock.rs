@@ -13,8 +13,10 @@
 //!      nobody else may lock them without holding (1);
 //!   3. foreign-key checks on `users` (KEY SHARE), which the lock in (1) already covers.
 //!
-//! Ingest's group commit locks several people in one transaction; it takes them in one order and
-//! gives up on a person after a short wait (see `ingest::store`), so it cannot close a cycle.
+//! A group commit ([`crate::group_commit`]) locks several people in one transaction: a
+//! [`PeopleTx`] for assessments, `ingest::store` for device batches. Both take the rows in
+//! `user_id` order, in one statement, before anything else, and give up after a short wait, so
+//! they cannot close a cycle; the group is then done person by person.
 //! Two writes about a person run without it, on purpose: a phone's notification receipt (one
 //! `UPDATE` of rows the receipt names) and retention's chunked deletes of old readings. Neither
 //! holds anything while waiting, so the worst they can do is make an erasure a deadlock victim,
@@ -143,6 +145,62 @@ impl PersonTx {
         } else {
             self.tx.commit().await?;
         }
+        Ok(())
+    }
+}
+
+/// A transaction holding the locks on several people's rows, taken in `user_id` order before
+/// anything else: the [`PersonTx`] of a group commit. Dropped without [`PeopleTx::commit`], it
+/// rolls back.
+pub struct PeopleTx {
+    tx: Transaction<'static, Postgres>,
+    /// The people found, with their consent to emotional data as of the lock.
+    consents: std::collections::HashMap<Uuid, bool>,
+}
+
+/// A group's first statement: a group waits a shorter time than a person's own transaction
+/// ([`BEGIN`]), since it holds others' rows meanwhile; past it, its people are each done alone.
+const BEGIN_GROUP: &str = "BEGIN; SET LOCAL lock_timeout = '1s'";
+
+impl PeopleTx {
+    /// Begins a transaction and locks the rows of `people` (in any order, duplicates allowed).
+    /// A person without a row (never created, or erased) is simply not locked:
+    /// [`PeopleTx::consent`] says so.
+    pub async fn lock(pool: &PgPool, people: &[Uuid]) -> Result<Self> {
+        let mut ids = people.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut tx = pool.begin_with(BEGIN_GROUP).await?;
+        // ORDER BY sorts below the row locks: the rows are locked in this order.
+        let consents: Vec<(Uuid, bool)> = sqlx::query_as(
+            "SELECT user_id, emotional_data_consent FROM users
+             WHERE user_id = ANY($1)
+             ORDER BY user_id
+             FOR UPDATE",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(Self {
+            tx,
+            consents: consents.into_iter().collect(),
+        })
+    }
+
+    /// The person's consent to emotional data, as of the lock; `None` when there is no such
+    /// person (nothing about them may be written in this transaction).
+    pub fn consent(&self, user_id: Uuid) -> Option<bool> {
+        self.consents.get(&user_id).copied()
+    }
+
+    /// The connection, for the statements of the stage doing the work; they must write only
+    /// about the people [`PeopleTx::consent`] found.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use ecs_cloud::{
     app::metrics_handle,
     auth::Authenticator,
     model::RiskModel,
-    offers::{AssessmentLimit, Assessor},
+    offers::{AssessmentLimit, Assessor, Recorder},
     policy::CreditPolicy,
 };
 use sqlx::PgPool;
@@ -46,19 +46,24 @@ fn build(
     min_group: MinGroupSize,
     assessments_per_hour: u32,
 ) -> Router {
+    let assessor = Arc::new(Assessor {
+        pool: pool.clone(),
+        model,
+        policy: CreditPolicy::default(),
+        offer_ttl: Duration::from_secs(3600),
+        limit: AssessmentLimit {
+            max: assessments_per_hour,
+            period: Duration::from_secs(3600),
+        },
+    });
+    // As production runs it: the task ends when the router (holding the recorder) is dropped.
+    let (offers, offers_task) = Recorder::new(assessor.clone());
+    tokio::spawn(offers_task);
     api::router(AppState {
         pool: pool.clone(),
         auth: Arc::new(Authenticator::new(ADMIN, pool.clone()).unwrap()),
-        assessor: Arc::new(Assessor {
-            pool: pool.clone(),
-            model,
-            policy: CreditPolicy::default(),
-            offer_ttl: Duration::from_secs(3600),
-            limit: AssessmentLimit {
-                max: assessments_per_hour,
-                period: Duration::from_secs(3600),
-            },
-        }),
+        assessor,
+        offers,
         broker_connected: Arc::new(move || broker_up),
         ingest_flowing: Arc::new(|| true),
         metrics: metrics_handle(),

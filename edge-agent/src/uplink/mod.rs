@@ -383,12 +383,13 @@ impl Session {
                 for (first, last) in trusted {
                     deleted += b.delete_range(first, last)?;
                 }
-                // Under the buffer's lock, so the gauge never goes stale.
-                counters.buffered.store(b.len(), Ordering::Relaxed);
+                // Under the buffer's lock, and the count before the gauge: whoever sees the
+                // buffer empty (`wait_drained`) also sees every deleted reading counted.
+                counters.acked.fetch_add(deleted, Ordering::SeqCst);
+                counters.buffered.store(b.len(), Ordering::SeqCst);
                 Ok(deleted)
             })
             .await?;
-        self.counters.acked.fetch_add(deleted, Ordering::Relaxed);
         self.counters
             .last_ack_at_ms
             .store(crate::status::unix_ms(), Ordering::Relaxed);

@@ -260,7 +260,8 @@ mod tests {
             other => panic!("expected a timed ack, got {other:?}"),
         }
 
-        // Shut down with batches in flight, once at least one of them is committed.
+        // Shut down with batches in flight, once at least three of them are committed: the
+        // known gap below may cost the acks of the last two, and one must be seen to come.
         const BATCHES: u64 = 20;
         let first = |i: u64| 100 + i * 10;
         for i in 0..BATCHES {
@@ -277,12 +278,12 @@ mod tests {
             n
         };
         tokio::time::timeout(WAIT, async {
-            while stored_from_100().await == 0 {
+            while stored_from_100().await < 30 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
         .await
-        .expect("no batch of the burst was committed");
+        .expect("three batches of the burst were not committed in time");
         shutdown.cancel();
         tokio::time::timeout(WAIT, runner)
             .await

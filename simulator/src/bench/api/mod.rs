@@ -22,6 +22,7 @@
 //! [`report`] holds the figures, the ratios to pgbench and the targets.
 
 pub mod cloud;
+pub mod groups;
 pub mod load;
 pub mod pgbench;
 pub mod report;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use self::groups::GroupSizes;
 use self::load::{Endpoint, LoadFigures, LoadPlan, Pacing, Target};
 use self::pgbench::{PgbenchPlan, Script};
 use self::report::{ApiReport, Findings, RunSettings};
@@ -140,6 +142,7 @@ async fn run_in(
         read_half: measured.read_half,
         pgbench_write_tps: measured.pgbench_write_tps,
         pgbench_read_tps: measured.pgbench_read_tps,
+        assess_groups: measured.assess_groups,
     }))
 }
 
@@ -150,6 +153,7 @@ struct Measured {
     read_half: Option<LoadFigures>,
     pgbench_write_tps: f64,
     pgbench_read_tps: f64,
+    assess_groups: GroupSizes,
 }
 
 async fn phases(
@@ -180,7 +184,9 @@ async fn phases(
     let pgbench_write_tps = reference(scratch.url(), &plan, Script::Write, dir, progress).await?;
     let pgbench_read_tps = reference(scratch.url(), &plan, Script::Read, dir, progress).await?;
 
+    let before = groups::snapshot();
     let (assess, assess_half) = full_and_half(args, &target, Endpoint::Assess, progress).await?;
+    let assess_groups = GroupSizes::between(&before, &groups::snapshot());
     let (read, read_half) = full_and_half(args, &target, Endpoint::Read, progress).await?;
     Ok(Measured {
         assess,
@@ -189,6 +195,7 @@ async fn phases(
         read_half,
         pgbench_write_tps,
         pgbench_read_tps,
+        assess_groups,
     })
 }
 

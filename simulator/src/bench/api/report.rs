@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
 use super::cloud::RAISED_LIMIT;
+use super::groups::GroupSizes;
 use super::load::LoadFigures;
 
 /// Each endpoint, at least this fraction of pgbench's transactions per second.
@@ -37,6 +38,8 @@ pub struct Findings {
     pub read_half: Option<LoadFigures>,
     pub pgbench_write_tps: f64,
     pub pgbench_read_tps: f64,
+    /// The cloud's group sizes during the full-rate assess run (warm-up included).
+    pub assess_groups: GroupSizes,
 }
 
 /// The `--json` record. Field names are a contract with whoever charts them: add, don't rename.
@@ -59,6 +62,9 @@ pub struct ApiReport {
     pub ratio_assess: Option<f64>,
     /// `read_rps` / `pgbench_read_tps`.
     pub ratio_read: Option<f64>,
+    /// `assess_record_group_mean`: how many assessments shared a transaction.
+    #[serde(flatten)]
+    pub assess_groups: GroupSizes,
     /// Requests of all four phases answered with another status than expected, or not at all.
     pub errors: u64,
     /// Of `errors`, the requests that got no answer.
@@ -182,6 +188,7 @@ impl ApiReport {
             pgbench_read_tps: f.pgbench_read_tps,
             ratio_assess,
             ratio_read,
+            assess_groups: f.assess_groups,
             errors: phases.iter().flatten().map(|p| p.errors()).sum(),
             transport_errors: phases.iter().flatten().map(|p| p.transport_errors).sum(),
             release_build: f.release_build,
@@ -235,6 +242,11 @@ impl ApiReport {
             self.transport_errors,
             statuses(&self.assess.statuses),
             statuses(&self.read.statuses)
+        ));
+        let mean = |m: Option<f64>| m.map_or("n/a".to_owned(), |m| format!("{m:.1}"));
+        lines.push(format!(
+            "  assessments per group commit during the assess run: {}",
+            mean(self.assess_groups.assess_record_group_mean)
         ));
         lines.push(format!(
             "Targets: assess at least {TARGET_RATIO}x pgbench write: {}; read at least \
@@ -333,6 +345,9 @@ mod tests {
             read_half: Some(read_half),
             pgbench_write_tps: 1500.0,
             pgbench_read_tps: 10_000.0,
+            assess_groups: GroupSizes {
+                assess_record_group_mean: Some(6.5),
+            },
         }
     }
 
@@ -402,6 +417,7 @@ mod tests {
             assert!(json.get(field).is_some(), "{field} is missing");
         }
         assert_eq!(json["assess_statuses"]["500"], 2);
+        assert_eq!(json["assess_record_group_mean"], 6.5);
         // Flat, each endpoint's figures under its own prefix, as many fields as ever.
         for endpoint in ["assess", "read"] {
             for field in [
@@ -421,7 +437,7 @@ mod tests {
                 assert!(json.get(&key).is_some(), "{key} is missing");
             }
         }
-        assert_eq!(json.as_object().unwrap().len(), 38);
+        assert_eq!(json.as_object().unwrap().len(), 39);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct Findings {
     pub read_half: Option<LoadFigures>,
     pub pgbench_write_tps: f64,
     pub pgbench_read_tps: f64,
-    /// The cloud's group sizes during the full-rate assess run (warm-up included).
+    /// The cloud's group sizes during the assess runs (full and half rate, warm-ups included).
     pub assess_groups: GroupSizes,
 }
 
@@ -245,7 +245,7 @@ impl ApiReport {
         ));
         let mean = |m: Option<f64>| m.map_or("n/a".to_owned(), |m| format!("{m:.1}"));
         lines.push(format!(
-            "  assessments per group commit during the assess run: {}",
+            "  assessments per group commit during the assess runs (full and half rate): {}",
             mean(self.assess_groups.assess_record_group_mean)
         ));
         lines.push(format!(

@@ -442,18 +442,11 @@ async fn start(settings: Settings, pool: PgPool) -> Result<RunningApp> {
         keyring,
     };
     let router = api::router(state);
-    let stop = shutdown.clone();
+    let (stop, http_limits) = (shutdown.clone(), settings.listener.limits());
     components.spawn(
         "http_server",
         async move {
-            // With the client's address, for the limit on failed authentications per address.
-            let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            let served = axum::serve(listener, service)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-            if let Err(e) = served {
-                error!(error = %e, "HTTP server failed");
-            }
+            crate::http_server::serve(listener, router, http_limits, stop).await;
         }
         .instrument(info_span!("http_server")),
     );

@@ -154,8 +154,13 @@ impl Authenticator {
         })
     }
 
-    /// [`Authenticator::authenticate`] for a client at `addr` (when known): an address past its
-    /// rate of failures is answered 429 before its token is even looked at.
+    /// [`Authenticator::authenticate`] for a client at `addr` (when known): from an address past
+    /// its rate of failures, only a credential known without a query (the admin token, a token
+    /// already in the cache) is let through; anything else is answered 429 before it costs a
+    /// query. So junk from one address behind a NAT or proxy does not lock out its valid callers,
+    /// and guessing gains nothing: tokens are 256 random bits (the admin's at least
+    /// [`MIN_ADMIN_TOKEN_LEN`] characters), and what the limit bounds is the queries of the
+    /// guesses.
     pub async fn authenticate_from(
         &self,
         addr: Option<std::net::IpAddr>,
@@ -165,6 +170,9 @@ impl Authenticator {
         if let Some(ip) = addr
             && let Some(wait) = self.failures.wait_for(&ip, now)
         {
+            if let Some(principal) = bearer(authorization).and_then(|t| self.known(&digest(t))) {
+                return Ok(principal);
+            }
             return Err(Error::RateLimited {
                 what: "too many failed authentications from this address",
                 retry_after: wait.min(Duration::from_secs(3600)),
@@ -205,8 +213,8 @@ impl Authenticator {
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Principal> {
         let token = bearer(authorization).ok_or(Error::Unauthenticated)?;
         let token_digest = digest(token);
-        if constant_time_eq(&token_digest, &self.admin_digest) {
-            return Ok(Principal::Admin);
+        if let Some(principal) = self.known(&token_digest) {
+            return Ok(principal);
         }
         // Only something shaped like a token we issue costs a database query.
         let shaped = token
@@ -214,10 +222,6 @@ impl Authenticator {
             .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
         if !shaped {
             return Err(Error::Unauthenticated);
-        }
-        if let Some(user) = self.tokens.get(&token_digest) {
-            metrics::counter!("ecs_api_tokens_remembered_total").increment(1);
-            return Ok(Principal::User(user));
         }
         let generation = self.tokens.generation();
         let user: Option<Uuid> = sqlx::query_scalar(
@@ -229,6 +233,17 @@ impl Authenticator {
         let user = user.ok_or(Error::Unauthenticated)?;
         self.tokens.remember(token_digest, user, generation);
         Ok(Principal::User(user))
+    }
+
+    /// The principal of a token known without a query: the admin token, or a person's token the
+    /// cache remembers (a revoked one is forgotten the moment it is revoked).
+    fn known(&self, token_digest: &[u8; 32]) -> Option<Principal> {
+        if constant_time_eq(token_digest, &self.admin_digest) {
+            return Some(Principal::Admin);
+        }
+        let user = self.tokens.get(token_digest)?;
+        metrics::counter!("ecs_api_tokens_remembered_total").increment(1);
+        Some(Principal::User(user))
     }
 
     /// The tokens this authenticator remembers: for `cache::listen`, and for forgetting a
@@ -407,8 +422,31 @@ mod tests {
             let out = auth.authenticate_from(Some(a), Some("Bearer nope")).await;
             assert!(matches!(out, Err(Error::Unauthenticated)), "{out:?}");
         }
+        // Past its failures, the address gets 429 for what would cost a query (this token: an
+        // authenticator without `cache::listen` remembers none) ...
         let out = auth.authenticate_from(Some(a), Some(&bearer(&token))).await;
         assert!(matches!(out, Err(Error::RateLimited { .. })), "{out:?}");
+        let out = auth.authenticate_from(Some(a), Some("Bearer nope")).await;
+        assert!(matches!(out, Err(Error::RateLimited { .. })), "{out:?}");
+        // ... but a credential known without one still passes: junk from an address shared
+        // behind a NAT does not lock its valid callers out.
+        assert_eq!(
+            auth.authenticate_from(Some(a), Some(&bearer("an-admin-token-long-enough")))
+                .await
+                .unwrap(),
+            Principal::Admin
+        );
+        // As `cache::listen` does once it listens.
+        auth.tokens().set_listening(true);
+        auth.tokens()
+            .remember(digest(&token), user, auth.tokens().generation());
+        assert_eq!(
+            auth.authenticate_from(Some(a), Some(&bearer(&token)))
+                .await
+                .unwrap(),
+            Principal::User(user)
+        );
+        auth.tokens().set_listening(false);
         assert_eq!(
             auth.authenticate_from(Some(b), Some(&bearer(&token)))
                 .await

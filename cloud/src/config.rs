@@ -364,9 +364,50 @@ pub struct Settings {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub assessments_per_hour: u32,
     #[command(flatten)]
+    pub listener: ListenerSettings,
+    #[command(flatten)]
     pub proactive: ProactiveSettings,
     #[command(flatten)]
     pub keys: KeySettings,
+}
+
+/// The REST listener's bounds (`cloud::http_server`).
+#[derive(Debug, Clone, Args)]
+pub struct ListenerSettings {
+    /// Open connections to the REST API at most; past it a new one is closed at once.
+    #[arg(long = "http-max-connections", env = "ECS_HTTP_MAX_CONNECTIONS",
+          default_value_t = 4_096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Open connections from one IP address at most (behind a proxy every client is the
+    /// proxy's address: raise it there).
+    #[arg(long = "http-max-connections-per-address", env = "ECS_HTTP_MAX_CONNECTIONS_PER_ADDRESS",
+          default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_address: u32,
+    /// Seconds a connection has to send a whole request head, idle keep-alive time included;
+    /// then it is closed.
+    #[arg(long = "http-header-timeout-secs", env = "ECS_HTTP_HEADER_TIMEOUT_SECS",
+          default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3_600))]
+    pub header_timeout_secs: u32,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 4_096,
+            max_connections_per_address: 256,
+            header_timeout_secs: 30,
+        }
+    }
+}
+
+impl ListenerSettings {
+    pub fn limits(&self) -> crate::http_server::HttpLimits {
+        crate::http_server::HttpLimits {
+            max_connections: self.max_connections as usize,
+            max_connections_per_address: self.max_connections_per_address as usize,
+            header_read_timeout: Duration::from_secs(u64::from(self.header_timeout_secs)),
+        }
+    }
 }
 
 /// Where the master keys come from (`cloud::keys`). Never stored in the database or logged.
@@ -495,6 +536,7 @@ impl std::fmt::Debug for Settings {
             .field("api_rate_per_user", &self.api_rate_per_user)
             .field("api_rate_admin", &self.api_rate_admin)
             .field("assessments_per_hour", &self.assessments_per_hour)
+            .field("listener", &self.listener)
             .field("proactive", &self.proactive)
             .field("keys", &self.keys)
             .finish()

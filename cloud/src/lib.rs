@@ -24,6 +24,7 @@ pub mod error;
 pub mod features;
 pub mod finance;
 pub mod group_commit;
+pub mod http_server;
 pub mod idempotency;
 pub mod ingest;
 pub mod keys;

@@ -124,7 +124,12 @@ pub struct TransactionsRecorded {
 impl ApiClient {
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Result<Self, ApiError> {
         Ok(Self {
-            http: Client::builder().timeout(Duration::from_secs(20)).build()?,
+            http: Client::builder()
+                .timeout(Duration::from_secs(20))
+                // Under the cloud's default header timeout (30 s, idle keep-alive included),
+                // so that a pooled connection is dropped here before the cloud closes it.
+                .pool_idle_timeout(Duration::from_secs(20))
+                .build()?,
             base: base.into().trim_end_matches('/').to_owned(),
             token: token.into(),
         })

@@ -184,6 +184,7 @@ pub(crate) fn cloud_settings(
             master_key: Some(ecs_cloud::keys::MasterKey::random().to_hex()),
             ..Default::default()
         },
+        listener: ecs_cloud::config::ListenerSettings::default(),
         // Scans often, so a demo long enough (30 minutes of calm) sees proactive offers.
         proactive: ecs_cloud::config::ProactiveSettings {
             scan_secs: 5,

@@ -136,7 +136,7 @@ impl TokenCache {
 
     /// Starts or stops using the cache; either way, what it held is forgotten (notifications
     /// may have been missed in between).
-    fn set_listening(&self, listening: bool) {
+    pub(super) fn set_listening(&self, listening: bool) {
         let mut entries = self.lock();
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.clear();

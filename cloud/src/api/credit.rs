@@ -29,13 +29,21 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/credit-offers/{offer_id}/accept", post(accept_offer))
 }
 
+/// Smallest amount a person may ask to borrow, in cents (R$ 100.00). The pricing itself works
+/// from R$ 0.01, but below about R$ 100 the cent roundings, not the rates, decide the price: a
+/// R$ 1.00 loan over 48 months has installments of R$ 0.02 and a last one of R$ 0.54, and
+/// principals up to R$ 3.51 can show a CET below the nominal rate (docs/MODEL.md). From here on
+/// every priced principal (this, or the approved line, at least R$ 200) has CET >= the nominal
+/// rate (the pricing's property test).
+pub const MIN_REQUESTED_AMOUNT_CENTS: i64 = 10_000;
+
 /// What the person asks for; both optional.
 #[derive(Deserialize, Serialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct OfferBody {
-    /// The amount to borrow, in cents; priced up to the approved line (the whole line when
-    /// absent).
-    #[schema(minimum = 1, maximum = 10_000_000_000_i64)]
+    /// The amount to borrow, in cents, at least R$ 100.00; priced up to the approved line (the
+    /// whole line when absent).
+    #[schema(minimum = 10_000, maximum = 10_000_000_000_i64)]
     pub amount_cents: Option<i64>,
     /// Months to repay in; capped at the policy's maximum for the credit type.
     #[schema(minimum = 1, maximum = 120)]
@@ -45,11 +53,14 @@ pub struct OfferBody {
 impl OfferBody {
     fn parse(&self) -> Result<OfferRequest> {
         if let Some(a) = self.amount_cents
-            && !(1..=pricing::MAX_PRINCIPAL_CENTS).contains(&a)
+            && !(MIN_REQUESTED_AMOUNT_CENTS..=pricing::MAX_PRINCIPAL_CENTS).contains(&a)
         {
             return Err(Error::invalid(
                 "amount_cents",
-                format!("must be between 1 and {}", pricing::MAX_PRINCIPAL_CENTS),
+                format!(
+                    "must be between {MIN_REQUESTED_AMOUNT_CENTS} (R$ 100.00) and {}, not {a}",
+                    pricing::MAX_PRINCIPAL_CENTS
+                ),
             ));
         }
         if let Some(t) = self.term_months

@@ -76,6 +76,9 @@ impl HasAuthenticator for AppState {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// Largest request body: a full batch of transactions fits with room to spare.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Longest a body may take to arrive, once its request's head has: past it, 408 (a client
+/// trickling its body would otherwise hold its request until the 503 of [`REQUEST_TIMEOUT`]).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn router(state: AppState) -> Router {
     let request_id = header::HeaderName::from_static("x-request-id");
@@ -102,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
         .layer(axum::middleware::from_fn(time_limit))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
@@ -138,6 +142,24 @@ async fn time_limit(request: Request, next: axum::middleware::Next) -> Response 
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => Error::Timeout.into_response(),
+    }
+}
+
+/// Answers 413 at once to a request whose declared `Content-Length` is over the limit, before
+/// authentication or any of the body is read: waiting for a body that will be refused anyway
+/// only holds the connection.
+async fn refuse_declared_oversize(request: Request, next: axum::middleware::Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => Error::PayloadTooLarge(format!(
+            "the body is larger than {MAX_BODY_BYTES} bytes (Content-Length: {n})"
+        ))
+        .into_response(),
+        _ => next.run(request).await,
     }
 }
 
@@ -179,9 +201,18 @@ fn is_json(headers: &HeaderMap) -> bool {
                 .is_some_and(|s| s.eq_ignore_ascii_case("application/")))
 }
 
-/// Reads the body within the limit: too large is 413, anything else unreadable 400.
+/// Reads the body within the limit and in time: too large is 413, too slow 408, anything else
+/// unreadable 400.
 async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes> {
-    Bytes::from_request(req, state).await.map_err(|e| {
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| {
+            Error::BodyTimeout(format!(
+                "the body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ))
+        })?;
+    read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             Error::PayloadTooLarge(format!("the body is larger than {MAX_BODY_BYTES} bytes"))
         } else {
@@ -473,5 +504,35 @@ mod tests {
             "trailing text: {err:?}"
         );
         assert!(parse_json::<Outer>(b"{\"items\":[]}  \n").is_ok());
+    }
+
+    /// A body whose client never sends a byte of it.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<std::result::Result<hyper::body::Frame<Bytes>, Self::Error>>>
+        {
+            std::task::Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_is_a_408() {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/")
+            .body(axum::body::Body::new(Stalled))
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let err = body_bytes(request, &()).await.unwrap_err();
+        assert!(matches!(err, Error::BodyTimeout(_)), "{err:?}");
+        assert_eq!(started.elapsed(), BODY_READ_TIMEOUT);
+        assert_eq!(err.into_response().status(), StatusCode::REQUEST_TIMEOUT);
     }
 }

@@ -59,6 +59,9 @@ pub enum Error {
     /// The request took longer than the API allows.
     #[error("the request took too long")]
     Timeout,
+    /// The client did not send its body in time (nothing was done).
+    #[error("{0}")]
+    BodyTimeout(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("broker error: {0}")]
@@ -100,6 +103,7 @@ impl Error {
             Error::Unavailable(_) => ProblemType::Unavailable,
             Error::Busy => ProblemType::Busy,
             Error::Timeout => ProblemType::Timeout,
+            Error::BodyTimeout(_) => ProblemType::RequestTimeout,
             Error::Database(e) if is_unavailable(e) => ProblemType::Unavailable,
             // Postgres gave up waiting for a lock (`lock_timeout`): contention, not a bug.
             Error::Database(e) if sql_state(e).is_some_and(|c| c == "55P03") => ProblemType::Busy,
@@ -154,6 +158,7 @@ pub enum ProblemType {
     MethodNotAllowed,
     Conflict,
     PayloadTooLarge,
+    RequestTimeout,
     UnsupportedMediaType,
     Validation,
     IdempotencyKeyReused,
@@ -165,7 +170,7 @@ pub enum ProblemType {
 }
 
 impl ProblemType {
-    pub const ALL: [ProblemType; 15] = [
+    pub const ALL: [ProblemType; 16] = [
         ProblemType::BadRequest,
         ProblemType::Unauthenticated,
         ProblemType::Forbidden,
@@ -173,6 +178,7 @@ impl ProblemType {
         ProblemType::MethodNotAllowed,
         ProblemType::Conflict,
         ProblemType::PayloadTooLarge,
+        ProblemType::RequestTimeout,
         ProblemType::UnsupportedMediaType,
         ProblemType::Validation,
         ProblemType::IdempotencyKeyReused,
@@ -228,6 +234,12 @@ impl ProblemType {
                 S::PAYLOAD_TOO_LARGE,
                 "Body too large",
                 "The body exceeds the API's limit.",
+            ),
+            ProblemType::RequestTimeout => (
+                "request-timeout",
+                S::REQUEST_TIMEOUT,
+                "Body too slow",
+                "The body did not arrive within the time the API allows (RFC 9110, 15.5.9); nothing was done.",
             ),
             ProblemType::UnsupportedMediaType => (
                 "unsupported-media-type",
@@ -354,7 +366,11 @@ pub enum BodyProblems {
     /// Not JSON, or a path parameter of the wrong shape.
     #[response(status = 400, content_type = "application/problem+json")]
     BadRequest(Problem),
-    /// The body is larger than 1 MiB.
+    /// The body did not arrive within 10 s.
+    #[response(status = 408, content_type = "application/problem+json")]
+    RequestTimeout(Problem),
+    /// The body is larger than 1 MiB (also when its declared `Content-Length` is, before any of
+    /// it is read).
     #[response(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Problem),
     /// The body is not `application/json`.

@@ -391,6 +391,20 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
     )
     .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Declared too large: refused at once, before authentication and without reading a byte.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/v1/users/{user}/transactions"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, "99999999999")
+        .body(Body::from("{}"))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
 
     for (method, path, token, body, status, says) in cases {
         let r = call(&app, method.clone(), &path, token, body).await;

@@ -1,6 +1,8 @@
 //! A person's financial transactions (as the bank's core systems report them), and the
 //! financial features derived from them.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
@@ -118,8 +120,23 @@ pub struct TransactionsRecorded {
     pub duplicates: u64,
 }
 
-/// Records transactions in the person's transaction, idempotent by `external_ref`.
+/// Records transactions in the person's transaction, idempotent by `external_ref`: a transaction
+/// sent again with the same values is a duplicate, counted and not stored twice. With other
+/// values it is refused, the whole batch with it: 422 when two of the batch disagree, 409 when
+/// the stored one does (a recorded transaction is not changed; a correction is a transaction
+/// of its own). Checked before the insert under the person's lock, which every write of their
+/// transactions takes, so nothing can come between the check and the insert.
 pub async fn record(tx: &mut PersonTx, txs: &[Transaction]) -> Result<TransactionsRecorded> {
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(txs.len());
+    for (i, t) in txs.iter().enumerate() {
+        let seen = *first.entry(t.external_ref.as_str()).or_insert(i);
+        if txs[seen] != *t {
+            return Err(Error::invalid(
+                format!("transactions[{i}].external_ref"),
+                format!("is also transactions[{seen}]'s, with other values"),
+            ));
+        }
+    }
     let ids: Vec<Uuid> = txs.iter().map(|_| Uuid::new_v4()).collect();
     let refs: Vec<&str> = txs.iter().map(|t| t.external_ref.as_str()).collect();
     let directions: Vec<&str> = txs.iter().map(|t| t.direction.as_str()).collect();
@@ -127,6 +144,31 @@ pub async fn record(tx: &mut PersonTx, txs: &[Transaction]) -> Result<Transactio
     let categories: Vec<&str> = txs.iter().map(|t| t.category.as_str()).collect();
     let times: Vec<DateTime<Utc>> = txs.iter().map(|t| t.occurred_at).collect();
     let user_id = tx.user_id();
+    let changed: Option<(i64, String)> = sqlx::query_as(
+        "SELECT b.n, b.r
+         FROM UNNEST($2::text[], $3::text[], $4::bigint[], $5::text[], $6::timestamptz[])
+             WITH ORDINALITY AS b(r, d, a, c, o, n)
+         JOIN transactions t ON t.user_id = $1 AND t.external_ref = b.r
+         WHERE (t.direction, t.amount_cents, t.category, t.occurred_at)
+               IS DISTINCT FROM (b.d, b.a, b.c, b.o)
+         ORDER BY b.n
+         LIMIT 1",
+    )
+    .bind(user_id)
+    .bind(&refs)
+    .bind(&directions)
+    .bind(&amounts)
+    .bind(&categories)
+    .bind(&times)
+    .fetch_optional(tx.conn())
+    .await?;
+    if let Some((n, external_ref)) = changed {
+        return Err(Error::Conflict(format!(
+            "transactions[{}]: external_ref {external_ref:?} is already recorded with other values \
+             (direction, amount_cents, category or occurred_at); a recorded transaction is not changed",
+            n - 1
+        )));
+    }
     let inserted = sqlx::query(
         "INSERT INTO transactions (transaction_id, user_id, external_ref, direction, amount_cents, category, occurred_at)
          SELECT id, $1, r, d, a, c, o

@@ -494,21 +494,55 @@ async fn consent_and_device_identity_rules(pool: PgPool) {
 async fn transactions_are_idempotent_by_external_ref(pool: PgPool) {
     let app = app(&pool, Arc::new(FixedModel(0.05)), true);
     let (user, _) = person(&app).await;
-    let body = r#"{"transactions":[{"external_ref":"salary-1","direction":"inflow","amount_cents":500000,"category":"salary","occurred_at":"2026-01-01T00:00:00Z"},
-                                   {"external_ref":"new-1","direction":"outflow","amount_cents":1000,"category":"groceries","occurred_at":"2026-01-02T00:00:00Z"}]}"#;
-    let r = call(
-        &app,
-        Method::POST,
-        &format!("/v1/users/{user}/transactions"),
-        Some(ADMIN),
-        Some(body),
+    let post = |body: &'static str| {
+        let (app, path) = (app.clone(), format!("/v1/users/{user}/transactions"));
+        async move { call(&app, Method::POST, &path, Some(ADMIN), Some(body)).await }
+    };
+    let first = r#"{"transactions":[{"external_ref":"rent-1","direction":"outflow","amount_cents":150000,"category":"Rent","occurred_at":"2026-01-01T00:00:00Z"}]}"#;
+    assert_eq!(post(first).await.status, StatusCode::CREATED);
+    // Sent again with the same values (the category's case aside: it is stored lower-cased),
+    // beside a new one and a repeat of itself: duplicates, one inserted.
+    let r = post(
+        r#"{"transactions":[{"external_ref":"rent-1","direction":"outflow","amount_cents":150000,"category":"rent","occurred_at":"2026-01-01T00:00:00.000000Z"},
+                            {"external_ref":"new-1","direction":"outflow","amount_cents":1000,"category":"groceries","occurred_at":"2026-01-02T00:00:00Z"},
+                            {"external_ref":"new-1","direction":"outflow","amount_cents":1000,"category":"groceries","occurred_at":"2026-01-02T00:00:00Z"}]}"#,
     )
     .await;
-    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     assert_eq!(
         (r.body["inserted"].as_u64(), r.body["duplicates"].as_u64()),
-        (Some(1), Some(1))
+        (Some(1), Some(2))
     );
+    // The same reference with another amount: refused, and nothing of its batch is stored.
+    let r = post(
+        r#"{"transactions":[{"external_ref":"new-2","direction":"inflow","amount_cents":5,"category":"gift","occurred_at":"2026-01-03T00:00:00Z"},
+                            {"external_ref":"rent-1","direction":"outflow","amount_cents":99,"category":"rent","occurred_at":"2026-01-01T00:00:00Z"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{:?}", r.body);
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("transactions[1]"),
+        "{:?}",
+        r.body
+    );
+    // Two of one batch that disagree: 422 naming the second.
+    let r = post(
+        r#"{"transactions":[{"external_ref":"x","direction":"inflow","amount_cents":5,"category":"gift","occurred_at":"2026-01-03T00:00:00Z"},
+                            {"external_ref":"x","direction":"outflow","amount_cents":5,"category":"gift","occurred_at":"2026-01-03T00:00:00Z"}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    assert_eq!(r.body["errors"][0]["field"], "transactions[1].external_ref");
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT external_ref FROM transactions WHERE user_id = $1::uuid AND external_ref IN ('new-2', 'x')")
+            .bind(&user)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(stored.is_empty(), "{stored:?}");
 }
 
 #[sqlx::test(migrator = "ecs_cloud::MIGRATOR")]

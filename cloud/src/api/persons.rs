@@ -417,6 +417,8 @@ pub struct RecordTransactions {
     responses((status = 201, body = TransactionsRecorded),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 409, description = "An `external_ref` is already recorded with other values; nothing was stored.",
+               body = Problem, content_type = "application/problem+json"),
               BodyProblems,
               AuthProblems),
     security(("bearer" = [])))]

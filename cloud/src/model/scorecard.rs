@@ -44,6 +44,10 @@ struct TermDefinition {
     name: String,
     coefficient: f64,
     center: f64,
+    /// `[lowest, highest]` value the feature counts with (winsorised): beyond it, more of the
+    /// feature says nothing more. Optional; without it the feature counts as it is.
+    #[serde(default)]
+    range: Option<[f64; 2]>,
     /// Why the coefficient has its sign and size: required, because the model is only as
     /// explainable as its file.
     rationale: String,
@@ -57,6 +61,10 @@ pub struct Term {
     pub coefficient: f64,
     /// The value at which the feature contributes nothing.
     pub center: f64,
+    /// The values the feature counts with, both ends included: a value outside counts as the
+    /// nearer end, so no single feature can outweigh all the others (a huge income, say,
+    /// cancelling any spending habit).
+    pub range: Option<(f64, f64)>,
     /// Why the coefficient has its sign and size, in words a reviewer can check.
     pub rationale: String,
 }
@@ -122,6 +130,18 @@ impl Scorecard {
                     term.name
                 )));
             }
+            if let Some([lo, hi]) = term.range
+                && !(lo.is_finite()
+                    && hi.is_finite()
+                    && lo < hi
+                    && (lo..=hi).contains(&term.center))
+            {
+                return Err(Error::InvalidInput(format!(
+                    "feature {:?}: range [{lo}, {hi}] must be two finite numbers, the lower \
+                     first, around the center {}",
+                    term.name, term.center
+                )));
+            }
         }
         let expected: BTreeSet<&str> = feature_names().into_iter().collect();
         let missing: Vec<&str> = expected.difference(&seen).copied().collect();
@@ -145,6 +165,7 @@ impl Scorecard {
                     name: t.name,
                     coefficient: t.coefficient,
                     center: t.center,
+                    range: t.range.map(|[lo, hi]| (lo, hi)),
                     rationale: t.rationale,
                 })
                 .collect(),
@@ -184,7 +205,8 @@ impl Scorecard {
                     term.name
                 )));
             }
-            let contribution = term.coefficient * (x - term.center);
+            let counted = term.range.map_or(x, |(lo, hi)| x.clamp(lo, hi));
+            let contribution = term.coefficient * (counted - term.center);
             logit += contribution;
             contributions.push(NamedValue {
                 name: term.name.clone(),
@@ -269,6 +291,45 @@ mod tests {
             let pd = pd(&model, &salaried(salary)).await;
             assert!((0.02..=0.20).contains(&pd), "R${salary}: PD {pd}");
         }
+    }
+
+    #[tokio::test]
+    async fn no_income_outweighs_every_habit() {
+        let model = Scorecard::built_in().unwrap();
+        // R$ 50 000 a month in, 120 % of it out on gambling: once the best risk of all.
+        let gambler = |salary_brl: i64| {
+            let inflow_cents = salary_brl * 100 * 3;
+            FinancialFeatures {
+                inflow_cents,
+                outflow_cents: inflow_cents * 12 / 10,
+                transaction_count: 6,
+                months_with_inflow: 3,
+                discretionary_outflow_cents: inflow_cents * 12 / 10,
+            }
+        };
+        let rich = pd(&model, &gambler(50_000)).await;
+        assert!(rich > 0.10, "PD {rich}");
+        assert_eq!(
+            rich,
+            pd(&model, &gambler(5_000_000)).await,
+            "income counts up to its range's end"
+        );
+        assert!(
+            pd(&model, &salaried(10_000_000)).await > 0.001,
+            "no PD of zero"
+        );
+    }
+
+    #[test]
+    fn a_range_must_hold_its_center() {
+        let bad = edited(|j| j["features"][0]["range"] = serde_json::json!([7000.0, 9000.0]));
+        let err = Scorecard::from_json(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("monthly_inflow_brl") && err.contains("range"),
+            "{err}"
+        );
+        let reversed = edited(|j| j["features"][0]["range"] = serde_json::json!([9000.0, 0.0]));
+        assert!(Scorecard::from_json(&reversed).is_err());
     }
 
     #[tokio::test]

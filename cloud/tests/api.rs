@@ -364,6 +364,14 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
             "amount_cents",
         ),
         (
+            Method::GET,
+            format!("/v1/users/{user}/access-log?after=-1"),
+            Some(ADMIN),
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "after",
+        ),
+        (
             Method::POST,
             format!("/v1/users/{user}/credit-offers"),
             Some(ADMIN),

@@ -835,6 +835,26 @@ async fn every_admin_read_of_a_person_is_on_their_access_trail(pool: PgPool) {
     )
     .await;
     let token = r.body["api_token"].as_str().unwrap().to_owned();
+    // An assessment's answer and an accepted offer disclose the person's data too.
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/users/{user}/credit-offers"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    let second = r.body["offer_id"].as_str().unwrap().to_owned();
+    let r = call(
+        &app,
+        Method::POST,
+        &format!("/v1/credit-offers/{second}/accept"),
+        Some(ADMIN),
+        None,
+    )
+    .await;
+    assert!(r.status.is_success(), "{:?}", r.body);
     let r = call(
         &app,
         Method::GET,
@@ -860,6 +880,8 @@ async fn every_admin_read_of_a_person_is_on_their_access_trail(pool: PgPool) {
             "GET /v1/users/{user_id}/notifications",
             "HEAD /v1/users/{user_id}",
             "POST /v1/users/{user_id}/tokens",
+            "POST /v1/users/{user_id}/credit-offers",
+            "POST /v1/credit-offers/{offer_id}/accept",
         ]
     );
     let first: &Value = &r.body[0];

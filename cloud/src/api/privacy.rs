@@ -39,6 +39,19 @@ pub struct AfterQuery {
     pub after: Option<i64>,
 }
 
+impl AfterQuery {
+    /// The id to start after: 0 when absent; a negative one is refused (422 naming `after`).
+    fn after(&self) -> Result<i64> {
+        match self.after {
+            Some(n) if n < 0 => Err(crate::Error::invalid(
+                "after",
+                format!("must be 0 or more, not {n}"),
+            )),
+            after => Ok(after.unwrap_or(0)),
+        }
+    }
+}
+
 /// Everything the system holds about the person, readable, in one JSON document (LGPD Art. 18):
 /// profile, consent history, devices, transactions, readings within retention, features,
 /// assessments with their inputs and reasons, offers, the credit line and its history,
@@ -94,6 +107,7 @@ pub(super) async fn export_user(
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
               AuthProblems),
     security(("bearer" = [])))]
 pub(super) async fn consent_history(
@@ -105,7 +119,7 @@ pub(super) async fn consent_history(
     principal.ensure_can_access(user_id)?;
     ensure_exists(&state, user_id).await?;
     Ok(Json(
-        privacy::consent_history(&state.pool, user_id, query.after.unwrap_or(0)).await?,
+        privacy::consent_history(&state.pool, user_id, query.after()?).await?,
     ))
 }
 
@@ -117,6 +131,7 @@ pub(super) async fn consent_history(
               (status = 400, body = Problem, content_type = "application/problem+json"),
               (status = 403, body = Problem, content_type = "application/problem+json"),
               (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json"),
               AuthProblems),
     security(("bearer" = [])))]
 pub(super) async fn access_log(
@@ -128,7 +143,7 @@ pub(super) async fn access_log(
     principal.ensure_can_access(user_id)?;
     ensure_exists(&state, user_id).await?;
     Ok(Json(
-        privacy::access_log(&state.pool, user_id, query.after.unwrap_or(0)).await?,
+        privacy::access_log(&state.pool, user_id, query.after()?).await?,
     ))
 }
 

@@ -1,9 +1,10 @@
 //! The access trail: every read of a person's data by the admin/service token is recorded
 //! (who, when, what) before it is served, by one middleware over every route, so a new route
 //! cannot forget it. A read is a `GET` or a `HEAD` (axum serves `HEAD` with the `GET` handler)
-//! of a route naming a person (`{user_id}`) or one of their offers (`{offer_id}`); the admin
-//! minting a person's token (`POST /v1/users/{user_id}/tokens`) is recorded too, since that
-//! token reads as the person.
+//! of a route naming a person (`{user_id}`) or one of their offers (`{offer_id}`), and the
+//! writes whose answer discloses the person's data ([`DISCLOSING_POSTS`]): minting a person's
+//! token (which then reads as the person), an assessment (its answer carries the model's
+//! result, with the features it was computed from) and accepting an offer (the offer).
 
 use axum::{
     extract::{MatchedPath, RawPathParams, Request, State},
@@ -14,6 +15,13 @@ use axum::{
 use uuid::Uuid;
 
 use crate::{api::AppState, error::Result};
+
+/// The `POST` routes whose answer discloses a person's data, recorded like reads.
+pub const DISCLOSING_POSTS: [&str; 3] = [
+    "/v1/users/{user_id}/tokens",
+    "/v1/users/{user_id}/credit-offers",
+    "/v1/credit-offers/{offer_id}/accept",
+];
 
 /// Records the read when the caller is the admin token and the route names a person
 /// (`{user_id}`) or something of theirs (`{offer_id}`); then serves it. A read that cannot be
@@ -26,11 +34,11 @@ pub async fn record_admin_reads(
     next: Next,
 ) -> Response {
     let method = request.method().clone();
-    let mints_a_token = method == Method::POST
+    let discloses = method == Method::POST
         && matched
             .as_ref()
-            .is_some_and(|m| m.as_str() == "/v1/users/{user_id}/tokens");
-    if method != Method::GET && method != Method::HEAD && !mints_a_token {
+            .is_some_and(|m| DISCLOSING_POSTS.contains(&m.as_str()));
+    if method != Method::GET && method != Method::HEAD && !discloses {
         return next.run(request).await;
     }
     let authorization = request

@@ -299,10 +299,15 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
-        let header = parts
+        let mut headers = parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+            .get_all(axum::http::header::AUTHORIZATION)
+            .iter();
+        let header = headers.next().and_then(|v| v.to_str().ok());
+        // Authorization is one credential (RFC 9110, 11.6.2): two are not a choice to make here.
+        if headers.next().is_some() {
+            return Err(Error::Unauthenticated);
+        }
         let auth = state.authenticator();
         // Present when the server was started with connect info (the app); absent in tests
         // that call the router directly, which then do not limit failures.

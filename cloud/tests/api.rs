@@ -399,6 +399,15 @@ async fn bad_input_is_a_4xx_that_says_what_is_wrong(pool: PgPool) {
     )
     .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // Two credentials, even the same one twice: neither is taken.
+    let request = Request::builder()
+        .uri(format!("/v1/users/{user}"))
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // Declared too large: refused at once, before authentication and without reading a byte.
     let request = Request::builder()
         .method(Method::POST)

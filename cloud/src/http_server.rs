@@ -179,9 +179,8 @@ impl Gate {
             return Err(Refused::AddressFull);
         }
         *count += 1;
-        let total = open.values().sum::<usize>();
         drop(open);
-        metrics::gauge!("ecs_http_connections").set(total as f64);
+        metrics::gauge!("ecs_http_connections").increment(1.0);
         Ok(Admitted {
             _all: all,
             address,
@@ -205,9 +204,8 @@ impl Drop for Admitted {
                 open.remove(&self.address);
             }
         }
-        let total = open.values().sum::<usize>();
         drop(open);
-        metrics::gauge!("ecs_http_connections").set(total as f64);
+        metrics::gauge!("ecs_http_connections").decrement(1.0);
     }
 }
 
